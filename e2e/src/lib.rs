@@ -1,0 +1,1 @@
+//! Pollen's end-to-end harness (placeholder).

@@ -1,0 +1,1 @@
+//! pollen-edge-node (placeholder).

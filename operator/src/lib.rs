@@ -1,0 +1,1 @@
+//! pollen-operator (placeholder).

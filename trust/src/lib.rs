@@ -1,0 +1,1 @@
+//! Pollen's trust chain (placeholder until the trust-chain work lands).
