@@ -1,1 +1,5 @@
-//! Pollen's end-to-end harness (placeholder).
+//! Pollen's end-to-end harness: real parts for tests (registry, API server, outside tools), the fleet
+//! lab and benchmarks.
+
+pub mod registry;
+pub mod tools;
