@@ -1,1 +1,58 @@
-//! x
+//! Pollen's Kubernetes API, group `pollen.dev`, version `v1alpha1`.
+//!
+//! Three kinds make up the whole contract between the user, the operator and the
+//! edge-node agents:
+//!
+//! | kind | scope | spec written by | status written by |
+//! |---|---|---|---|
+//! | [`UpdateRollout`] (`ur`) | namespaced | the user | the operator |
+//! | [`EdgeNode`] (`en`) | cluster | the operator (`spec.assignments`) | the node's agent |
+//! | [`TrustPolicy`] (`tp`) | cluster | the user | nobody (no status) |
+//!
+//! The doc comments on every field become the CRD descriptions that
+//! `kubectl explain` shows, so they are written for the fleet operator.
+//! Validation the API server can enforce lives in the schema (required fields,
+//! enums, ranges, CEL rules); the operator re-checks what a schema cannot say.
+//!
+//! Non-goals: no client, no runtime, no I/O. This crate holds types, their
+//! constants and the `crdgen` binary that renders the YAML.
+//!
+//! # Layout
+//! - [`rollout`]: UpdateRollout, its strategy, transfer and install settings, and status.
+//! - [`edgenode`]: EdgeNode, assignments and the agent-reported status.
+//! - [`trustpolicy`]: TrustPolicy, the trusted publisher keys and the director key.
+//! - [`conditions`]: condition types and reasons shared by operator and tools.
+//! - [`render`]: the generated CRD YAML, used by `crdgen` and the drift test.
+#![warn(missing_docs)]
+
+pub mod conditions;
+pub mod edgenode;
+pub mod render;
+pub mod rollout;
+pub mod schema;
+pub mod trustpolicy;
+
+pub use edgenode::{
+    Assignment, AssignmentPhase, AssignmentStatus, CertificateInfo, EdgeNode, EdgeNodeSpec, EdgeNodeStatus,
+    InstalledVersion, Inventory,
+};
+pub use rollout::{
+    ActivationWindow, ArtifactSource, InstallSettings, NodeCounts, RolloutPhase, RolloutStrategy,
+    TransferSettings, UpdateRollout, UpdateRolloutSpec, UpdateRolloutStatus, Wave, WaveStatus,
+};
+pub use trustpolicy::{DirectorKey, Publisher, TrustPolicy, TrustPolicySpec};
+
+/// The API group of every Pollen kind.
+pub const GROUP: &str = "pollen.dev";
+/// The served and stored version.
+pub const VERSION: &str = "v1alpha1";
+
+/// Labels and annotations with a meaning to Pollen.
+pub mod labels {
+    /// Set to `"true"` on an EdgeNode to revoke its certificate and keep it out of rollouts.
+    pub const QUARANTINE: &str = "pollen.dev/quarantine";
+    /// The site (or zone) of a device; peers prefer peers of the same site.
+    pub const SITE: &str = "pollen.dev/site";
+    /// The name of the Kubernetes Node the EdgeNode stands for.
+    pub const NODE_NAME: &str = "pollen.dev/node-name";
+}
