@@ -1,1 +1,15 @@
-//! pollen-edge-node (placeholder).
+//! Pollen's edge-node data plane: a verified chunk swarm over QUIC with mutual TLS.
+//!
+//! Layers, from pure to I/O:
+//! - [`bitfield`], [`protocol`] and [`picker`]: pure logic (wire format, piece and peer choice), tested
+//!   without sockets or clocks;
+//! - [`store`] and [`install`]: the chunk store (verify before marking present, crash-safe bitfield) and
+//!   the atomic installer;
+//! - [`tls`], [`net`], [`origin`], [`engine`]: QUIC with mutual TLS against the fleet CA, the origin
+//!   fallback, and the engine that drives a swarm for one verified index;
+//! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` server.
+//!
+//! Non-goals: Kubernetes (the agent feeds this engine), and publishing or signing (see `pollen-trust`).
+
+pub mod bitfield;
+pub mod protocol;
