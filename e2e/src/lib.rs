@@ -1,5 +1,6 @@
 //! Pollen's end-to-end harness: real parts for tests (registry, API server, outside tools), the fleet
 //! lab and benchmarks.
 
+pub mod lab;
 pub mod registry;
 pub mod tools;

@@ -1,0 +1,29 @@
+//! `pollen-lab-delay`: the fleet lab's user-space delay daemon. Holds every packet that iptables
+//! queues to NFQUEUE `--queue` for `--delay-us` microseconds, then accepts it. Prints `ready` once
+//! bound. Runs until killed. See `pollen_e2e::lab::delay`.
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(about = "Delay NFQUEUE'd packets by a fixed time (fleet lab)")]
+struct Args {
+    /// NFQUEUE number to bind.
+    #[arg(long, default_value_t = 0)]
+    queue: u16,
+    /// One-way delay in microseconds.
+    #[arg(long)]
+    delay_us: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    pollen_e2e::lab::delay::run(args.queue, Duration::from_micros(args.delay_us), || {
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "ready");
+        let _ = out.flush();
+    })?;
+    Ok(())
+}
