@@ -49,6 +49,8 @@ pub mod reasons {
     pub const FAILURE_THRESHOLD_CROSSED: &str = "FailureThresholdCrossed";
     /// Every targeted node reports the artifact installed.
     pub const ALL_NODES_INSTALLED: &str = "AllNodesInstalled";
+    /// The last wave met its success threshold, though some nodes did not install (yet).
+    pub const SUCCESS_THRESHOLD_MET: &str = "SuccessThresholdMet";
     /// The selector matched no EdgeNode.
     pub const NO_TARGETS: &str = "NoTargets";
     /// An older rollout targets the same path on overlapping nodes and wins until it finishes.

@@ -282,6 +282,12 @@ pub struct UpdateRolloutStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sequence: Option<i64>,
 
+    /// A fingerprint of the spec fields the chunk index was built from (artifact reference, trust
+    /// policy, install settings, chunk size). When these change, the operator resolves, verifies and
+    /// indexes again, and the new index supersedes the old assignments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub indexed_for: Option<String>,
+
     /// The wave being delivered, counting from 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_wave: Option<i32>,
