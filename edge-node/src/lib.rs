@@ -12,4 +12,5 @@
 //! Non-goals: Kubernetes (the agent feeds this engine), and publishing or signing (see `pollen-trust`).
 
 pub mod bitfield;
+pub mod picker;
 pub mod protocol;

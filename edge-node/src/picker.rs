@@ -1,0 +1,544 @@
+//! The piece picker and peer choice: pure, deterministic (seeded RNG, caller-supplied time), no I/O.
+//!
+//! The engine tells the picker what it learns (peers, have-maps, haves, "fetching" hints, completions,
+//! failures) and asks it what to request next, per peer ([`Picker::pick_for_peer`]) and from the origin
+//! ([`Picker::pick_for_origin`]). Rules:
+//! - **random first**: until a node holds `random_first` chunks it picks at random, so fresh nodes have
+//!   something to trade at once;
+//! - **rarest first**: then the chunk the fewest connected peers hold, ties broken at random;
+//! - **endgame**: when nothing unrequested is left, in-flight chunks are requested from a second peer; the
+//!   first copy to arrive cancels the others ([`Picker::completed`] returns what to cancel);
+//! - **pipelining**: each peer gets about its bandwidth-delay product in flight
+//!   (`rate × rtt / chunk_size + 1`, clamped), measured from completions;
+//! - **sites**: a chunk some same-site peer holds is never fetched from another site; a chunk only other
+//!   sites hold is fetched across the WAN by one node of the site, its rendezvous-hash owner;
+//! - **origin once**: a chunk goes to the origin only if no connected peer holds it, nobody announced
+//!   fetching it, and this node is the chunk's rendezvous-hash owner among all connected nodes. Every node
+//!   computes the same owner, so each chunk is read from the origin about once in total. If nothing
+//!   happens for `stall_after` (an owner vanished silently), ownership and hints are ignored;
+//! - **origin budget**: origin reads stop at a byte budget per rollout and node.
+//!
+//! [`UploadSlots`] bounds concurrent uploads, overall and per peer.
+//!
+//! Non-goals: tit-for-tat or choking (peers of one fleet cooperate), and timing (callers pass `now`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::bitfield::Bitfield;
+
+/// The engine's handle for a connected peer.
+pub type PeerId = u32;
+
+/// Where a chunk is being fetched from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// A peer.
+    Peer(PeerId),
+    /// The origin registry.
+    Origin,
+}
+
+/// Tunables.
+#[derive(Clone, Debug)]
+pub struct PickerConfig {
+    /// Chunks picked at random before rarest-first starts.
+    pub random_first: u32,
+    /// Fewest requests in flight per peer.
+    pub min_pipeline: u32,
+    /// Most requests in flight per peer.
+    pub max_pipeline: u32,
+    /// Most sources for one chunk in endgame.
+    pub endgame_sources: usize,
+    /// Most origin requests in flight.
+    pub origin_concurrency: u32,
+    /// Origin byte budget for this rollout on this node (`None`: unlimited).
+    pub origin_budget: Option<u64>,
+    /// After this long without progress anywhere, ownership rules and hints are ignored.
+    pub stall_after: Duration,
+}
+
+impl Default for PickerConfig {
+    fn default() -> Self {
+        PickerConfig {
+            random_first: 4,
+            min_pipeline: 2,
+            max_pipeline: 32,
+            endgame_sources: 2,
+            origin_concurrency: 4,
+            origin_budget: None,
+            stall_after: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct PeerState {
+    name: String,
+    same_site: bool,
+    have: Bitfield,
+    fetching: Bitfield,
+    inflight: u32,
+    rate: f64,
+    rtt: Duration,
+}
+
+/// Piece picker state for one index on one node.
+#[derive(Debug)]
+pub struct Picker {
+    cfg: PickerConfig,
+    name: String,
+    chunk_size: u32,
+    payload_size: u64,
+    have: Bitfield,
+    availability: Vec<u16>,
+    site_availability: Vec<u16>,
+    inflight: HashMap<u32, Vec<Source>>,
+    origin_inflight: u32,
+    origin_bytes: u64,
+    peers: BTreeMap<PeerId, PeerState>,
+    rng: StdRng,
+    last_progress: Duration,
+}
+
+/// 64-bit rendezvous (highest random weight) score of `node` for `chunk`.
+fn hrw(node: &str, chunk: u32) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(node.as_bytes());
+    h.update(&chunk.to_be_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.finalize().as_bytes()[..8]);
+    u64::from_be_bytes(b)
+}
+
+impl Picker {
+    /// A picker for a payload of `payload_size` bytes in chunks of `chunk_size`, on node `name`, holding
+    /// `have` already (e.g. resumed from the store).
+    pub fn new(
+        name: &str,
+        chunk_size: u32,
+        payload_size: u64,
+        have: Bitfield,
+        cfg: PickerConfig,
+        seed: u64,
+    ) -> Self {
+        let n = have.len() as usize;
+        Picker {
+            cfg,
+            name: name.to_owned(),
+            chunk_size,
+            payload_size,
+            have,
+            availability: vec![0; n],
+            site_availability: vec![0; n],
+            inflight: HashMap::new(),
+            origin_inflight: 0,
+            origin_bytes: 0,
+            peers: BTreeMap::new(),
+            rng: StdRng::seed_from_u64(seed),
+            last_progress: Duration::ZERO,
+        }
+    }
+
+    /// Number of chunks.
+    pub fn chunk_count(&self) -> u32 {
+        self.have.len()
+    }
+
+    /// Length in bytes of chunk `c`.
+    pub fn chunk_len(&self, c: u32) -> u64 {
+        let start = u64::from(c) * u64::from(self.chunk_size);
+        (start + u64::from(self.chunk_size)).min(self.payload_size) - start
+    }
+
+    /// What this node holds.
+    pub fn have(&self) -> &Bitfield {
+        &self.have
+    }
+
+    /// Whether every chunk is held.
+    pub fn is_complete(&self) -> bool {
+        self.have.is_complete()
+    }
+
+    /// Bytes read from the origin so far.
+    pub fn origin_bytes(&self) -> u64 {
+        self.origin_bytes
+    }
+
+    /// Requests in flight to a peer.
+    pub fn peer_inflight(&self, id: PeerId) -> u32 {
+        self.peers.get(&id).map_or(0, |p| p.inflight)
+    }
+
+    /// Registers a connected peer with its node name and whether it is in this node's site.
+    pub fn add_peer(&mut self, id: PeerId, name: &str, same_site: bool) {
+        let n = self.have.len();
+        self.remove_peer(id);
+        self.peers.insert(
+            id,
+            PeerState {
+                name: name.to_owned(),
+                same_site,
+                have: Bitfield::new(n),
+                fetching: Bitfield::new(n),
+                inflight: 0,
+                rate: 0.0,
+                rtt: Duration::from_millis(10),
+            },
+        );
+    }
+
+    /// Forgets a peer (disconnected or banned); its in-flight chunks become free. Returns them.
+    pub fn remove_peer(&mut self, id: PeerId) -> Vec<u32> {
+        let Some(p) = self.peers.remove(&id) else {
+            return Vec::new();
+        };
+        for c in p.have.iter_ones() {
+            self.availability[c as usize] -= 1;
+            if p.same_site {
+                self.site_availability[c as usize] -= 1;
+            }
+        }
+        let mut freed = Vec::new();
+        self.inflight.retain(|&c, srcs| {
+            srcs.retain(|s| *s != Source::Peer(id));
+            if srcs.is_empty() {
+                freed.push(c);
+                false
+            } else {
+                true
+            }
+        });
+        freed.sort_unstable();
+        freed
+    }
+
+    /// A peer's full have-map (replaces what was known).
+    pub fn peer_have_map(&mut self, id: PeerId, bits: &Bitfield, now: Duration) {
+        if bits.len() != self.have.len() {
+            return;
+        }
+        let Some(p) = self.peers.get_mut(&id) else { return };
+        for c in p.have.iter_ones() {
+            self.availability[c as usize] -= 1;
+            if p.same_site {
+                self.site_availability[c as usize] -= 1;
+            }
+        }
+        p.have = bits.clone();
+        for c in p.have.iter_ones() {
+            self.availability[c as usize] += 1;
+            if p.same_site {
+                self.site_availability[c as usize] += 1;
+            }
+            p.fetching.clear(c);
+        }
+        self.last_progress = now;
+    }
+
+    /// A peer announced a newly verified chunk.
+    pub fn peer_have(&mut self, id: PeerId, c: u32, now: Duration) {
+        let Some(p) = self.peers.get_mut(&id) else { return };
+        if p.have.set(c) {
+            self.availability[c as usize] += 1;
+            if p.same_site {
+                self.site_availability[c as usize] += 1;
+            }
+            p.fetching.clear(c);
+            self.last_progress = now;
+        }
+    }
+
+    /// A peer announced it is fetching `c` from outside (origin or another site).
+    pub fn peer_fetching(&mut self, id: PeerId, c: u32) {
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.fetching.set(c);
+        }
+    }
+
+    /// Updates a peer's smoothed round-trip time (from the QUIC connection).
+    pub fn set_rtt(&mut self, id: PeerId, rtt: Duration) {
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.rtt = rtt;
+        }
+    }
+
+    /// How many requests a peer should have in flight: its bandwidth-delay product in chunks, plus one.
+    pub fn pipeline_target(&self, id: PeerId) -> u32 {
+        let Some(p) = self.peers.get(&id) else { return 0 };
+        let bdp_chunks = p.rate * p.rtt.as_secs_f64() / f64::from(self.chunk_size.max(1));
+        let t = bdp_chunks.ceil() as u32 + 1;
+        t.clamp(self.cfg.min_pipeline, self.cfg.max_pipeline)
+    }
+
+    fn stalled(&self, now: Duration) -> bool {
+        now.saturating_sub(self.last_progress) >= self.cfg.stall_after
+    }
+
+    fn someone_fetching(&self, c: u32, same_site_only: bool) -> bool {
+        self.peers
+            .values()
+            .any(|p| p.fetching.get(c) && (!same_site_only || p.same_site))
+    }
+
+    /// Whether this node is the rendezvous owner of `c` among itself and the connected peers that lack
+    /// it (all of them, or only same-site ones).
+    fn owns(&self, c: u32, same_site_only: bool) -> bool {
+        let mine = hrw(&self.name, c);
+        !self
+            .peers
+            .values()
+            .filter(|p| !p.have.get(c) && (!same_site_only || p.same_site))
+            .any(|p| {
+                let s = hrw(&p.name, c);
+                s > mine || (s == mine && p.name < self.name)
+            })
+    }
+
+    fn wanted(&self, c: u32) -> bool {
+        !self.have.get(c) && !self.inflight.contains_key(&c)
+    }
+
+    /// Whether a chunk held by peer `p` may be fetched from it under the site rules.
+    fn site_allows(&self, p: &PeerState, c: u32, stalled: bool) -> bool {
+        if p.same_site || stalled {
+            return true;
+        }
+        self.site_availability[c as usize] == 0 && !self.someone_fetching(c, true) && self.owns(c, true)
+    }
+
+    /// Chunks to request from peer `id` now, to bring its pipeline to target. They are recorded as in
+    /// flight from that peer.
+    pub fn pick_for_peer(&mut self, id: PeerId, now: Duration) -> Vec<u32> {
+        let target = self.pipeline_target(id);
+        let Some(p) = self.peers.get(&id) else {
+            return Vec::new();
+        };
+        let room = target.saturating_sub(p.inflight) as usize;
+        if room == 0 || self.is_complete() {
+            return Vec::new();
+        }
+        let stalled = self.stalled(now);
+        let random_phase = self.have.count() < self.cfg.random_first;
+        // (rarity, random tie-break, chunk)
+        let mut cands: Vec<(u16, u32, u32)> = Vec::new();
+        for c in p.have.iter_ones() {
+            if self.wanted(c) && self.site_allows(p, c, stalled) {
+                let rarity = if random_phase {
+                    0
+                } else {
+                    self.availability[c as usize]
+                };
+                cands.push((rarity, self.rng.random(), c));
+            }
+        }
+        let mut picked: Vec<u32> = Vec::new();
+        if !cands.is_empty() {
+            cands.sort_unstable();
+            picked.extend(cands.iter().take(room).map(|t| t.2));
+        } else if self.endgame() {
+            // Endgame: duplicate in-flight chunks this peer holds, fewest sources first.
+            let mut dup: Vec<(usize, u32, u32)> = self
+                .inflight
+                .iter()
+                .filter(|(c, srcs)| {
+                    p.have.get(**c)
+                        && srcs.len() < self.cfg.endgame_sources
+                        && !srcs.contains(&Source::Peer(id))
+                })
+                .map(|(c, srcs)| (srcs.len(), 0, *c))
+                .collect();
+            for d in &mut dup {
+                d.1 = self.rng.random();
+            }
+            dup.sort_unstable();
+            picked.extend(dup.iter().take(room).map(|t| t.2));
+        }
+        for &c in &picked {
+            self.inflight.entry(c).or_default().push(Source::Peer(id));
+        }
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.inflight += picked.len() as u32;
+        }
+        picked
+    }
+
+    /// Endgame: every missing chunk is already in flight.
+    fn endgame(&self) -> bool {
+        (self.have.len() - self.have.count()) as usize == self.inflight.len()
+    }
+
+    /// Chunks to fetch from the origin now, under the origin rule and budget. They are recorded as in
+    /// flight from the origin; the engine announces them to peers with a `Fetching` hint.
+    pub fn pick_for_origin(&mut self, now: Duration) -> Vec<u32> {
+        let room = self.cfg.origin_concurrency.saturating_sub(self.origin_inflight);
+        if room == 0 || self.is_complete() {
+            return Vec::new();
+        }
+        let stalled = self.stalled(now);
+        let mut budget_left = self
+            .cfg
+            .origin_budget
+            .map(|b| b.saturating_sub(self.origin_bytes));
+        // Reserve budget for what is already in flight from the origin.
+        for (c, srcs) in &self.inflight {
+            if srcs.contains(&Source::Origin)
+                && let Some(b) = budget_left.as_mut()
+            {
+                *b = b.saturating_sub(self.chunk_len(*c));
+            }
+        }
+        let mut cands: Vec<(u32, u32)> = Vec::new();
+        for c in self.have.iter_zeros() {
+            if !self.wanted(c) || self.availability[c as usize] > 0 {
+                continue;
+            }
+            if !stalled && (self.someone_fetching(c, false) || !self.owns(c, false)) {
+                continue;
+            }
+            cands.push((self.rng.random(), c));
+        }
+        cands.sort_unstable();
+        let mut picked = Vec::new();
+        for (_, c) in cands {
+            if picked.len() as u32 >= room {
+                break;
+            }
+            let len = self.chunk_len(c);
+            if let Some(b) = budget_left.as_mut() {
+                if *b < len {
+                    break;
+                }
+                *b -= len;
+            }
+            picked.push(c);
+        }
+        for &c in &picked {
+            self.inflight.entry(c).or_default().push(Source::Origin);
+        }
+        self.origin_inflight += picked.len() as u32;
+        picked
+    }
+
+    fn drop_source(&mut self, c: u32, src: Source) {
+        if let Some(srcs) = self.inflight.get_mut(&c)
+            && let Some(pos) = srcs.iter().position(|s| *s == src)
+        {
+            srcs.swap_remove(pos);
+            match src {
+                Source::Peer(id) => {
+                    if let Some(p) = self.peers.get_mut(&id) {
+                        p.inflight = p.inflight.saturating_sub(1);
+                    }
+                }
+                Source::Origin => self.origin_inflight = self.origin_inflight.saturating_sub(1),
+            }
+            if srcs.is_empty() {
+                self.inflight.remove(&c);
+            }
+        }
+    }
+
+    /// Chunk `c` arrived from `src` and verified, `elapsed` after it was requested. Returns the other
+    /// peers still fetching it (endgame), whose requests the engine should cancel.
+    pub fn completed(&mut self, c: u32, src: Source, elapsed: Duration, now: Duration) -> Vec<PeerId> {
+        let len = self.chunk_len(c);
+        if let Source::Peer(id) = src
+            && let Some(p) = self.peers.get_mut(&id)
+        {
+            // With k requests in flight each taking `elapsed`, the peer delivers about k chunks per elapsed.
+            let k = f64::from(p.inflight.max(1));
+            let sample = k * len as f64 / elapsed.as_secs_f64().max(1e-6);
+            p.rate = if p.rate == 0.0 {
+                sample
+            } else {
+                0.75 * p.rate + 0.25 * sample
+            };
+        }
+        if src == Source::Origin {
+            self.origin_bytes += len;
+        }
+        self.drop_source(c, src);
+        let others: Vec<Source> = self.inflight.get(&c).cloned().unwrap_or_default();
+        for s in &others {
+            self.drop_source(c, *s);
+        }
+        self.have.set(c);
+        self.last_progress = now;
+        others
+            .into_iter()
+            .filter_map(|s| match s {
+                Source::Peer(id) => Some(id),
+                Source::Origin => None,
+            })
+            .collect()
+    }
+
+    /// A request for `c` from `src` failed (error, cancel, or verification failure); the chunk is free
+    /// to be picked again.
+    pub fn failed(&mut self, c: u32, src: Source) {
+        self.drop_source(c, src);
+    }
+
+    /// Accounts origin bytes that were read but did not yield a verified chunk (a failed range GET).
+    pub fn charge_origin(&mut self, bytes: u64) {
+        self.origin_bytes += bytes;
+    }
+}
+
+/// Upload slots: at most `total` concurrent chunk uploads, at most `per_peer` to any one peer.
+#[derive(Debug)]
+pub struct UploadSlots {
+    total: u32,
+    per_peer: u32,
+    used: u32,
+    by_peer: HashMap<PeerId, u32>,
+}
+
+impl UploadSlots {
+    /// New slot accounting.
+    pub fn new(total: u32, per_peer: u32) -> Self {
+        UploadSlots {
+            total,
+            per_peer,
+            used: 0,
+            by_peer: HashMap::new(),
+        }
+    }
+
+    /// Takes a slot for `peer`, or `false` if none is free.
+    pub fn try_acquire(&mut self, peer: PeerId) -> bool {
+        let mine = self.by_peer.entry(peer).or_insert(0);
+        if self.used >= self.total || *mine >= self.per_peer {
+            return false;
+        }
+        *mine += 1;
+        self.used += 1;
+        true
+    }
+
+    /// Returns a slot taken for `peer`.
+    pub fn release(&mut self, peer: PeerId) {
+        if let Some(m) = self.by_peer.get_mut(&peer)
+            && *m > 0
+        {
+            *m -= 1;
+            self.used -= 1;
+            if *m == 0 {
+                self.by_peer.remove(&peer);
+            }
+        }
+    }
+
+    /// Slots in use.
+    pub fn used(&self) -> u32 {
+        self.used
+    }
+}
+
+#[cfg(test)]
+mod tests;

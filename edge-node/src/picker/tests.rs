@@ -1,0 +1,366 @@
+//! Picker unit tests and a small deterministic in-memory swarm simulation.
+
+use super::*;
+
+const MS: Duration = Duration::from_millis(1);
+
+fn cfg() -> PickerConfig {
+    PickerConfig {
+        origin_concurrency: 64,
+        ..PickerConfig::default()
+    }
+}
+
+fn bits(n: u32, ones: &[u32]) -> Bitfield {
+    let mut b = Bitfield::new(n);
+    for &c in ones {
+        b.set(c);
+    }
+    b
+}
+
+#[test]
+fn random_first_picks_only_what_the_peer_has_and_depends_on_seed() {
+    let mut firsts = std::collections::HashSet::new();
+    for seed in 0..20 {
+        let mut p = Picker::new("me", 1024, 64 * 1024, Bitfield::new(64), cfg(), seed);
+        p.add_peer(1, "a", true);
+        p.peer_have_map(1, &bits(64, &(0..32).collect::<Vec<_>>()), MS);
+        let picks = p.pick_for_peer(1, MS);
+        assert_eq!(picks.len(), 2, "min pipeline");
+        assert!(picks.iter().all(|&c| c < 32));
+        firsts.insert(picks[0]);
+    }
+    assert!(
+        firsts.len() > 5,
+        "random first picks vary with the seed: {firsts:?}"
+    );
+}
+
+#[test]
+fn same_seed_same_picks() {
+    let run = || {
+        let mut p = Picker::new("me", 1024, 64 * 1024, Bitfield::new(64), cfg(), 7);
+        p.add_peer(1, "a", true);
+        p.peer_have_map(1, &Bitfield::full(64), MS);
+        p.pick_for_peer(1, MS)
+    };
+    assert_eq!(run(), run());
+}
+
+#[test]
+fn rarest_first_after_the_random_phase() {
+    let n = 16;
+    // Already holds 4 chunks, so the random phase is over.
+    let mut p = Picker::new("me", 1024, 16 * 1024, bits(n, &[12, 13, 14, 15]), cfg(), 1);
+    p.add_peer(1, "a", true);
+    p.add_peer(2, "b", true);
+    p.add_peer(3, "c", true);
+    p.peer_have_map(1, &bits(n, &[0, 1, 2]), MS);
+    p.peer_have_map(2, &bits(n, &[1, 2]), MS);
+    p.peer_have_map(3, &bits(n, &[2]), MS);
+    // From peer a: chunk 0 (held by 1 peer) before 1 (2 peers) before 2 (3 peers).
+    assert_eq!(p.pick_for_peer(1, MS), vec![0, 1]);
+    // From peer c: only chunk 2 is left that c has and nobody is fetching.
+    assert_eq!(p.pick_for_peer(3, MS), vec![2]);
+}
+
+#[test]
+fn endgame_duplicates_and_completion_cancels_the_other() {
+    let n = 4;
+    let mut p = Picker::new("me", 1024, 4 * 1024, bits(n, &[0, 1]), cfg(), 3);
+    p.add_peer(1, "a", true);
+    p.add_peer(2, "b", true);
+    p.peer_have_map(1, &bits(n, &[2, 3]), MS);
+    p.peer_have_map(2, &bits(n, &[2, 3]), MS);
+    let mut from_a = p.pick_for_peer(1, MS);
+    from_a.sort();
+    assert_eq!(from_a, vec![2, 3]);
+    // Nothing unrequested is left: b gets the same chunks as endgame duplicates.
+    let mut from_b = p.pick_for_peer(2, MS);
+    from_b.sort();
+    assert_eq!(from_b, vec![2, 3]);
+    // Chunk 2 arrives from a: b's copy must be cancelled.
+    assert_eq!(p.completed(2, Source::Peer(1), 10 * MS, 20 * MS), vec![2]);
+    assert_eq!(p.peer_inflight(2), 1);
+    assert_eq!(p.peer_inflight(1), 1);
+    assert_eq!(p.completed(3, Source::Peer(2), 10 * MS, 20 * MS), vec![1]);
+    assert!(p.is_complete());
+    assert_eq!(p.peer_inflight(1), 0);
+}
+
+#[test]
+fn pipeline_follows_the_bandwidth_delay_product() {
+    let n = 1000;
+    let mut p = Picker::new("me", 64 * 1024, 1000 * 64 * 1024, Bitfield::new(n), cfg(), 1);
+    p.add_peer(1, "a", true);
+    p.peer_have_map(1, &Bitfield::full(n), MS);
+    assert_eq!(p.pipeline_target(1), 2, "no measurement yet: the minimum");
+    p.set_rtt(1, Duration::from_millis(100));
+    // One chunk of 64 KiB in 6.4 ms with one in flight: 10 MB/s. BDP = 1 MB = ~16 chunks.
+    let picks = p.pick_for_peer(1, MS);
+    let c = picks[0];
+    for &other in &picks[1..] {
+        p.failed(other, Source::Peer(1));
+    }
+    assert_eq!(p.peer_inflight(1), 1);
+    p.completed(c, Source::Peer(1), Duration::from_micros(6554), 2 * MS);
+    let t = p.pipeline_target(1);
+    assert!((16..=18).contains(&t), "target {t}");
+    // A slow peer stays at the minimum.
+    p.add_peer(2, "b", true);
+    p.set_rtt(2, Duration::from_millis(1));
+    assert_eq!(p.pipeline_target(2), 2);
+    // The cap holds.
+    p.set_rtt(1, Duration::from_secs(10));
+    assert_eq!(p.pipeline_target(1), 32);
+}
+
+#[test]
+fn origin_only_for_chunks_no_peer_has_and_split_between_owners() {
+    let n = 64;
+    let mut a = Picker::new("node-a", 1024, 64 * 1024, Bitfield::new(n), cfg(), 1);
+    let mut b = Picker::new("node-b", 1024, 64 * 1024, Bitfield::new(n), cfg(), 2);
+    a.add_peer(1, "node-b", true);
+    b.add_peer(1, "node-a", true);
+    let pa = a.pick_for_origin(MS);
+    let pb = b.pick_for_origin(MS);
+    let mut all: Vec<u32> = pa.iter().chain(pb.iter()).copied().collect();
+    all.sort();
+    assert_eq!(
+        all,
+        (0..n).collect::<Vec<_>>(),
+        "each chunk has exactly one owner"
+    );
+    assert!(!pa.is_empty() && !pb.is_empty(), "both nodes share the work");
+    // A chunk some peer has never goes to the origin.
+    let mut c = Picker::new("node-c", 1024, 64 * 1024, Bitfield::new(n), cfg(), 3);
+    c.add_peer(1, "node-d", true);
+    c.peer_have_map(1, &Bitfield::full(n), MS);
+    assert!(c.pick_for_origin(MS).is_empty());
+}
+
+#[test]
+fn fetching_hint_and_stall() {
+    let n = 8;
+    let mut p = Picker::new("x", 1024, 8 * 1024, Bitfield::new(n), cfg(), 1);
+    // Alone: owns everything.
+    p.add_peer(1, "y", true);
+    for c in 0..n {
+        p.peer_fetching(1, c);
+    }
+    assert!(
+        p.pick_for_origin(MS).is_empty(),
+        "the peer announced fetching everything"
+    );
+    // After a long silence the hints are ignored.
+    let later = MS + p.cfg.stall_after;
+    assert_eq!(p.pick_for_origin(later).len(), n as usize);
+}
+
+#[test]
+fn origin_budget_caps_reads() {
+    let n = 10;
+    let c = PickerConfig {
+        origin_budget: Some(3 * 1000),
+        ..cfg()
+    };
+    let mut p = Picker::new("x", 1000, 10_000, Bitfield::new(n), c, 1);
+    let picks = p.pick_for_origin(MS);
+    assert_eq!(picks.len(), 3);
+    for c in picks {
+        p.completed(c, Source::Origin, MS, 2 * MS);
+    }
+    assert_eq!(p.origin_bytes(), 3000);
+    assert!(p.pick_for_origin(3 * MS).is_empty());
+}
+
+#[test]
+fn same_site_peer_preferred_and_remote_chunks_pulled_by_the_site_owner() {
+    let n = 32;
+    let mut p = Picker::new("s1-a", 1024, 32 * 1024, bits(n, &[28, 29, 30, 31]), cfg(), 1);
+    p.add_peer(1, "s1-b", true);
+    p.add_peer(2, "s2-a", false);
+    p.peer_have_map(1, &bits(n, &[0, 1]), MS);
+    p.peer_have_map(2, &Bitfield::full(n), MS);
+    let remote = p.pick_for_peer(2, MS);
+    assert!(
+        !remote.contains(&0) && !remote.contains(&1),
+        "local chunks never cross the WAN"
+    );
+    // The remote chunks this node pulls are exactly those it owns within its site.
+    for c in 2..28 {
+        let mine = hrw("s1-a", c) > hrw("s1-b", c);
+        if remote.contains(&c) {
+            assert!(mine, "chunk {c} pulled by a non-owner");
+        }
+    }
+}
+
+#[test]
+fn removing_a_peer_frees_its_chunks() {
+    let n = 8;
+    let mut p = Picker::new("x", 1024, 8 * 1024, Bitfield::new(n), cfg(), 1);
+    p.add_peer(1, "y", true);
+    p.peer_have_map(1, &Bitfield::full(n), MS);
+    let picks = p.pick_for_peer(1, MS);
+    let mut freed = p.remove_peer(1);
+    freed.sort();
+    let mut picks_sorted = picks.clone();
+    picks_sorted.sort();
+    assert_eq!(freed, picks_sorted);
+    assert!(p.availability.iter().all(|&a| a == 0));
+    // With the peer gone, this node owns every chunk for the origin.
+    assert_eq!(p.pick_for_origin(MS).len(), n as usize);
+}
+
+#[test]
+fn upload_slots_limit_total_and_per_peer() {
+    let mut s = UploadSlots::new(3, 2);
+    assert!(s.try_acquire(1));
+    assert!(s.try_acquire(1));
+    assert!(!s.try_acquire(1), "per-peer limit");
+    assert!(s.try_acquire(2));
+    assert!(!s.try_acquire(3), "total limit");
+    s.release(1);
+    assert!(s.try_acquire(3));
+    assert_eq!(s.used(), 3);
+}
+
+/// Result of a simulated swarm.
+struct SimResult {
+    origin_reads: u32,
+    /// Per destination site: chunks received from another site or the origin.
+    wan_in: HashMap<usize, u32>,
+    finish_ticks: Vec<u32>,
+}
+
+/// Simulates `sites.len()` nodes, fully meshed, moving `n` chunks. Peer transfers take 2 ticks (4 across
+/// sites), origin reads 3; have and fetching messages take 1 tick. Deterministic for a seed.
+fn simulate(sites: &[usize], n: u32, seed: u64) -> SimResult {
+    let nodes = sites.len();
+    let names: Vec<String> = (0..nodes).map(|i| format!("node-{i}")).collect();
+    let tick = Duration::from_millis(10);
+    let mut pickers: Vec<Picker> = (0..nodes)
+        .map(|i| {
+            let mut p = Picker::new(
+                &names[i],
+                1024,
+                u64::from(n) * 1024,
+                Bitfield::new(n),
+                cfg(),
+                seed + i as u64,
+            );
+            for j in 0..nodes {
+                if j != i {
+                    p.add_peer(j as u32, &names[j], sites[i] == sites[j]);
+                }
+            }
+            p
+        })
+        .collect();
+    // (due tick, node, chunk, source)
+    let mut transfers: Vec<(u32, usize, u32, Source, u32)> = Vec::new();
+    // (due tick, to, from, chunk, is_have)
+    let mut msgs: Vec<(u32, usize, usize, u32, bool)> = Vec::new();
+    let mut res = SimResult {
+        origin_reads: 0,
+        wan_in: HashMap::new(),
+        finish_ticks: vec![0; nodes],
+    };
+    for t in 0..10_000u32 {
+        let now = tick * t;
+        let (due, rest): (Vec<_>, Vec<_>) = msgs.into_iter().partition(|m| m.0 <= t);
+        msgs = rest;
+        for (_, to, from, c, is_have) in due {
+            if is_have {
+                pickers[to].peer_have(from as u32, c, now);
+            } else {
+                pickers[to].peer_fetching(from as u32, c);
+            }
+        }
+        let (due, rest): (Vec<_>, Vec<_>) = transfers.into_iter().partition(|x| x.0 <= t);
+        transfers = rest;
+        for (_, node, c, src, started) in due {
+            if pickers[node].have().get(c) {
+                continue; // cancelled duplicate
+            }
+            match src {
+                Source::Origin => {
+                    res.origin_reads += 1;
+                    *res.wan_in.entry(sites[node]).or_default() += 1;
+                }
+                Source::Peer(j) if sites[j as usize] != sites[node] => {
+                    *res.wan_in.entry(sites[node]).or_default() += 1;
+                }
+                Source::Peer(_) => {}
+            }
+            let cancel = pickers[node].completed(c, src, tick * (t - started), now);
+            transfers.retain(|x| {
+                !(x.1 == node && x.2 == c && matches!(x.3, Source::Peer(p) if cancel.contains(&p)))
+            });
+            for j in 0..nodes {
+                if j != node {
+                    msgs.push((t + 1, j, node, c, true));
+                }
+            }
+            if pickers[node].is_complete() {
+                res.finish_ticks[node] = t;
+            }
+        }
+        if pickers.iter().all(|p| p.is_complete()) {
+            return res;
+        }
+        for i in 0..nodes {
+            for j in 0..nodes {
+                if i == j {
+                    continue;
+                }
+                let lat = if sites[i] == sites[j] { 2 } else { 4 };
+                for c in pickers[i].pick_for_peer(j as u32, now) {
+                    transfers.push((t + lat, i, c, Source::Peer(j as u32), t));
+                }
+            }
+            for c in pickers[i].pick_for_origin(now) {
+                transfers.push((t + 3, i, c, Source::Origin, t));
+                for j in 0..nodes {
+                    if j != i {
+                        msgs.push((t + 1, j, i, c, false));
+                    }
+                }
+            }
+        }
+    }
+    panic!("swarm did not complete");
+}
+
+#[test]
+fn simulated_swarm_reads_the_origin_once() {
+    for (nodes, seed) in [(5usize, 1u64), (8, 2), (10, 3)] {
+        let n = 200;
+        let r = simulate(&vec![0; nodes], n, seed);
+        assert_eq!(
+            r.origin_reads,
+            n,
+            "{nodes} nodes: origin copies {}",
+            f64::from(r.origin_reads) / f64::from(n)
+        );
+        assert!(r.finish_ticks.iter().all(|&t| t > 0));
+    }
+}
+
+#[test]
+fn simulated_sites_pull_about_one_copy_each_across_the_wan() {
+    let sites = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2];
+    let n = 200;
+    let r = simulate(&sites, n, 9);
+    assert_eq!(r.origin_reads, n);
+    for s in 0..3 {
+        let copies = f64::from(r.wan_in[&s]) / f64::from(n);
+        assert!(
+            copies <= 1.08,
+            "site {s} pulled {copies:.3} copies across the WAN"
+        );
+        assert!(copies >= 0.99, "site {s} got everything: {copies:.3}");
+    }
+}
