@@ -246,6 +246,23 @@ fn check_links(args: LabArgs) -> anyhow::Result<()> {
         "rtt {:?}: UDP round trip min {:.2} ms, median {:.2} ms ({} of {} answered)",
         spec.rtt, p.rtt_min_ms, p.rtt_median_ms, p.received, p.sent
     );
+    let each = 2u64 << 20;
+    let ring = check::ring(&lab, &bins, each)?;
+    println!(
+        "ring load ({} nodes each sending {} bytes to the next at once): {:.1} Mbit/s aggregate in {:.1} s; delay daemon {:.2} CPU s ({:.0} % of one core)",
+        ring.nodes,
+        each,
+        ring.aggregate_goodput_bps / 1e6,
+        ring.secs,
+        ring.delay_cpu_s,
+        ring.delay_cpu_s / ring.secs * 100.0
+    );
+    let idle0 = pollen_e2e::lab::baseline::delay_cpu(&lab);
+    std::thread::sleep(Duration::from_secs(5));
+    println!(
+        "delay daemon idle: {:.0} % of one core",
+        (pollen_e2e::lab::baseline::delay_cpu(&lab) - idle0) / 5.0 * 100.0
+    );
     if loss > 0.0 {
         lab.set_loss(loss)?;
         let p = check::ping(&lab, &bins, &a.ns, &b.ns, b.addr, 5000, 400)?;

@@ -180,3 +180,71 @@ pub fn ping(
         rtt_median_ms: v["rtt_median_ms"].as_f64().unwrap_or(f64::NAN),
     })
 }
+
+/// Load on every node at once: each sends to the next one round a ring.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RingSample {
+    /// Nodes sending (and receiving).
+    pub nodes: usize,
+    /// Seconds until the last transfer ended.
+    pub secs: f64,
+    /// Sum of all payload bytes over `secs`, bit/s.
+    pub aggregate_goodput_bps: f64,
+    /// CPU seconds the delay daemon used meanwhile.
+    pub delay_cpu_s: f64,
+}
+
+/// Every node sends `bytes` to its successor at once; measures the lab's carrying capacity and the
+/// delay daemon's CPU under that load.
+pub fn ring(lab: &Lab, bins: &LabBinaries, bytes: u64) -> Result<RingSample, LabError> {
+    let nodes = lab.nodes();
+    let n = nodes.len();
+    if n < 2 {
+        return Err(LabError::Spec("a ring needs two nodes".into()));
+    }
+    let mut sinks = Vec::new();
+    for node in nodes {
+        let listen = format!("{}:7003", node.addr);
+        sinks.push(start_server(
+            lab,
+            bins,
+            &node.ns,
+            &["sink", "--listen", &listen, "--max-secs", "600"],
+        )?);
+    }
+    let dir = tempfile::tempdir().map_err(|e| LabError::io("tempdir", e))?;
+    let cpu0 = super::baseline::delay_cpu(lab);
+    let start = Instant::now();
+    let mut procs = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let to = &nodes[(i + 1) % n];
+        let mut cmd = lab.command(&node.ns, &bins.probe);
+        cmd.args([
+            "send",
+            "--to",
+            &format!("{}:7003", to.addr),
+            "--bytes",
+            &bytes.to_string(),
+        ]);
+        procs.push(super::fleet::Proc::spawn(&node.name, cmd, dir.path())?);
+    }
+    let done = super::fleet::wait_all(procs, start, std::time::Duration::from_secs(600))?;
+    let secs = start.elapsed().as_secs_f64();
+    let delay_cpu_s = super::baseline::delay_cpu(lab) - cpu0;
+    if let Some(f) = done.iter().find(|f| !f.success) {
+        return Err(LabError::Failed(format!("ring sender {}: {}", f.label, f.status)));
+    }
+    let mut total = 0u64;
+    for (_k, out) in &mut sinks {
+        let mut line = String::new();
+        out.read_line(&mut line)
+            .map_err(|e| LabError::io("reading a sink's result", e))?;
+        total += json(&line)?["bytes"].as_u64().unwrap_or(0);
+    }
+    Ok(RingSample {
+        nodes: n,
+        secs,
+        aggregate_goodput_bps: total as f64 * 8.0 / secs,
+        delay_cpu_s,
+    })
+}

@@ -87,9 +87,7 @@ impl<T> DelayLine<T> {
     }
 }
 
-/// How long the loop sleeps when nothing is held (bounds the extra delay of an idle start).
-const IDLE_POLL: Duration = Duration::from_micros(200);
-/// Longest sleep while packets are held.
+/// Longest sleep while packets are held (bounds how late a newly queued packet is seen).
 const BUSY_POLL: Duration = Duration::from_micros(100);
 /// Packets received before releasing due ones.
 const RECV_BATCH: usize = 256;
@@ -119,6 +117,22 @@ pub fn run(queue: u16, delay: Duration, ready: impl FnOnce()) -> Result<(), Dela
     let mut line = DelayLine::new(delay);
     loop {
         let mut got = 0;
+        if line.is_empty() {
+            // Nothing held: block until a packet arrives (no CPU while the lab is idle).
+            q.set_nonblocking(false);
+            let first = q.recv();
+            q.set_nonblocking(true);
+            match first {
+                Ok(msg) => {
+                    line.push(arrival(msg.get_timestamp(), Instant::now()), msg);
+                    got += 1;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(DelayError::Io { what: "recv", source });
+                }
+            }
+        }
         while got < RECV_BATCH {
             match q.recv() {
                 Ok(msg) => {
@@ -145,7 +159,7 @@ pub fn run(queue: u16, delay: Duration, ready: impl FnOnce()) -> Result<(), Dela
         }
         let nap = match line.next_due() {
             Some(due) => due.saturating_duration_since(now).min(BUSY_POLL),
-            None => IDLE_POLL,
+            None => Duration::ZERO,
         };
         if !nap.is_zero() {
             std::thread::sleep(nap);
