@@ -9,8 +9,11 @@
 //!   fallback, and the engine that drives a swarm for one verified index;
 //! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` server.
 //!
-//! Non-goals: Kubernetes (the agent feeds this engine), and publishing or signing (see `pollen-trust`).
+//! - [`agent`]: the Kubernetes node agent, which registers the EdgeNode and feeds assignments to the engine.
+//!
+//! Non-goals: Kubernetes beyond the agent (the operator decides who gets what), and publishing or signing (see `pollen-trust`).
 
+pub mod agent;
 pub mod bitfield;
 pub mod picker;
 pub mod protocol;

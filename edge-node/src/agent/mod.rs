@@ -1,0 +1,396 @@
+//! The Kubernetes node agent: the device's side of the Pollen API.
+//!
+//! On start it creates or updates its own EdgeNode (labels copied from its Node where
+//! that API is readable, from flags otherwise) and publishes its QUIC endpoint, site and
+//! inventory. Then it watches only its own EdgeNode for `spec.assignments`, runs each
+//! assignment through an [`AssignmentRunner`] (the swarm engine in the binary), and
+//! reports per-assignment status, throttled by [`throttle::ReportThrottle`].
+//!
+//! Non-goals: moving bytes (the engine does), deciding who gets what (the operator does).
+//! The agent never writes `spec`: the operator owns it.
+
+pub mod desired;
+pub mod throttle;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, future::BoxFuture};
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::watcher;
+use pollen_crds::{
+    Assignment, AssignmentPhase, AssignmentStatus, EdgeNode, EdgeNodeStatus, InstalledVersion, Inventory,
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// The field manager the agent writes with.
+pub const FIELD_MANAGER: &str = "pollen-agent";
+
+/// Errors of the agent layer.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Creating or updating the EdgeNode failed; the agent cannot announce itself.
+    #[error("cannot register EdgeNode {name}: {source}")]
+    Register {
+        /// The EdgeNode name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Writing the EdgeNode status failed (retried on the next tick).
+    #[error("cannot write EdgeNode status: {0}")]
+    Status(#[source] kube::Error),
+    /// The watch on the EdgeNode ended with an error.
+    #[error("watch on EdgeNode failed: {0}")]
+    Watch(#[source] watcher::Error),
+}
+
+/// What the agent knows about itself.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// EdgeNode name (normally the Kubernetes Node name).
+    pub node_name: String,
+    /// Site or zone of the device.
+    pub site: Option<String>,
+    /// The QUIC endpoint peers connect to, `host:port`.
+    pub endpoint: String,
+    /// Labels to set when the Node API cannot be read.
+    pub fallback_labels: BTreeMap<String, String>,
+    /// The install root (its filesystem's free space is reported).
+    pub install_root: std::path::PathBuf,
+    /// Minimum time between progress writes.
+    pub progress_interval: Duration,
+    /// Time between heartbeats when nothing changes.
+    pub heartbeat_interval: Duration,
+}
+
+/// Runs one assignment to its end, reporting through `progress`.
+///
+/// The runner verifies both signatures, fetches, installs, and sets the final phase
+/// (`Installed` or `Failed` with `last_error`). It must stop promptly when `cancel` fires.
+pub trait AssignmentRunner: Send + Sync + 'static {
+    /// Run `assignment`; the future completes when it reaches an end state or is cancelled.
+    fn run(
+        &self,
+        assignment: Assignment,
+        progress: watch::Sender<AssignmentStatus>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'static, Option<InstalledVersion>>;
+}
+
+/// Labels the agent puts on its EdgeNode: the Node's labels where readable, else the fallback.
+pub async fn node_labels(client: &kube::Client, cfg: &AgentConfig) -> BTreeMap<String, String> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut labels = match nodes.get_opt(&cfg.node_name).await {
+        Ok(Some(node)) => node.metadata.labels.unwrap_or_default(),
+        Ok(None) => {
+            info!(node = %cfg.node_name, "no Node object of this name; using labels from flags");
+            cfg.fallback_labels.clone()
+        }
+        Err(e) => {
+            info!(node = %cfg.node_name, error = %e, "Node API not readable here; using labels from flags");
+            cfg.fallback_labels.clone()
+        }
+    };
+    labels.insert(pollen_crds::labels::NODE_NAME.into(), cfg.node_name.clone());
+    if let Some(site) = &cfg.site {
+        labels.insert(pollen_crds::labels::SITE.into(), site.clone());
+    }
+    labels
+}
+
+/// Create or update the EdgeNode with the given labels, and publish endpoint, site and inventory.
+pub async fn register(
+    client: &kube::Client,
+    cfg: &AgentConfig,
+    labels: BTreeMap<String, String>,
+) -> Result<(), AgentError> {
+    let api: Api<EdgeNode> = Api::all(client.clone());
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let obj = serde_json::json!({
+        "apiVersion": "pollen.dev/v1alpha1", "kind": "EdgeNode",
+        "metadata": { "name": cfg.node_name, "labels": labels },
+    });
+    api.patch(&cfg.node_name, &pp, &Patch::Apply(&obj))
+        .await
+        .map_err(|source| AgentError::Register {
+            name: cfg.node_name.clone(),
+            source,
+        })?;
+    write_status(&api, cfg, &[], &[]).await.map_err(|e| match e {
+        AgentError::Status(source) => AgentError::Register {
+            name: cfg.node_name.clone(),
+            source,
+        },
+        other => other,
+    })
+}
+
+fn inventory(cfg: &AgentConfig) -> Inventory {
+    let free = rustix::fs::statvfs(&cfg.install_root)
+        .map(|s| (s.f_bavail.saturating_mul(s.f_frsize)) as i64)
+        .unwrap_or(-1);
+    Inventory {
+        architecture: std::env::consts::ARCH.to_string(),
+        free_disk_bytes: free,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+async fn write_status(
+    api: &Api<EdgeNode>,
+    cfg: &AgentConfig,
+    assignments: &[AssignmentStatus],
+    installed: &[InstalledVersion],
+) -> Result<(), AgentError> {
+    let now = Time(jiff::Timestamp::now());
+    let status = EdgeNodeStatus {
+        endpoint: Some(cfg.endpoint.clone()),
+        site: cfg.site.clone(),
+        certificate: None,
+        inventory: Some(inventory(cfg)),
+        assignments: assignments.to_vec(),
+        active_assignments: assignments.iter().filter(|a| !a.phase.is_terminal()).count() as i32,
+        installed: installed.to_vec(),
+        heartbeat: Some(now),
+    };
+    let patch = serde_json::json!({
+        "apiVersion": "pollen.dev/v1alpha1", "kind": "EdgeNode",
+        "metadata": { "name": cfg.node_name },
+        "status": status,
+    });
+    api.patch_status(
+        &cfg.node_name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(|_| ())
+    .map_err(AgentError::Status)
+}
+
+struct Running {
+    chunk_index: String,
+    cancel: CancellationToken,
+    progress: watch::Receiver<AssignmentStatus>,
+}
+
+/// Run the agent until `shutdown` fires: register, watch the own EdgeNode, run assignments, report.
+pub async fn run(
+    client: kube::Client,
+    cfg: AgentConfig,
+    runner: Arc<dyn AssignmentRunner>,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    let labels = node_labels(&client, &cfg).await;
+    register(&client, &cfg, labels).await?;
+    info!(node = %cfg.node_name, endpoint = %cfg.endpoint, "EdgeNode registered");
+
+    let api: Api<EdgeNode> = Api::all(client.clone());
+    let wcfg = watcher::Config::default().fields(&format!("metadata.name={}", cfg.node_name));
+    let mut events = watcher::watcher(api.clone(), wcfg).boxed();
+
+    let mut running: HashMap<String, Running> = HashMap::new();
+    let mut finished: BTreeMap<String, AssignmentStatus> = BTreeMap::new();
+    let mut installed: Vec<InstalledVersion> = Vec::new();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Option<InstalledVersion>)>();
+    let progress_interval = throttle::jittered(cfg.progress_interval, &cfg.node_name);
+    let mut throttle = throttle::ReportThrottle::new(progress_interval, cfg.heartbeat_interval);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_bytes: i64 = 0;
+
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            ev = events.next() => {
+                let desired = match ev {
+                    Some(Ok(watcher::Event::Apply(en) | watcher::Event::InitApply(en))) => en.spec.assignments,
+                    Some(Ok(watcher::Event::Delete(_))) => {
+                        warn!(node = %cfg.node_name, "own EdgeNode deleted; cancelling all work");
+                        Vec::new()
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => { warn!(error = %AgentError::Watch(e), "retrying"); continue; }
+                    None => break,
+                };
+                let current: BTreeMap<String, String> =
+                    running.iter().map(|(r, w)| (r.clone(), w.chunk_index.clone())).collect();
+                for step in desired::steps(&desired, &current) {
+                    match step {
+                        desired::Step::Cancel { rollout } => {
+                            if let Some(w) = running.remove(&rollout) { w.cancel.cancel(); }
+                            finished.remove(&rollout);
+                        }
+                        desired::Step::Start(a) => {
+                            // An assignment that already finished for this exact index is not re-run.
+                            if finished.get(&a.rollout).is_some_and(|s| s.chunk_index == a.chunk_index) { continue; }
+                            finished.remove(&a.rollout);
+                            let initial = AssignmentStatus {
+                                rollout: a.rollout.clone(), chunk_index: a.chunk_index.clone(),
+                                phase: AssignmentPhase::Pending, ..Default::default()
+                            };
+                            let (tx, rx) = watch::channel(initial);
+                            let cancel = shutdown.child_token();
+                            let rollout = a.rollout.clone();
+                            info!(%rollout, index = %a.chunk_index, "starting assignment");
+                            running.insert(rollout.clone(), Running { chunk_index: a.chunk_index.clone(), cancel: cancel.clone(), progress: rx });
+                            let fut = runner.run(a, tx, cancel);
+                            let done = done_tx.clone();
+                            tokio::spawn(async move { let r = fut.await; let _ = done.send((rollout, r)); });
+                        }
+                    }
+                }
+            }
+            Some((rollout, result)) = done_rx.recv() => {
+                if let Some(w) = running.remove(&rollout) {
+                    let last = w.progress.borrow().clone();
+                    info!(%rollout, phase = ?last.phase, "assignment ended");
+                    finished.insert(rollout, last);
+                }
+                if let Some(v) = result {
+                    for old in installed.iter_mut().filter(|o| o.target_path == v.target_path) { old.current = false; }
+                    installed.insert(0, v);
+                }
+            }
+            _ = tick.tick() => {}
+        }
+        // Report, throttled.
+        let mut statuses: Vec<AssignmentStatus> = finished.values().cloned().collect();
+        statuses.extend(running.values().map(|w| w.progress.borrow().clone()));
+        statuses.sort_by(|a, b| a.rollout.cmp(&b.rollout));
+        let phases: Vec<(String, AssignmentPhase)> =
+            statuses.iter().map(|s| (s.rollout.clone(), s.phase)).collect();
+        let bytes: i64 = statuses.iter().map(|s| s.verified_bytes).sum();
+        let now = Instant::now();
+        if throttle.due(now, &phases, bytes != last_bytes) {
+            match write_status(&api, &cfg, &statuses, &installed).await {
+                Ok(()) => {
+                    throttle.wrote(now, &phases);
+                    last_bytes = bytes;
+                }
+                Err(e) => warn!(error = %e, "status write failed; will retry"),
+            }
+        }
+    }
+    for w in running.values() {
+        w.cancel.cancel();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Request, Response, StatusCode};
+    use kube::client::Body;
+
+    fn cfg() -> AgentConfig {
+        AgentConfig {
+            node_name: "gw-7".into(),
+            site: Some("berlin".into()),
+            endpoint: "10.0.0.7:7400".into(),
+            fallback_labels: BTreeMap::from([("role".to_string(), "gateway".to_string())]),
+            install_root: std::env::temp_dir(),
+            progress_interval: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(60),
+        }
+    }
+
+    async fn body_json(req: Request<Body>) -> serde_json::Value {
+        let bytes = req.into_body().collect_bytes().await.unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn registers_with_flag_labels_when_the_node_api_is_absent() {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(svc, "default");
+        let server = tokio::spawn(async move {
+            // 1. GET the Node: the API is not served here.
+            let (req, send) = handle.next_request().await.expect("node lookup");
+            assert_eq!(req.uri().path(), "/api/v1/nodes/gw-7");
+            send.send_response(
+                Response::builder()
+                    .status(StatusCode::NOT_FOUND)
+                    .body(Body::from(
+                        br#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404,"message":"the server could not find the requested resource"}"#.to_vec(),
+                    ))
+                    .unwrap(),
+            );
+            // 2. Server-side apply of the EdgeNode with the labels.
+            let (req, send) = handle.next_request().await.expect("edgenode apply");
+            assert_eq!(req.method(), http::Method::PATCH);
+            assert_eq!(req.uri().path(), "/apis/pollen.dev/v1alpha1/edgenodes/gw-7");
+            assert!(req.uri().query().unwrap().contains("fieldManager=pollen-agent"));
+            let body = body_json(req).await;
+            assert_eq!(body["metadata"]["labels"]["role"], "gateway");
+            assert_eq!(body["metadata"]["labels"]["pollen.dev/site"], "berlin");
+            assert_eq!(body["metadata"]["labels"]["pollen.dev/node-name"], "gw-7");
+            assert!(body.get("spec").is_none(), "the agent must never write spec");
+            let en = EdgeNode::new("gw-7", Default::default());
+            send.send_response(
+                Response::builder()
+                    .body(Body::from(serde_json::to_vec(&en).unwrap()))
+                    .unwrap(),
+            );
+            // 3. Status: endpoint, site and inventory.
+            let (req, send) = handle.next_request().await.expect("status apply");
+            assert_eq!(
+                req.uri().path(),
+                "/apis/pollen.dev/v1alpha1/edgenodes/gw-7/status"
+            );
+            let body = body_json(req).await;
+            assert_eq!(body["status"]["endpoint"], "10.0.0.7:7400");
+            assert_eq!(body["status"]["site"], "berlin");
+            assert_eq!(
+                body["status"]["inventory"]["architecture"],
+                std::env::consts::ARCH
+            );
+            assert!(body["status"]["inventory"]["freeDiskBytes"].as_i64().unwrap() > 0);
+            send.send_response(
+                Response::builder()
+                    .body(Body::from(serde_json::to_vec(&en).unwrap()))
+                    .unwrap(),
+            );
+        });
+        let c = cfg();
+        let labels = node_labels(&client, &c).await;
+        register(&client, &c, labels).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(1), server)
+            .await
+            .expect("all requests made")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn copies_labels_from_the_node_when_readable() {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(svc, "default");
+        let server = tokio::spawn(async move {
+            let (_req, send) = handle.next_request().await.unwrap();
+            let node = serde_json::json!({"apiVersion":"v1","kind":"Node","metadata":{"name":"gw-7","labels":{"kubernetes.io/arch":"arm64","role":"camera"}}});
+            send.send_response(
+                Response::builder()
+                    .body(Body::from(serde_json::to_vec(&node).unwrap()))
+                    .unwrap(),
+            );
+        });
+        let labels = node_labels(&client, &cfg()).await;
+        server.await.unwrap();
+        assert_eq!(
+            labels.get("role").map(String::as_str),
+            Some("camera"),
+            "Node labels win over flags"
+        );
+        assert_eq!(
+            labels.get("kubernetes.io/arch").map(String::as_str),
+            Some("arm64")
+        );
+    }
+}
