@@ -410,11 +410,14 @@ fn render_config(data: &Path, addr: SocketAddr) -> String {
 }
 
 /// Reserves a free TCP port on `ip` by binding port 0 and releasing it.
-fn free_port(ip: IpAddr) -> Result<u16, RegistryError> {
+pub(crate) fn free_port_on(ip: IpAddr) -> std::io::Result<u16> {
     std::net::TcpListener::bind(SocketAddr::new(ip, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|source| RegistryError::NoFreePort { ip, source })
+}
+
+fn free_port(ip: IpAddr) -> Result<u16, RegistryError> {
+    free_port_on(ip).map_err(|source| RegistryError::NoFreePort { ip, source })
 }
 
 /// The last 4 KiB of a log file, for error messages.
@@ -425,7 +428,7 @@ fn log_tail(path: &Path) -> String {
 }
 
 /// A minimal HTTP/1.1 `GET` that returns the status code (enough for readiness probes).
-async fn http_get_status(addr: SocketAddr, path: &str) -> std::io::Result<u16> {
+pub(crate) async fn http_get_status(addr: SocketAddr, path: &str) -> std::io::Result<u16> {
     let fut = async {
         let mut s = TcpStream::connect(addr).await?;
         let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");

@@ -201,3 +201,131 @@ fn promtool_runs() {
         .unwrap();
     assert!(!bad.status.success());
 }
+
+mod apiserver {
+    use std::time::Instant;
+
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, ApiResource, DynamicObject, PostParams};
+    use pollen_e2e::apiserver::{ApiServer, KUBECONFIG_ENV, parse_crds, retry_throttled};
+    use pollen_e2e::tools;
+
+    const WIDGET_CRD: &str = "\
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: widgets.harness.pollen.dev}
+spec:
+  group: harness.pollen.dev
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            required: [size]
+            properties: {size: {type: integer}, color: {type: string}}
+          status: {type: object, properties: {phase: {type: string}}}
+";
+
+    fn available() -> bool {
+        std::env::var_os(KUBECONFIG_ENV).is_some() || tools::require_all(["crd-apiserver", "etcd"]).is_some()
+    }
+
+    #[tokio::test]
+    async fn api_server_serves_a_crd_and_its_objects() {
+        if !available() {
+            return;
+        }
+        let t0 = Instant::now();
+        let mut server = ApiServer::from_env().await.expect("API server starts");
+        eprintln!(
+            "API server ready after {:?} (local: {})",
+            t0.elapsed(),
+            server.is_local()
+        );
+        let client = server.client().await.expect("client");
+
+        let crd: CustomResourceDefinition = parse_crds(WIDGET_CRD).unwrap().remove(0);
+        let t1 = Instant::now();
+        server.apply_crd(&crd).await.expect("CRD applied and served");
+        eprintln!("CRD established and served after {:?}", t1.elapsed());
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        let got = crds
+            .get("widgets.harness.pollen.dev")
+            .await
+            .expect("CRD readable");
+        let established = got
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        assert!(established, "CRD not Established");
+
+        let ar = ApiResource {
+            group: "harness.pollen.dev".into(),
+            version: "v1".into(),
+            api_version: "harness.pollen.dev/v1".into(),
+            kind: "Widget".into(),
+            plural: "widgets".into(),
+        };
+        let widgets: Api<DynamicObject> = Api::namespaced_with(client.clone(), "team-a", &ar);
+        let obj: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "harness.pollen.dev/v1",
+            "kind": "Widget",
+            "metadata": {"name": "w1", "namespace": "team-a"},
+            "spec": {"size": 3, "color": "red"},
+        }))
+        .unwrap();
+        let pp = PostParams::default();
+        let created = retry_throttled(|| widgets.create(&pp, &obj))
+            .await
+            .expect("widget created");
+        assert!(created.metadata.uid.is_some());
+        let back = widgets.get("w1").await.expect("widget readable");
+        assert_eq!(back.data["spec"]["size"], 3);
+        assert_eq!(back.data["spec"]["color"], "red");
+
+        // schema validation is real: a widget without the required size is refused
+        let bad: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "harness.pollen.dev/v1",
+            "kind": "Widget",
+            "metadata": {"name": "w2", "namespace": "team-a"},
+            "spec": {"color": "blue"},
+        }))
+        .unwrap();
+        let err = widgets
+            .create(&pp, &bad)
+            .await
+            .expect_err("invalid widget refused");
+        assert!(matches!(&err, kube::Error::Api(s) if s.code == 422), "{err:?}");
+
+        if server.is_local() {
+            // the kubeconfig works for kubectl too, when it is installed
+            if let Some(kubectl) = tools::find("kubectl") {
+                let out = std::process::Command::new(kubectl)
+                    .args(["--kubeconfig", server.kubeconfig_path().to_str().unwrap()])
+                    .args(["get", "widgets", "-n", "team-a", "-o", "name"])
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                assert_eq!(
+                    String::from_utf8_lossy(&out.stdout).trim(),
+                    "widget.harness.pollen.dev/w1"
+                );
+            }
+            assert!(server.token().is_some());
+            server.stop().await;
+            assert!(server.client().await.unwrap().apiserver_version().await.is_err());
+        } else {
+            widgets.delete("w1", &Default::default()).await.expect("cleanup");
+        }
+    }
+}

