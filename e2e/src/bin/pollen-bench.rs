@@ -99,6 +99,9 @@ struct RunArgs {
     /// The edge-node binary for the swarm (default: beside this binary).
     #[arg(long)]
     edge_node: Option<PathBuf>,
+    /// The `pollen` CLI for publishing (default: beside this binary).
+    #[arg(long)]
+    pollen: Option<PathBuf>,
     /// Longest a phase may take, e.g. 900s.
     #[arg(long, value_parser = |s: &str| parse_duration(s), default_value = "1200s")]
     timeout: Duration,
@@ -164,13 +167,18 @@ fn require_root() -> anyhow::Result<()> {
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let bins = LabBinaries::beside_current_exe()?;
     let lab = args.lab.spec()?;
+    let beside = |name: &str| {
+        bins.delay
+            .parent()
+            .map(|d| d.join(name))
+            .unwrap_or_else(|| PathBuf::from(name))
+    };
     let swarm = (!args.no_swarm).then(|| swarm::SwarmConfig {
-        edge_node: args.edge_node.clone().unwrap_or_else(|| {
-            bins.delay
-                .parent()
-                .map(|d| d.join("pollen-edge-node"))
-                .unwrap_or_else(|| PathBuf::from("pollen-edge-node"))
-        }),
+        edge_node: args
+            .edge_node
+            .clone()
+            .unwrap_or_else(|| beside("pollen-edge-node")),
+        pollen: args.pollen.clone().unwrap_or_else(|| beside("pollen")),
     });
     let spec = BenchSpec {
         lab,

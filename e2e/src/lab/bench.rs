@@ -124,7 +124,16 @@ pub fn run(spec: &BenchSpec, bins: &LabBinaries) -> Result<RunReport, LabError> 
         phases.push(baseline::run(&lab, &origin, work.path(), spec.timeout, bounds)?);
     }
     let swarm_skipped = match &spec.swarm {
-        Some(cfg) => match swarm::run(&lab, &origin, cfg, spec.budget, work.path(), spec.timeout, bounds) {
+        Some(cfg) => match swarm::run_phase(
+            &lab,
+            &origin,
+            cfg,
+            &payload_path,
+            spec.budget,
+            work.path(),
+            spec.timeout,
+            bounds,
+        ) {
             Ok(p) => {
                 phases.push(p);
                 None
