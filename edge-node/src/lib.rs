@@ -15,5 +15,7 @@
 
 pub mod agent;
 pub mod bitfield;
+pub mod install;
 pub mod picker;
 pub mod protocol;
+pub mod store;
