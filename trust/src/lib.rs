@@ -3,15 +3,33 @@
 //!
 //! Layers, each with its own error type:
 //! - [`index`]: the chunk index, its canonical encoding and per-chunk verification (pure, no I/O);
-//! - [`verified`]: [`VerifiedIndex`], the proof that every check passed.
+//! - [`oci`]: OCI manifests and cosign's signature formats (pure);
+//! - [`keys`]: cosign-format keys;
+//! - [`registry`]: the registry client (oci-client, Docker config auth, plain HTTP only on request);
+//! - [`cosign`]: storing and fetching cosign signatures;
+//! - [`publish`]: publishing payloads, building and pushing signed indexes;
+//! - [`verify`]: the dual verification, producing [`VerifiedIndex`] ([`verified`]).
+//!
+//! With the `testing` feature, [`testing`] builds real signed and verified indexes with ephemeral keys.
 //!
 //! Non-goals: keyless signing (Fulcio), transparency logs (Rekor) and TUF; verification is offline apart
 //! from fetching a few small objects from the registry.
 
+pub mod cosign;
 pub mod index;
+pub mod keys;
+pub mod oci;
+pub mod publish;
+pub mod registry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod verified;
+pub mod verify;
 
 pub use index::{
     ChunkError, ChunkIndex, FixedChunker, IndexBuilder, IndexError, IndexMeta, PayloadRef, TargetSpec,
 };
+pub use keys::{PublicKey, SigningKey};
+pub use registry::{Registry, RegistryOptions};
 pub use verified::{ResolvedPayload, VerifiedIndex};
+pub use verify::{TrustPolicy, VerifyContext, VerifyError};

@@ -50,7 +50,6 @@ pub struct VerifiedIndex {
 
 impl VerifiedIndex {
     /// Only the verifier calls this, after every check passed.
-    #[allow(dead_code)] // the verifier lands next
     pub(crate) fn new(index: ChunkIndex, payload: ResolvedPayload, index_reference: String) -> Self {
         let id = index.id();
         VerifiedIndex {

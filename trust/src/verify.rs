@@ -1,0 +1,452 @@
+//! Dual verification: the edge node's gate before it fetches or installs a byte.
+//!
+//! Given a chunk-index reference and the trust material, [`verify`] fetches the few small objects (the index
+//! manifest and its signatures, the index blob, the payload manifest and its signatures) and runs, in this
+//! order, each check with its own error:
+//!
+//! 1. the index manifest matches the digest it was asked for ([`VerifyError::IndexManifestTampered`]);
+//! 2. the director signed it ([`VerifyError::IndexUnsigned`], [`VerifyError::DirectorSignature`],
+//!    [`VerifyError::DirectorSignedOther`]);
+//! 3. it is a Pollen chunk-index artifact with a subject ([`VerifyError::IndexManifestFormat`]);
+//! 4. the index blob matches the signed manifest and decodes ([`VerifyError::IndexTampered`],
+//!    [`VerifyError::IndexDecode`]);
+//! 5. the payload manifest is the subject ([`VerifyError::PayloadManifestTampered`]) and the publisher signed
+//!    it ([`VerifyError::PayloadUnsigned`], [`VerifyError::PublisherSignature`],
+//!    [`VerifyError::PublisherSignedOther`]);
+//! 6. the index describes that manifest's only layer ([`VerifyError::PayloadManifestFormat`],
+//!    [`VerifyError::PayloadMismatch`]);
+//! 7. sequence and expiry ([`VerifyError::Rollback`], [`VerifyError::Expired`]).
+//!
+//! The checks themselves are pure ([`verify_evidence`] over fetched [`Evidence`]); the network part only
+//! fetches. Nothing else is contacted: no Fulcio, Rekor or TUF.
+//!
+//! Non-goals: deciding which sequence was last seen (the caller keeps that per target), fetching the payload.
+
+use std::collections::BTreeMap;
+
+use oci_client::Reference;
+
+use crate::cosign::{self, SignError, StoredSignature};
+use crate::index::{ChunkIndex, IndexError, MAX_ENCODED_LEN};
+use crate::keys::PublicKey;
+use crate::oci::{self, Descriptor, FormatError, INDEX_ARTIFACT_TYPE, Manifest};
+use crate::registry::{Registry, RegistryError, at_digest, parse_reference};
+use crate::verified::{ResolvedPayload, VerifiedIndex};
+
+/// The keys a node trusts.
+#[derive(Clone, Debug)]
+pub struct TrustPolicy {
+    /// Publisher keys (from the TrustPolicy); a payload signed by any of them is accepted.
+    pub publisher_keys: Vec<PublicKey>,
+    /// The director (operator) key.
+    pub director_key: PublicKey,
+}
+
+/// What the node knows besides the keys: the time and the sequences it has installed.
+#[derive(Clone, Debug, Default)]
+pub struct VerifyContext {
+    /// Now, in unix seconds.
+    pub now: u64,
+    /// Highest sequence accepted so far per target path.
+    pub last_sequence: BTreeMap<String, u64>,
+}
+
+impl VerifyContext {
+    /// A context at the current system time with no history.
+    pub fn now() -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        VerifyContext {
+            now,
+            last_sequence: BTreeMap::new(),
+        }
+    }
+}
+
+/// Which of the two signatures a failure concerns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The director's signature on the index manifest.
+    Director,
+    /// The publisher's signature on the payload manifest.
+    Publisher,
+}
+
+/// Why an index was not verified. Each variant names exactly one failed check.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The reference could not be parsed or an object could not be fetched.
+    #[error("fetching {what}: {source}")]
+    Fetch {
+        /// The object.
+        what: &'static str,
+        /// The registry error.
+        #[source]
+        source: RegistryError,
+    },
+    /// The index manifest's bytes do not match the digest asked for.
+    #[error("index manifest does not match its digest (tampered)")]
+    IndexManifestTampered,
+    /// No signature is stored for the index manifest.
+    #[error("index manifest {digest} is not signed")]
+    IndexUnsigned {
+        /// The manifest digest.
+        digest: String,
+    },
+    /// Signatures exist, but none is the director's.
+    #[error("index manifest {digest} is not signed by the director key {key}")]
+    DirectorSignature {
+        /// The manifest digest.
+        digest: String,
+        /// The director key fingerprint.
+        key: String,
+    },
+    /// The director signed a payload naming another manifest (a signature moved from another object).
+    #[error("director signature is for {signed}, not {digest}")]
+    DirectorSignedOther {
+        /// The manifest digest.
+        digest: String,
+        /// The digest the signature vouches for.
+        signed: String,
+    },
+    /// The index manifest is not a Pollen chunk-index artifact.
+    #[error("index manifest: {0}")]
+    IndexManifestFormat(#[source] FormatError),
+    /// The index blob does not match the signed manifest's layer digest.
+    #[error("chunk index blob does not match the signed manifest (tampered)")]
+    IndexTampered,
+    /// The index blob is not a valid chunk index.
+    #[error("chunk index: {0}")]
+    IndexDecode(#[source] IndexError),
+    /// The payload manifest does not match the index manifest's subject digest.
+    #[error("payload manifest does not match the subject digest (tampered)")]
+    PayloadManifestTampered,
+    /// No signature is stored for the payload manifest.
+    #[error("payload manifest {digest} is not signed")]
+    PayloadUnsigned {
+        /// The manifest digest.
+        digest: String,
+    },
+    /// Signatures exist, but none is by a trusted publisher key.
+    #[error("payload manifest {digest} is not signed by any trusted publisher key")]
+    PublisherSignature {
+        /// The manifest digest.
+        digest: String,
+    },
+    /// A publisher signed a payload naming another manifest.
+    #[error("publisher signature is for {signed}, not {digest}")]
+    PublisherSignedOther {
+        /// The manifest digest.
+        digest: String,
+        /// The digest the signature vouches for.
+        signed: String,
+    },
+    /// The payload manifest is not a single-layer artifact.
+    #[error("payload manifest: {0}")]
+    PayloadManifestFormat(#[source] FormatError),
+    /// The index describes another payload than the signed manifest's layer.
+    #[error(
+        "index describes payload {index} ({index_size} bytes), manifest layer is {layer} ({layer_size} bytes)"
+    )]
+    PayloadMismatch {
+        /// Digest in the index.
+        index: String,
+        /// Size in the index.
+        index_size: u64,
+        /// Digest of the manifest's layer.
+        layer: String,
+        /// Size of the manifest's layer.
+        layer_size: u64,
+    },
+    /// The sequence is lower than one already accepted for the target, and no downgrade is allowed.
+    #[error("sequence {sequence} for {target} is lower than {last} already accepted (rollback refused)")]
+    Rollback {
+        /// Target path.
+        target: String,
+        /// The index's sequence.
+        sequence: u64,
+        /// The last accepted sequence.
+        last: u64,
+    },
+    /// The index has expired.
+    #[error("index expired at {expires_at} (now {now})")]
+    Expired {
+        /// Expiry, unix seconds.
+        expires_at: u64,
+        /// Now, unix seconds.
+        now: u64,
+    },
+}
+
+/// A manifest with its digest and stored signatures.
+#[derive(Clone, Debug)]
+pub struct SignedManifest {
+    /// The digest the manifest was asked for (or computed, when fetched by tag).
+    pub digest: String,
+    /// The manifest bytes.
+    pub manifest: Vec<u8>,
+    /// Signatures stored for `digest`.
+    pub signatures: Vec<StoredSignature>,
+}
+
+/// Everything verification looks at, fetched.
+#[derive(Clone, Debug)]
+pub struct Evidence {
+    /// Registry host.
+    pub registry: String,
+    /// Repository holding both the payload and the index.
+    pub repository: String,
+    /// Whether the registry is reached over plain HTTP.
+    pub insecure: bool,
+    /// The index manifest.
+    pub index: SignedManifest,
+    /// The chunk index blob.
+    pub index_blob: Vec<u8>,
+    /// The payload manifest.
+    pub payload: SignedManifest,
+}
+
+fn check_signed(
+    m: &SignedManifest,
+    keys: &[PublicKey],
+    role: Role,
+    key_name: &str,
+) -> Result<(), VerifyError> {
+    if oci::sha256_digest(&m.manifest) != m.digest {
+        return Err(match role {
+            Role::Director => VerifyError::IndexManifestTampered,
+            Role::Publisher => VerifyError::PayloadManifestTampered,
+        });
+    }
+    if m.signatures.is_empty() {
+        return Err(match role {
+            Role::Director => VerifyError::IndexUnsigned {
+                digest: m.digest.clone(),
+            },
+            Role::Publisher => VerifyError::PayloadUnsigned {
+                digest: m.digest.clone(),
+            },
+        });
+    }
+    let mut other = None;
+    for s in &m.signatures {
+        if !keys.iter().any(|k| k.verify(&s.signature, &s.payload)) {
+            continue;
+        }
+        match oci::parse_simple_signing(&s.payload) {
+            Ok(p) if p.manifest_digest == m.digest => return Ok(()),
+            Ok(p) => other = Some(p.manifest_digest),
+            Err(_) => other = Some("<malformed payload>".into()),
+        }
+    }
+    Err(match (role, other) {
+        (Role::Director, Some(signed)) => VerifyError::DirectorSignedOther {
+            digest: m.digest.clone(),
+            signed,
+        },
+        (Role::Publisher, Some(signed)) => VerifyError::PublisherSignedOther {
+            digest: m.digest.clone(),
+            signed,
+        },
+        (Role::Director, None) => VerifyError::DirectorSignature {
+            digest: m.digest.clone(),
+            key: key_name.into(),
+        },
+        (Role::Publisher, None) => VerifyError::PublisherSignature {
+            digest: m.digest.clone(),
+        },
+    })
+}
+
+/// Checks that a trusted publisher signed the payload manifest `m` (used by the operator before indexing).
+pub fn check_publisher(m: &SignedManifest, keys: &[PublicKey]) -> Result<(), VerifyError> {
+    check_signed(m, keys, Role::Publisher, "")
+}
+
+/// Checks the director's signature on the index manifest and returns its (index layer, subject).
+fn check_index_manifest(
+    ev: &SignedManifest,
+    trust: &TrustPolicy,
+) -> Result<(Descriptor, Descriptor), VerifyError> {
+    check_signed(
+        ev,
+        std::slice::from_ref(&trust.director_key),
+        Role::Director,
+        trust.director_key.fingerprint(),
+    )?;
+    let m = Manifest::parse(&ev.manifest, "index manifest").map_err(VerifyError::IndexManifestFormat)?;
+    let shape = |reason: &str| {
+        VerifyError::IndexManifestFormat(FormatError::Shape {
+            what: "index manifest",
+            reason: reason.into(),
+        })
+    };
+    if m.artifact_type.as_deref() != Some(INDEX_ARTIFACT_TYPE) {
+        return Err(shape("artifactType is not a Pollen chunk index"));
+    }
+    let [layer] = <[Descriptor; 1]>::try_from(m.layers).map_err(|_| shape("not exactly one layer"))?;
+    if layer.media_type != INDEX_ARTIFACT_TYPE {
+        return Err(shape("layer is not a chunk index"));
+    }
+    if layer.size > MAX_ENCODED_LEN as u64 {
+        return Err(VerifyError::IndexDecode(IndexError::TooLarge {
+            len: layer.size as usize,
+            max: MAX_ENCODED_LEN,
+        }));
+    }
+    let subject = m.subject.ok_or_else(|| shape("no subject (payload manifest)"))?;
+    Ok((layer, subject))
+}
+
+/// Runs every check over fetched objects. This is the whole of verification; [`verify`] only fetches.
+pub fn verify_evidence(
+    ev: &Evidence,
+    trust: &TrustPolicy,
+    ctx: &VerifyContext,
+) -> Result<VerifiedIndex, VerifyError> {
+    let (layer, subject) = check_index_manifest(&ev.index, trust)?;
+    if oci::sha256_digest(&ev.index_blob) != layer.digest || ev.index_blob.len() as u64 != layer.size {
+        return Err(VerifyError::IndexTampered);
+    }
+    let index = ChunkIndex::decode(&ev.index_blob).map_err(VerifyError::IndexDecode)?;
+    if ev.payload.digest != subject.digest {
+        return Err(VerifyError::PayloadManifestTampered);
+    }
+    check_signed(&ev.payload, &trust.publisher_keys, Role::Publisher, "")?;
+    let pm = Manifest::parse(&ev.payload.manifest, "payload manifest")
+        .map_err(VerifyError::PayloadManifestFormat)?;
+    let [player] = <[Descriptor; 1]>::try_from(pm.layers).map_err(|_| {
+        VerifyError::PayloadManifestFormat(FormatError::Shape {
+            what: "payload manifest",
+            reason: "not exactly one layer".into(),
+        })
+    })?;
+    if player.digest != index.payload.oci_digest() || player.size != index.payload.size {
+        return Err(VerifyError::PayloadMismatch {
+            index: index.payload.oci_digest(),
+            index_size: index.payload.size,
+            layer: player.digest,
+            layer_size: player.size,
+        });
+    }
+    if let Some(&last) = ctx.last_sequence.get(&index.target.path)
+        && index.sequence < last
+        && !index.downgrade
+    {
+        return Err(VerifyError::Rollback {
+            target: index.target.path.clone(),
+            sequence: index.sequence,
+            last,
+        });
+    }
+    if let Some(expires_at) = index.expires_at
+        && ctx.now >= expires_at
+    {
+        return Err(VerifyError::Expired {
+            expires_at,
+            now: ctx.now,
+        });
+    }
+    let payload = ResolvedPayload {
+        registry: ev.registry.clone(),
+        repository: ev.repository.clone(),
+        manifest_digest: ev.payload.digest.clone(),
+        blob_digest: player.digest,
+        insecure: ev.insecure,
+    };
+    let index_reference = format!("{}/{}@{}", ev.registry, ev.repository, ev.index.digest);
+    Ok(VerifiedIndex::new(index, payload, index_reference))
+}
+
+fn fetch_err(what: &'static str) -> impl Fn(RegistryError) -> VerifyError {
+    move |source| VerifyError::Fetch { what, source }
+}
+
+fn sig_err(what: &'static str) -> impl Fn(SignError) -> VerifyError {
+    move |e| match e {
+        SignError::Registry(source) => VerifyError::Fetch { what, source },
+        // A malformed signature manifest carries no usable signature.
+        SignError::Format(_) | SignError::Key(_) => VerifyError::Fetch {
+            what,
+            source: RegistryError::NotFound {
+                what: "signature manifest",
+                reference: "(malformed)".into(),
+            },
+        },
+    }
+}
+
+async fn fetch_signed(
+    reg: &Registry,
+    r: &Reference,
+    what: &'static str,
+    tampered: VerifyError,
+) -> Result<SignedManifest, VerifyError> {
+    let (manifest, digest) = match reg.pull_manifest(r).await {
+        Ok(x) => x,
+        Err(RegistryError::DigestMismatch { .. }) => return Err(tampered),
+        Err(e) => return Err(VerifyError::Fetch { what, source: e }),
+    };
+    let digest = r.digest().map(str::to_string).unwrap_or(digest);
+    let signatures = cosign::fetch_signatures(reg, r, &digest)
+        .await
+        .map_err(sig_err("signatures"))?;
+    Ok(SignedManifest {
+        digest,
+        manifest,
+        signatures,
+    })
+}
+
+/// Fetches the objects behind `index_reference` (`registry/repo@sha256:…` or `registry/repo:tag`).
+pub async fn fetch_evidence(
+    reg: &Registry,
+    index_reference: &str,
+    trust: &TrustPolicy,
+) -> Result<Evidence, VerifyError> {
+    let r = parse_reference(index_reference).map_err(fetch_err("index reference"))?;
+    let index = fetch_signed(reg, &r, "index manifest", VerifyError::IndexManifestTampered).await?;
+    // Check the director's signature before reading anything the index manifest points at.
+    let (layer, subject) = check_index_manifest(&index, trust)?;
+    let index_blob = match reg
+        .pull_blob(&at_digest(&r, &layer.digest), &layer, MAX_ENCODED_LEN)
+        .await
+    {
+        Ok(b) => b,
+        Err(RegistryError::DigestMismatch { .. }) => return Err(VerifyError::IndexTampered),
+        Err(e) => {
+            return Err(VerifyError::Fetch {
+                what: "chunk index",
+                source: e,
+            });
+        }
+    };
+    let payload = fetch_signed(
+        reg,
+        &at_digest(&r, &subject.digest),
+        "payload manifest",
+        VerifyError::PayloadManifestTampered,
+    )
+    .await?;
+    Ok(Evidence {
+        registry: r.registry().to_string(),
+        repository: r.repository().to_string(),
+        insecure: reg.insecure(),
+        index,
+        index_blob,
+        payload,
+    })
+}
+
+/// Fetches and verifies the chunk index at `index_reference`. See the module docs for the checks.
+pub async fn verify(
+    reg: &Registry,
+    index_reference: &str,
+    trust: &TrustPolicy,
+    ctx: &VerifyContext,
+) -> Result<VerifiedIndex, VerifyError> {
+    let ev = fetch_evidence(reg, index_reference, trust).await?;
+    verify_evidence(&ev, trust, ctx)
+}
