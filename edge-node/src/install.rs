@@ -195,8 +195,7 @@ impl Installer {
         let prev = self
             .versions()
             .into_iter()
-            .filter(|v| *v < cur)
-            .next_back()
+            .rfind(|v| *v < cur)
             .ok_or(InstallError::NoPrevious)?;
         self.point_current(&prev)?;
         Ok(prev)
