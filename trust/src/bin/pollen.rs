@@ -1,5 +1,309 @@
-//! The `pollen` command line (placeholder).
-fn main() {
-    eprintln!("pollen: not yet implemented");
-    std::process::exit(2);
+//! The `pollen` command line: key generation, publishing, indexing and verification. All logic lives in
+//! the `pollen_trust` library; this file parses flags and prints.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+use pollen_trust::index::TargetSpec;
+use pollen_trust::keys::{self, PublicKey, SigningKey};
+use pollen_trust::publish::{self, IndexRequest, PublishOptions};
+use pollen_trust::registry::{Registry, RegistryOptions, parse_reference};
+use pollen_trust::verify::{self, TrustPolicy, VerifyContext};
+
+#[derive(Parser)]
+#[command(
+    name = "pollen",
+    version,
+    about = "Pollen: signed, peer-to-peer software updates for edge fleets"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct RegistryArgs {
+    /// Talk plain HTTP to the registry (only for a registry on a trusted local network).
+    #[arg(long)]
+    insecure: bool,
+    /// Docker config.json with registry credentials (default: $DOCKER_CONFIG or ~/.docker).
+    #[arg(long, value_name = "PATH")]
+    docker_config: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    fn registry(&self) -> Result<Registry> {
+        Ok(Registry::new(&RegistryOptions {
+            insecure: self.insecure,
+            docker_config: self.docker_config.clone(),
+        })?)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a cosign-format key pair: PREFIX.key (encrypted with $COSIGN_PASSWORD) and PREFIX.pub.
+    Keygen {
+        /// File name prefix.
+        #[arg(long, default_value = "cosign")]
+        output_prefix: String,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Push FILE as a signed OCI artifact and print its pinned reference.
+    Publish {
+        /// The payload file.
+        file: PathBuf,
+        /// Destination, REGISTRY/REPO:TAG.
+        #[arg(long)]
+        to: String,
+        /// The publisher's cosign private key.
+        #[arg(long)]
+        key: PathBuf,
+        /// Layer media type (default application/octet-stream).
+        #[arg(long)]
+        media_type: Option<String>,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Build, push and sign the chunk index of a published payload; print the index reference.
+    Index {
+        /// The payload, REGISTRY/REPO@sha256:… (or :TAG).
+        #[arg(long)]
+        payload: String,
+        /// The director's cosign private key.
+        #[arg(long)]
+        key: PathBuf,
+        /// Rollout identity, NAMESPACE/NAME.
+        #[arg(long)]
+        rollout: String,
+        /// Sequence number (at least 1, increasing per target).
+        #[arg(long)]
+        sequence: u64,
+        /// Install path under the node's install root.
+        #[arg(long)]
+        target_path: String,
+        /// Previous versions nodes keep.
+        #[arg(long, default_value_t = 2)]
+        keep_versions: u32,
+        /// Chunk size in bytes (default: chosen from the payload size).
+        #[arg(long)]
+        chunk_size: Option<u32>,
+        /// Allow nodes to install this over a higher sequence.
+        #[arg(long)]
+        downgrade: bool,
+        /// Expiry, unix seconds.
+        #[arg(long)]
+        expires_at: Option<u64>,
+        /// Node authorised to fetch the index (repeatable; none means any fleet member).
+        #[arg(long = "peer")]
+        peers: Vec<String>,
+        /// Check the payload's publisher signature with this key first (repeatable).
+        #[arg(long)]
+        publisher_key: Vec<PathBuf>,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Verify a chunk index and its payload against the publisher and director keys.
+    Verify {
+        /// The index, REGISTRY/REPO@sha256:… (or :TAG).
+        #[arg(long)]
+        index: String,
+        /// A trusted publisher public key (repeatable).
+        #[arg(long, required = true)]
+        publisher_key: Vec<PathBuf>,
+        /// The director public key.
+        #[arg(long)]
+        director_key: PathBuf,
+        /// The last sequence installed for the index's target (rollback check).
+        #[arg(long)]
+        last_sequence: Option<u64>,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+}
+
+fn write_new(path: &Path, contents: &[u8], force: bool, mode: u32) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).mode(mode);
+    if force {
+        opts.create(true).truncate(true);
+    } else {
+        opts.create_new(true);
+    }
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn load_signing_key(path: &Path) -> Result<SigningKey> {
+    Ok(SigningKey::from_file(path, &keys::password(None))?)
+}
+
+fn progress_bar(label: &'static str) -> impl Fn(u64, u64) + Send + Sync + 'static {
+    move |done, total| {
+        let pct = if total == 0 { 100 } else { done * 100 / total };
+        eprint!(
+            "\r{label} {:>6.1} / {:.1} MiB ({pct}%)",
+            done as f64 / 1048576.0,
+            total as f64 / 1048576.0
+        );
+        if done >= total {
+            eprintln!();
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pollen: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pollen: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Keygen { output_prefix, force } => {
+            let key = SigningKey::generate()?;
+            let password = keys::password(None);
+            let private = key.to_encrypted_pem(&password)?;
+            let public = key.public_key()?;
+            let key_path = PathBuf::from(format!("{output_prefix}.key"));
+            let pub_path = PathBuf::from(format!("{output_prefix}.pub"));
+            write_new(&key_path, private.as_bytes(), force, 0o600)?;
+            write_new(&pub_path, public.pem().as_bytes(), force, 0o644)?;
+            println!("Private key written to {}", key_path.display());
+            println!("Public key written to {}", pub_path.display());
+        }
+        Command::Publish {
+            file,
+            to,
+            key,
+            media_type,
+            registry,
+        } => {
+            let key = load_signing_key(&key)?;
+            let reg = registry.registry()?;
+            let target = parse_reference(&to)?;
+            if target.tag().is_none() && target.digest().is_none() {
+                bail!("--to needs a tag: REGISTRY/REPO:TAG");
+            }
+            let opts = PublishOptions {
+                media_type,
+                title: None,
+            };
+            let p =
+                publish::publish_file(&reg, &target, &file, &key, &opts, progress_bar("uploading")).await?;
+            println!("{}", p.reference);
+        }
+        Command::Index {
+            payload,
+            key,
+            rollout,
+            sequence,
+            target_path,
+            keep_versions,
+            chunk_size,
+            downgrade,
+            expires_at,
+            peers,
+            publisher_key,
+            registry,
+        } => {
+            let director = load_signing_key(&key)?;
+            let publishers = publisher_key
+                .iter()
+                .map(|p| PublicKey::from_file(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            let reg = registry.registry()?;
+            let req = IndexRequest {
+                rollout,
+                sequence,
+                target: TargetSpec {
+                    path: target_path,
+                    keep_versions,
+                },
+                downgrade,
+                expires_at,
+                peers,
+                chunk_size,
+            };
+            let bar = progress_bar("indexing");
+            let idx = publish::create_index(&reg, &payload, &req, &director, &publishers, bar).await?;
+            eprintln!("{}", idx.index);
+            println!("{}", idx.reference);
+        }
+        Command::Verify {
+            index,
+            publisher_key,
+            director_key,
+            last_sequence,
+            registry,
+        } => {
+            let trust = TrustPolicy {
+                publisher_keys: publisher_key
+                    .iter()
+                    .map(|p| PublicKey::from_file(p))
+                    .collect::<Result<Vec<_>, _>>()?,
+                director_key: PublicKey::from_file(&director_key)?,
+            };
+            let reg = registry.registry()?;
+            let mut ctx = VerifyContext::now();
+            let ev = verify::fetch_evidence(&reg, &index, &trust).await?;
+            if let Some(last) = last_sequence {
+                let idx = pollen_trust::ChunkIndex::decode(&ev.index_blob)?;
+                ctx.last_sequence.insert(idx.target.path, last);
+            }
+            let v = verify::verify_evidence(&ev, &trust, &ctx)?;
+            println!("verified: {}", v.index_reference());
+            println!(
+                "  rollout    {} (sequence {}{})",
+                v.rollout,
+                v.sequence,
+                if v.downgrade { ", downgrade" } else { "" }
+            );
+            println!("  payload    {}", v.payload_location().reference());
+            println!(
+                "  blob       {} ({} bytes)",
+                v.payload_location().blob_digest,
+                v.payload.size
+            );
+            println!(
+                "  chunks     {} x {} bytes (BLAKE3)",
+                v.chunk_count(),
+                v.chunk_size
+            );
+            println!("  target     {} (keep {})", v.target.path, v.target.keep_versions);
+            match v.expires_at {
+                Some(t) => println!("  expires    {t}"),
+                None => println!("  expires    never"),
+            }
+            if v.peers.is_empty() {
+                println!("  peers      any fleet member");
+            } else {
+                println!("  peers      {}", v.peers.join(", "));
+            }
+            println!("  index id   {}", hex::encode(v.id()));
+        }
+    }
+    Ok(())
 }
