@@ -811,7 +811,7 @@ mod tests {
         assert_eq!(blocker(&me, &others).map(|c| c.key.as_str()), Some("ns/old"));
         // The older one is not blocked by the newer.
         let old = others[0].clone();
-        assert_eq!(blocker(&old, &[me.clone()]), None);
+        assert_eq!(blocker(&old, std::slice::from_ref(&me)), None);
         // Same creation time: the name breaks the tie, both ways consistently.
         let twin_a = claim("ns/a", 10, "fw.bin", &["a"], false);
         let twin_b = claim("ns/b", 10, "fw.bin", &["a"], false);
