@@ -329,3 +329,58 @@ spec:
         }
     }
 }
+
+/// Deletes the network namespace it names on drop (also when the test panics).
+struct NetnsGuard(String);
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "delete", &self.0]).status();
+    }
+}
+
+#[tokio::test]
+async fn registry_runs_inside_a_network_namespace_through_the_command_prefix() {
+    if !tools::require_root() {
+        return;
+    }
+    let Some([_, ip, _]) = tools::require_all(["docker-registry", "ip", "curl"]) else {
+        return;
+    };
+    let ns = format!("pollen-reg-{}", std::process::id());
+    let st = Command::new(&ip).args(["netns", "add", &ns]).status().unwrap();
+    assert!(st.success(), "ip netns add {ns}");
+    let _guard = NetnsGuard(ns.clone());
+    let st = Command::new(&ip)
+        .args(["-n", &ns, "link", "set", "lo", "up"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    let mut reg = Registry::builder()
+        .command_prefix(["ip", "netns", "exec", ns.as_str()])
+        .port(5000)
+        .start()
+        .await
+        .expect("registry starts inside the namespace");
+    assert_eq!(reg.host(), "127.0.0.1:5000");
+    // Inside the namespace it answers; the host's loopback is a different one.
+    let inside = Command::new(&ip)
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .arg(format!("{}/v2/", reg.url()))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&inside.stdout), "200");
+    reg.stop().await.unwrap();
+    assert!(!reg.is_running());
+}
