@@ -8,7 +8,7 @@
 //! Non-goals: jitter, reordering, per-flow delays (one constant delay keeps the FIFO order).
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// Errors of the delay daemon.
 #[derive(Debug, thiserror::Error)]
@@ -87,23 +87,52 @@ impl<T> DelayLine<T> {
     }
 }
 
-/// Longest sleep while packets are held (bounds how late a newly queued packet is seen).
-const BUSY_POLL: Duration = Duration::from_micros(100);
+/// Longest sleep while packets are held. A packet is seen up to this late; its arrival is estimated
+/// as the middle of the gap since the previous pass, so the error is about ± half of this.
+const POLL: Duration = Duration::from_micros(500);
+/// Shortest sleep between passes while packets are held.
+const MIN_NAP: Duration = Duration::from_micros(150);
+/// Packets due this soon are released in the current pass (centres the release error on zero).
+const EARLY: Duration = Duration::from_micros(75);
 /// Packets received before releasing due ones.
 const RECV_BATCH: usize = 256;
 
-/// Arrival instant of a packet the kernel stamped at `stamp`, seen now; `now` if unstamped or odd.
-fn arrival(stamp: Option<SystemTime>, now: Instant) -> Instant {
-    let Some(stamp) = stamp else { return now };
-    match SystemTime::now().duration_since(stamp) {
-        Ok(age) if age < Duration::from_millis(20) => now.checked_sub(age).unwrap_or(now),
+/// Estimated arrival of a packet first seen at `now` when the queue was last found empty at
+/// `drained`: the middle of the gap (`now` itself after a blocking wait).
+pub fn arrival(drained: Option<Instant>, now: Instant) -> Instant {
+    match drained {
+        Some(d) if d <= now => d + (now - d) / 2,
         _ => now,
     }
 }
 
+/// How long to sleep before the next pass, given when the oldest held packet is due.
+pub fn nap(now: Instant, next_due: Option<Instant>) -> Duration {
+    match next_due {
+        None => Duration::ZERO,
+        Some(due) => due.saturating_duration_since(now).max(MIN_NAP).min(POLL),
+    }
+}
+
+/// Counters of a running delay line.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct DelayStats {
+    /// Packets delayed.
+    pub packets: u64,
+    /// Most packets held at once.
+    pub max_held: usize,
+}
+
 /// Binds NFQUEUE `queue` in the current namespace and delays every packet by `delay` until killed.
-/// Calls `ready` once the queue is bound (the lab adds its iptables rule only after that).
-pub fn run(queue: u16, delay: Duration, ready: impl FnOnce()) -> Result<(), DelayError> {
+/// Calls `ready` once the queue is bound (the lab adds its iptables rule only after that), and
+/// `report` with the counters every `report_every` (if set).
+pub fn run(
+    queue: u16,
+    delay: Duration,
+    ready: impl FnOnce(),
+    report_every: Option<Duration>,
+    mut report: impl FnMut(&DelayStats),
+) -> Result<(), DelayError> {
     let setup = |what: &'static str| move |source| DelayError::Setup { queue, what, source };
     let mut q = nfq::Queue::open().map_err(setup("open"))?;
     q.bind(queue).map_err(setup("bind"))?;
@@ -114,7 +143,11 @@ pub fn run(queue: u16, delay: Duration, ready: impl FnOnce()) -> Result<(), Dela
     q.set_nonblocking(true);
     ready();
 
+    let mut stats = DelayStats::default();
+    let mut last_report = Instant::now();
     let mut line = DelayLine::new(delay);
+    // When the queue was last found empty; None right after a blocking wait.
+    let mut drained: Option<Instant> = None;
     loop {
         let mut got = 0;
         if line.is_empty() {
@@ -124,8 +157,9 @@ pub fn run(queue: u16, delay: Duration, ready: impl FnOnce()) -> Result<(), Dela
             q.set_nonblocking(true);
             match first {
                 Ok(msg) => {
-                    line.push(arrival(msg.get_timestamp(), Instant::now()), msg);
+                    line.push(Instant::now(), msg);
                     got += 1;
+                    drained = None;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(source) => {
@@ -136,33 +170,40 @@ pub fn run(queue: u16, delay: Duration, ready: impl FnOnce()) -> Result<(), Dela
         while got < RECV_BATCH {
             match q.recv() {
                 Ok(msg) => {
-                    let at = arrival(msg.get_timestamp(), Instant::now());
-                    line.push(at, msg);
+                    line.push(arrival(drained, Instant::now()), msg);
                     got += 1;
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    drained = Some(Instant::now());
+                    break;
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(source) => {
                     return Err(DelayError::Io { what: "recv", source });
                 }
             }
         }
+        stats.packets += got as u64;
+        stats.max_held = stats.max_held.max(line.len());
         let now = Instant::now();
-        while let Some(msg) = line.pop_due(now) {
+        while let Some(msg) = line.pop_due(now + EARLY) {
             q.verdict(msg).map_err(|source| DelayError::Io {
                 what: "verdict",
                 source,
             })?;
         }
+        if let Some(every) = report_every
+            && now - last_report >= every
+        {
+            report(&stats);
+            last_report = now;
+        }
         if got == RECV_BATCH {
             continue;
         }
-        let nap = match line.next_due() {
-            Some(due) => due.saturating_duration_since(now).min(BUSY_POLL),
-            None => Duration::ZERO,
-        };
-        if !nap.is_zero() {
-            std::thread::sleep(nap);
+        let pause = nap(now, line.next_due());
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
         }
     }
 }
@@ -200,13 +241,22 @@ mod tests {
     }
 
     #[test]
-    fn arrival_uses_recent_kernel_stamps_only() {
+    fn naps_are_bounded() {
         let now = Instant::now();
-        assert_eq!(arrival(None, now), now);
-        let old = SystemTime::now() - Duration::from_secs(5);
-        assert_eq!(arrival(Some(old), now), now);
-        let recent = SystemTime::now() - Duration::from_millis(3);
-        let a = arrival(Some(recent), now);
-        assert!(a < now && now - a >= Duration::from_millis(2));
+        assert_eq!(nap(now, None), Duration::ZERO);
+        assert_eq!(nap(now, Some(now + Duration::from_millis(8))), POLL);
+        assert_eq!(nap(now, Some(now + Duration::from_micros(10))), MIN_NAP);
+        let mid = Duration::from_micros(300);
+        assert_eq!(nap(now, Some(now + mid)), mid);
+    }
+
+    #[test]
+    fn arrival_is_the_middle_of_the_unseen_gap() {
+        let t = Instant::now();
+        assert_eq!(arrival(None, t), t);
+        let d = t - Duration::from_micros(400);
+        assert_eq!(arrival(Some(d), t), t - Duration::from_micros(200));
+        // A drain time after `now` (clock oddity) falls back to now.
+        assert_eq!(arrival(Some(t + Duration::from_micros(1)), t), t);
     }
 }
