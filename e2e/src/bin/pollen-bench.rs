@@ -285,8 +285,35 @@ fn check_links(args: LabArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// On SIGINT or SIGTERM: delete this run's namespaces (which ends the processes in them), then exit.
+fn teardown_on_signal() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::spawn(move || {
+        rt.block_on(async {
+            let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        });
+        eprintln!("pollen-bench: interrupted, tearing the lab down");
+        match net::cleanup_own() {
+            Ok(gone) => eprintln!("pollen-bench: deleted {} namespaces", gone.len()),
+            Err(e) => eprintln!("pollen-bench: teardown failed: {e} (run `pollen-bench cleanup`)"),
+        }
+        std::process::exit(130);
+    });
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    teardown_on_signal()?;
     match cli.cmd {
         Cmd::Cleanup { all } => {
             require_root()?;

@@ -440,6 +440,20 @@ pub fn lab_namespaces() -> Result<Vec<(String, u32)>, LabError> {
         .collect())
 }
 
+/// Deletes the lab namespaces this process created (for a signal handler that exits without
+/// unwinding). Returns the names removed.
+pub fn cleanup_own() -> Result<Vec<String>, LabError> {
+    let me = std::process::id();
+    let mut removed = Vec::new();
+    for (name, pid) in lab_namespaces()? {
+        if pid == me {
+            delete_ns(&name)?;
+            removed.push(name);
+        }
+    }
+    Ok(removed)
+}
+
 /// Deletes lab namespaces whose creating process is gone (or all of them with `all`). Returns the
 /// names removed.
 pub fn cleanup_leftovers(all: bool) -> Result<Vec<String>, LabError> {
