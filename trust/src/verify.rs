@@ -450,3 +450,217 @@ pub async fn verify(
     let ev = fetch_evidence(reg, index_reference, trust).await?;
     verify_evidence(&ev, trust, ctx)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::{IndexMeta, build_index};
+    use crate::keys::SigningKey;
+    use crate::testing::{Fixture, sign_digest, test_meta};
+
+    fn payload() -> Vec<u8> {
+        (0..50_000u32).map(|i| (i % 253) as u8).collect()
+    }
+
+    fn fixture() -> Fixture {
+        Fixture::new("127.0.0.1:5000", "fleet/app", &payload(), 4096, test_meta()).unwrap()
+    }
+
+    fn check(f: &Fixture, ev: &Evidence) -> Result<VerifiedIndex, VerifyError> {
+        verify_evidence(ev, &f.trust, &VerifyContext::now())
+    }
+
+    #[test]
+    fn fixture_verifies_and_resolves_payload() {
+        let f = fixture();
+        let v = &f.verified;
+        assert_eq!(v.chunk_count(), 13);
+        assert_eq!(
+            v.payload_location().reference(),
+            format!("127.0.0.1:5000/fleet/app@{}", f.evidence.payload.digest)
+        );
+        assert_eq!(
+            v.payload_location().blob_url(),
+            format!(
+                "http://127.0.0.1:5000/v2/fleet/app/blobs/{}",
+                oci::sha256_digest(&payload())
+            )
+        );
+        assert_eq!(v.id(), v.index().id());
+    }
+
+    #[test]
+    fn wrong_keys() {
+        let f = fixture();
+        let stranger = SigningKey::generate().unwrap().public_key().unwrap();
+        let mut t = f.trust.clone();
+        t.director_key = stranger.clone();
+        assert!(matches!(
+            verify_evidence(&f.evidence, &t, &VerifyContext::now()),
+            Err(VerifyError::DirectorSignature { .. })
+        ));
+        let mut t = f.trust.clone();
+        t.publisher_keys = vec![stranger];
+        assert!(matches!(
+            verify_evidence(&f.evidence, &t, &VerifyContext::now()),
+            Err(VerifyError::PublisherSignature { .. })
+        ));
+        let mut t = f.trust.clone();
+        t.publisher_keys.clear();
+        assert!(matches!(
+            verify_evidence(&f.evidence, &t, &VerifyContext::now()),
+            Err(VerifyError::PublisherSignature { .. })
+        ));
+    }
+
+    #[test]
+    fn unsigned() {
+        let f = fixture();
+        let mut ev = f.evidence.clone();
+        ev.index.signatures.clear();
+        assert!(matches!(check(&f, &ev), Err(VerifyError::IndexUnsigned { .. })));
+        let mut ev = f.evidence.clone();
+        ev.payload.signatures.clear();
+        assert!(matches!(check(&f, &ev), Err(VerifyError::PayloadUnsigned { .. })));
+    }
+
+    #[test]
+    fn moved_signature() {
+        let f = fixture();
+        let mut ev = f.evidence.clone();
+        ev.index.signatures =
+            vec![sign_digest(&f.director, "127.0.0.1:5000/fleet/app", &ev.payload.digest).unwrap()];
+        assert!(matches!(
+            check(&f, &ev),
+            Err(VerifyError::DirectorSignedOther { .. })
+        ));
+        let mut ev = f.evidence.clone();
+        ev.payload.signatures = vec![sign_digest(&f.publisher, "r", &ev.index.digest).unwrap()];
+        assert!(matches!(
+            check(&f, &ev),
+            Err(VerifyError::PublisherSignedOther { .. })
+        ));
+        // A signature whose bytes were altered verifies with no key.
+        let mut ev = f.evidence.clone();
+        ev.index.signatures[0].payload[10] ^= 1;
+        assert!(matches!(
+            check(&f, &ev),
+            Err(VerifyError::DirectorSignature { .. })
+        ));
+    }
+
+    #[test]
+    fn tampering() {
+        let f = fixture();
+        let mut ev = f.evidence.clone();
+        ev.index.manifest.push(b' ');
+        assert!(matches!(check(&f, &ev), Err(VerifyError::IndexManifestTampered)));
+        let mut ev = f.evidence.clone();
+        ev.index_blob[60] ^= 1;
+        assert!(matches!(check(&f, &ev), Err(VerifyError::IndexTampered)));
+        let mut ev = f.evidence.clone();
+        ev.payload.manifest.push(b' ');
+        assert!(matches!(
+            check(&f, &ev),
+            Err(VerifyError::PayloadManifestTampered)
+        ));
+        let mut ev = f.evidence.clone();
+        ev.payload.digest = ev.index.digest.clone();
+        assert!(matches!(
+            check(&f, &ev),
+            Err(VerifyError::PayloadManifestTampered)
+        ));
+    }
+
+    #[test]
+    fn index_of_another_payload() {
+        // The director signs an index of other bytes over the same (signed) payload manifest.
+        let f = fixture();
+        let other = build_index(&[1u8; 50_000], 4096, test_meta()).unwrap();
+        let mut ev = f.evidence.clone();
+        ev.index_blob = other.encode();
+        let mut m = Manifest::parse(&ev.index.manifest, "m").unwrap();
+        m.layers = vec![Descriptor::of(INDEX_ARTIFACT_TYPE, &ev.index_blob)];
+        ev.index.manifest = m.to_bytes();
+        ev.index.digest = oci::sha256_digest(&ev.index.manifest);
+        ev.index.signatures = vec![sign_digest(&f.director, "r", &ev.index.digest).unwrap()];
+        assert!(matches!(check(&f, &ev), Err(VerifyError::PayloadMismatch { .. })));
+    }
+
+    #[test]
+    fn sequence_and_expiry() {
+        let mut meta = test_meta();
+        meta.sequence = 5;
+        meta.expires_at = Some(1_000);
+        let f = Fixture::new(
+            "r:1",
+            "a/b",
+            &payload(),
+            4096,
+            IndexMeta {
+                expires_at: None,
+                ..meta.clone()
+            },
+        )
+        .unwrap();
+        let mut ctx = VerifyContext {
+            now: 999,
+            last_sequence: BTreeMap::from([("payload.bin".into(), 6)]),
+        };
+        let err = verify_evidence(&f.evidence, &f.trust, &ctx).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                VerifyError::Rollback {
+                    sequence: 5,
+                    last: 6,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        ctx.last_sequence.insert("other.bin".into(), 100);
+        ctx.last_sequence.insert("payload.bin".into(), 5);
+        verify_evidence(&f.evidence, &f.trust, &ctx).unwrap();
+        assert!(
+            Fixture::new("r:1", "a/b", &payload(), 4096, meta.clone()).is_err(),
+            "expired at build time (now > 1000)"
+        );
+        meta.expires_at = Some(u64::MAX);
+        meta.downgrade = true;
+        let f = Fixture::new("r:1", "a/b", &payload(), 4096, meta).unwrap();
+        let mut ctx = VerifyContext {
+            now: 999,
+            last_sequence: BTreeMap::from([("payload.bin".into(), 6)]),
+        };
+        verify_evidence(&f.evidence, &f.trust, &ctx).expect("explicit downgrade");
+        ctx.now = u64::MAX;
+        assert!(matches!(
+            verify_evidence(&f.evidence, &f.trust, &ctx),
+            Err(VerifyError::Expired { .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_index_blob_signed_by_director() {
+        let f = fixture();
+        let mut ev = f.evidence.clone();
+        ev.index_blob = b"PLIX\x01garbage".to_vec();
+        let mut m = Manifest::parse(&ev.index.manifest, "m").unwrap();
+        m.layers = vec![Descriptor::of(INDEX_ARTIFACT_TYPE, &ev.index_blob)];
+        ev.index.manifest = m.to_bytes();
+        ev.index.digest = oci::sha256_digest(&ev.index.manifest);
+        ev.index.signatures = vec![sign_digest(&f.director, "r", &ev.index.digest).unwrap()];
+        assert!(matches!(
+            check(&f, &ev),
+            Err(VerifyError::IndexDecode(IndexError::Truncated { .. }))
+        ));
+        // Not an index artifact at all.
+        let mut m = Manifest::parse(&ev.index.manifest, "m").unwrap();
+        m.artifact_type = Some("application/x-other".into());
+        ev.index.manifest = m.to_bytes();
+        ev.index.digest = oci::sha256_digest(&ev.index.manifest);
+        ev.index.signatures = vec![sign_digest(&f.director, "r", &ev.index.digest).unwrap()];
+        assert!(matches!(check(&f, &ev), Err(VerifyError::IndexManifestFormat(_))));
+    }
+}

@@ -149,7 +149,7 @@ fn load_signing_key(path: &Path) -> Result<SigningKey> {
 
 fn progress_bar(label: &'static str) -> impl Fn(u64, u64) + Send + Sync + 'static {
     move |done, total| {
-        let pct = if total == 0 { 100 } else { done * 100 / total };
+        let pct = (done * 100).checked_div(total).unwrap_or(100);
         eprint!(
             "\r{label} {:>6.1} / {:.1} MiB ({pct}%)",
             done as f64 / 1048576.0,
