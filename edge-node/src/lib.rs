@@ -15,7 +15,12 @@
 
 pub mod agent;
 pub mod bitfield;
+pub mod engine;
 pub mod install;
+pub mod metrics;
+pub mod net;
 pub mod picker;
 pub mod protocol;
+pub mod ratelimit;
 pub mod store;
+pub mod tls;

@@ -1,0 +1,1226 @@
+//! The swarm engine: fetches one verified chunk index from peers (and, under the picker's origin rule,
+//! from the origin registry), serves what it holds to authorised peers, and reports completion.
+//!
+//! Tasks, all ended by the shutdown token:
+//! - the **accept loop** and the **dial loop** (static peers plus addresses learned by peer exchange)
+//!   make at most one connection per peer pair: when two exist, the one dialled by the node with the
+//!   smaller name is kept;
+//! - per connection (a tracing span named for the peer): the control stream (hello, have-map, haves,
+//!   fetching hints, peer exchange), a request server, and a downloader that keeps the picker's pipeline
+//!   for that peer full;
+//! - the **origin loop**: HTTP range GETs of the registry blob, only for chunks the picker hands it;
+//! - the **persist loop**: makes verified chunks durable once a second.
+//!
+//! Chunks stream from the QUIC stream into the store in pieces, and from the store to QUIC in 64 KiB
+//! pieces, so memory does not grow with chunk or payload size. A peer whose chunk fails verification is
+//! banned (connection closed, never accepted again for this engine) and the chunk is fetched elsewhere.
+//!
+//! Non-goals: several indexes per engine (run one engine per index), Kubernetes, installing (the caller
+//! installs once [`Engine::wait_complete`] returns).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pollen_trust::verified::VerifiedIndex;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::metrics::{CodeLabel, IndexLabel, Metrics, PeerLabel, SourceLabel};
+use crate::net::{self, NetError, read_frame, write_msg};
+use crate::picker::{PeerId, Picker, PickerConfig, Source, UploadSlots};
+use crate::protocol::{self, ErrorCode, IndexId, Message};
+use crate::ratelimit::Limiter;
+use crate::store::{Store, StoreError};
+use crate::tls::{self, TlsIdentity, TransportLimits};
+
+const IO_PIECE: usize = 64 * 1024;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+const READ_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+const SLOT_WAIT: Duration = Duration::from_secs(5);
+const DIAL_INTERVAL: Duration = Duration::from_secs(2);
+const MAX_KNOWN_ADDRS: usize = 256;
+
+/// Engine configuration.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// This node's site label.
+    pub site: String,
+    /// QUIC listen address.
+    pub listen: SocketAddr,
+    /// Static peers to dial.
+    pub peers: Vec<SocketAddr>,
+    /// Certificate, key and fleet CA.
+    pub tls: TlsIdentity,
+    /// Where chunk stores live.
+    pub data_dir: PathBuf,
+    /// Picker tunables (origin budget included).
+    pub picker: PickerConfig,
+    /// QUIC limits and timeouts.
+    pub transport: TransportLimits,
+    /// Upload limit in bytes/s.
+    pub upload_limit: Option<u64>,
+    /// Download limit in bytes/s (peers and origin together).
+    pub download_limit: Option<u64>,
+    /// Whether the origin may be used at all.
+    pub origin: bool,
+    /// Most concurrent peer connections.
+    pub max_connections: usize,
+    /// Concurrent chunk uploads overall.
+    pub upload_slots: u32,
+    /// Concurrent chunk uploads per peer.
+    pub upload_slots_per_peer: u32,
+    /// Seed for the picker's random choices.
+    pub seed: u64,
+    /// Fault injection for the multi-node tests: flip a byte in every chunk served (a hostile peer).
+    #[cfg(feature = "testing")]
+    pub corrupt_uploads: bool,
+}
+
+impl EngineConfig {
+    /// A configuration with defaults for everything but identity, addresses and storage.
+    pub fn new(tls: TlsIdentity, listen: SocketAddr, data_dir: PathBuf) -> Self {
+        EngineConfig {
+            site: "default".into(),
+            listen,
+            peers: Vec::new(),
+            tls,
+            data_dir,
+            picker: PickerConfig::default(),
+            transport: TransportLimits::default(),
+            upload_limit: None,
+            download_limit: None,
+            origin: true,
+            max_connections: 64,
+            upload_slots: 16,
+            upload_slots_per_peer: 8,
+            seed: rand::random(),
+            #[cfg(feature = "testing")]
+            corrupt_uploads: false,
+        }
+    }
+}
+
+/// Engine errors.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The store failed (full disk included).
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// Endpoint or TLS setup failed.
+    #[error("network: {0}")]
+    Net(#[from] NetError),
+    /// The origin client could not be built.
+    #[error("origin client: {0}")]
+    OriginClient(#[source] reqwest::Error),
+    /// The engine stopped before completing.
+    #[error("engine stopped before the index was complete")]
+    Stopped,
+    /// A fatal error in a running engine.
+    #[error("{0}")]
+    Fatal(Arc<EngineError>),
+}
+
+/// Where a running engine stands.
+#[derive(Debug, Clone)]
+pub enum Status {
+    /// Fetching.
+    Running,
+    /// Every chunk is present and durable.
+    Complete,
+    /// A fatal error stopped fetching.
+    Failed(Arc<EngineError>),
+}
+
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("connection: {0}")]
+    Conn(#[from] quinn::ConnectionError),
+    #[error("peer error {}: {}", .0.name(), .1)]
+    Remote(ErrorCode, String),
+    #[error("unexpected reply")]
+    Unexpected,
+    #[error("timed out")]
+    Timeout,
+    #[error("cancelled")]
+    Cancelled,
+    #[error("verification failed: {0}")]
+    Verify(StoreError),
+    #[error("store: {0}")]
+    Store(StoreError),
+    #[error("origin: {0}")]
+    Http(String),
+}
+
+impl From<StoreError> for FetchError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Verify { .. } => FetchError::Verify(e),
+            other => FetchError::Store(other),
+        }
+    }
+}
+
+struct PeerEntry {
+    id: PeerId,
+    initiator: String,
+    conn: quinn::Connection,
+    tx: mpsc::Sender<Message>,
+}
+
+struct Shared {
+    name: String,
+    site: String,
+    index: VerifiedIndex,
+    id: IndexId,
+    id_hex: String,
+    store: Store,
+    picker: Mutex<Picker>,
+    metrics: Arc<Metrics>,
+    peers: Mutex<HashMap<String, PeerEntry>>,
+    next_id: Mutex<PeerId>,
+    banned: Mutex<HashSet<String>>,
+    known: Mutex<BTreeSet<SocketAddr>>,
+    dialing: Mutex<HashSet<SocketAddr>>,
+    dial_now: tokio::sync::Notify,
+    generation: watch::Sender<u64>,
+    status: watch::Sender<Status>,
+    up: Limiter,
+    down: Limiter,
+    slots: Mutex<UploadSlots>,
+    chunk_locks: Mutex<HashMap<u32, Arc<tokio::sync::Mutex<()>>>>,
+    cancels: Mutex<HashMap<(u32, PeerId), CancellationToken>>,
+    start: Instant,
+    endpoint: quinn::Endpoint,
+    http: reqwest::Client,
+    origin: bool,
+    max_connections: usize,
+    shutdown: CancellationToken,
+    #[cfg(feature = "testing")]
+    corrupt_uploads: bool,
+}
+
+/// A running swarm engine for one index.
+pub struct Engine {
+    shared: Arc<Shared>,
+    tasks: JoinSet<()>,
+    status: watch::Receiver<Status>,
+}
+
+impl Engine {
+    /// Opens the store, binds the endpoint and starts every task.
+    pub async fn start(
+        cfg: EngineConfig,
+        index: VerifiedIndex,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Result<Engine, EngineError> {
+        let store = Store::open(&cfg.data_dir, &index)?;
+        let name = cfg.tls.name().to_owned();
+        let picker = Picker::new(
+            &name,
+            index.chunk_size,
+            index.payload.size,
+            store.have(),
+            cfg.picker.clone(),
+            cfg.seed,
+        );
+        let endpoint = net::endpoint(cfg.listen, &cfg.tls, &cfg.transport)?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .read_timeout(READ_IDLE_TIMEOUT)
+            .build()
+            .map_err(EngineError::OriginClient)?;
+        let complete = store.is_complete();
+        let (status_tx, status_rx) = watch::channel(if complete {
+            Status::Complete
+        } else {
+            Status::Running
+        });
+        let id = index.id();
+        let local = endpoint
+            .local_addr()
+            .map_err(|e| EngineError::Net(NetError::Endpoint(e)))?;
+        let known: BTreeSet<SocketAddr> = cfg.peers.iter().copied().filter(|a| *a != local).collect();
+        let shared = Arc::new(Shared {
+            name,
+            site: cfg.site.clone(),
+            id,
+            id_hex: hex::encode(id),
+            index,
+            store,
+            picker: Mutex::new(picker),
+            metrics,
+            peers: Mutex::new(HashMap::new()),
+            next_id: Mutex::new(0),
+            banned: Mutex::new(HashSet::new()),
+            known: Mutex::new(known),
+            dialing: Mutex::new(HashSet::new()),
+            dial_now: tokio::sync::Notify::new(),
+            generation: watch::channel(0).0,
+            status: status_tx,
+            up: Limiter::new(cfg.upload_limit),
+            down: Limiter::new(cfg.download_limit),
+            slots: Mutex::new(UploadSlots::new(cfg.upload_slots, cfg.upload_slots_per_peer)),
+            chunk_locks: Mutex::new(HashMap::new()),
+            cancels: Mutex::new(HashMap::new()),
+            start: Instant::now(),
+            endpoint,
+            http,
+            origin: cfg.origin,
+            max_connections: cfg.max_connections,
+            shutdown,
+            #[cfg(feature = "testing")]
+            corrupt_uploads: cfg.corrupt_uploads,
+        });
+        shared.update_progress();
+        if complete {
+            shared
+                .metrics
+                .time_to_complete
+                .get_or_create(&shared.index_label())
+                .set(0.0);
+        }
+        shared.metrics.set_ready(true);
+        info!(node = %shared.name, site = %shared.site, listen = %local, index = %shared.id_hex,
+              chunks = shared.store.chunk_count(), have = shared.store.have().count(), "engine started");
+        let mut tasks = JoinSet::new();
+        tasks.spawn(shared.clone().accept_loop());
+        tasks.spawn(shared.clone().dial_loop());
+        tasks.spawn(shared.clone().origin_loop());
+        tasks.spawn(shared.clone().persist_loop());
+        Ok(Engine {
+            shared,
+            tasks,
+            status: status_rx,
+        })
+    }
+
+    /// The QUIC address the engine listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.endpoint.local_addr().expect("bound endpoint")
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The store's payload file (complete once [`Engine::wait_complete`] returned).
+    pub fn payload_path(&self) -> PathBuf {
+        self.shared.store.payload_path().to_owned()
+    }
+
+    /// The verified index.
+    pub fn index(&self) -> &VerifiedIndex {
+        &self.shared.index
+    }
+
+    /// Bytes read from the origin by this engine.
+    pub fn origin_bytes(&self) -> u64 {
+        self.shared.picker.lock().expect("picker").origin_bytes()
+    }
+
+    /// Waits until every chunk is present and durable, a fatal error happens, or shutdown.
+    pub async fn wait_complete(&mut self) -> Result<(), EngineError> {
+        loop {
+            match &*self.status.borrow_and_update() {
+                Status::Complete => return Ok(()),
+                Status::Failed(e) => return Err(EngineError::Fatal(e.clone())),
+                Status::Running => {}
+            }
+            tokio::select! {
+                r = self.status.changed() => if r.is_err() { return Err(EngineError::Stopped) },
+                _ = self.shared.shutdown.cancelled() => return Err(EngineError::Stopped),
+            }
+        }
+    }
+
+    /// Stops every task, closes connections and persists what is verified.
+    pub async fn shutdown(mut self) {
+        self.shared.shutdown.cancel();
+        self.shared
+            .endpoint
+            .close(protocol::CLOSE_NORMAL.into(), b"shutdown");
+        while self.tasks.join_next().await.is_some() {}
+        if let Err(e) = self.shared.store.persist() {
+            warn!(error = %e, "could not persist the bitfield at shutdown");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
+    }
+}
+
+fn now_since(start: Instant) -> Duration {
+    start.elapsed()
+}
+
+impl Shared {
+    fn now(&self) -> Duration {
+        now_since(self.start)
+    }
+
+    fn index_label(&self) -> IndexLabel {
+        IndexLabel {
+            index: self.id_hex.clone(),
+        }
+    }
+
+    fn bump(&self) {
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    fn update_progress(&self) {
+        let have = self.store.have();
+        let ratio = if have.is_empty() {
+            1.0
+        } else {
+            f64::from(have.count()) / f64::from(have.len())
+        };
+        self.metrics
+            .progress
+            .get_or_create(&self.index_label())
+            .set(ratio);
+    }
+
+    fn fail(&self, e: EngineError) {
+        warn!(error = %e, "engine failed");
+        self.status.send_replace(Status::Failed(Arc::new(e)));
+    }
+
+    fn broadcast(&self, msg: &Message) {
+        for p in self.peers.lock().expect("peers").values() {
+            if p.tx.try_send(msg.clone()).is_err() {
+                debug!("control queue full; message dropped");
+            }
+        }
+    }
+
+    fn chunk_lock(&self, c: u32) -> Arc<tokio::sync::Mutex<()>> {
+        self.chunk_locks
+            .lock()
+            .expect("locks")
+            .entry(c)
+            .or_default()
+            .clone()
+    }
+
+    /// A chunk was verified and marked present.
+    fn on_verified(&self, c: u32) {
+        self.metrics.chunks_verified.inc();
+        self.update_progress();
+        self.broadcast(&Message::Have {
+            index: self.id,
+            chunks: vec![c],
+        });
+        if self.store.is_complete() && matches!(*self.status.borrow(), Status::Running) {
+            match self.store.persist() {
+                Ok(()) => {
+                    let secs = self.start.elapsed().as_secs_f64();
+                    self.metrics
+                        .time_to_complete
+                        .get_or_create(&self.index_label())
+                        .set(secs);
+                    info!(
+                        seconds = secs,
+                        origin_bytes = self.picker.lock().expect("picker").origin_bytes(),
+                        "index complete"
+                    );
+                    self.status.send_replace(Status::Complete);
+                }
+                Err(e) => self.fail(e.into()),
+            }
+        }
+        self.bump();
+    }
+
+    fn handle_store_error(&self, e: &StoreError) {
+        if let StoreError::Io { .. } = e {
+            self.fail(EngineError::Store(StoreError::Io {
+                op: "write chunk",
+                path: self.store.payload_path().to_owned(),
+                source: std::io::Error::other(e.to_string()),
+            }));
+        }
+    }
+
+    async fn accept_loop(self: Arc<Self>) {
+        loop {
+            let incoming = tokio::select! {
+                i = self.endpoint.accept() => match i { Some(i) => i, None => return },
+                _ = self.shutdown.cancelled() => return,
+            };
+            if self.peers.lock().expect("peers").len() >= self.max_connections {
+                self.metrics.refused_connections.inc();
+                incoming.refuse();
+                continue;
+            }
+            let s = self.clone();
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+                    Ok(Ok(conn)) => s.run_conn(conn, false).await,
+                    Ok(Err(e)) => {
+                        s.metrics.refused_connections.inc();
+                        info!(%remote, error = %e, "inbound handshake refused");
+                    }
+                    Err(_) => {
+                        s.metrics.refused_connections.inc();
+                        info!(%remote, "inbound handshake timed out");
+                    }
+                }
+            });
+        }
+    }
+
+    async fn dial_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(DIAL_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {},
+                _ = self.dial_now.notified() => {},
+                _ = self.shutdown.cancelled() => return,
+            }
+            let connected: HashSet<SocketAddr> = self
+                .peers
+                .lock()
+                .expect("peers")
+                .values()
+                .map(|p| p.conn.remote_address())
+                .collect();
+            let known: Vec<SocketAddr> = self.known.lock().expect("known").iter().copied().collect();
+            for addr in known {
+                if connected.contains(&addr) || !self.dialing.lock().expect("dialing").insert(addr) {
+                    continue;
+                }
+                let s = self.clone();
+                tokio::spawn(async move {
+                    match s.endpoint.connect(addr, "pollen-peer") {
+                        Ok(connecting) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+                            Ok(Ok(conn)) => {
+                                s.dialing.lock().expect("dialing").remove(&addr);
+                                s.run_conn(conn, true).await;
+                                return;
+                            }
+                            Ok(Err(e)) => debug!(%addr, error = %e, "dial failed"),
+                            Err(_) => debug!(%addr, "dial timed out"),
+                        },
+                        Err(e) => debug!(%addr, error = %e, "dial refused locally"),
+                    }
+                    s.dialing.lock().expect("dialing").remove(&addr);
+                });
+            }
+        }
+    }
+
+    async fn run_conn(self: Arc<Self>, conn: quinn::Connection, dialer: bool) {
+        let Some(name) = tls::peer_name(&conn) else {
+            conn.close(protocol::CLOSE_REFUSED.into(), b"no name");
+            return;
+        };
+        let span = info_span!("peer", peer = %name, addr = %conn.remote_address());
+        self.conn_main(conn, dialer, name).instrument(span).await;
+    }
+
+    async fn conn_main(self: Arc<Self>, conn: quinn::Connection, dialer: bool, name: String) {
+        if name == self.name {
+            conn.close(protocol::CLOSE_DUPLICATE.into(), b"self");
+            return;
+        }
+        if self.banned.lock().expect("banned").contains(&name) {
+            self.metrics.refused_connections.inc();
+            conn.close(protocol::CLOSE_REFUSED.into(), b"banned");
+            return;
+        }
+        let hs = async {
+            let (mut send, mut recv) = if dialer {
+                conn.open_bi().await?
+            } else {
+                conn.accept_bi().await?
+            };
+            let hello = Message::Hello {
+                version: protocol::VERSION,
+                site: self.site.clone(),
+                indexes: vec![self.id],
+            };
+            write_msg(&mut send, &hello).await?;
+            let mut buf = Vec::new();
+            let peer_hello = read_frame(&mut recv, &mut buf).await?;
+            Ok::<_, FetchError>((send, recv, peer_hello))
+        };
+        let (send, recv, peer_hello) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, hs).await {
+            Ok(Ok((s, r, Some(h)))) => (s, r, h),
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => {
+                debug!(error = %e, "control stream failed");
+                return;
+            }
+            Err(_) => {
+                conn.close(protocol::CLOSE_PROTOCOL.into(), b"hello timeout");
+                return;
+            }
+        };
+        let Message::Hello {
+            version,
+            site,
+            indexes,
+        } = peer_hello
+        else {
+            conn.close(protocol::CLOSE_PROTOCOL.into(), b"expected hello");
+            return;
+        };
+        if version != protocol::VERSION {
+            conn.close(protocol::CLOSE_PROTOCOL.into(), b"version");
+            return;
+        }
+        // One connection per pair: keep the one dialled by the smaller name.
+        let initiator = if dialer { self.name.clone() } else { name.clone() };
+        let keeper = self.name.clone().min(name.clone());
+        let (tx, rx) = mpsc::channel::<Message>(4096);
+        let id = {
+            let mut peers = self.peers.lock().expect("peers");
+            if let Some(old) = peers.get(&name) {
+                let replace = old.initiator == initiator || initiator == keeper;
+                if !replace {
+                    conn.close(protocol::CLOSE_DUPLICATE.into(), b"duplicate");
+                    return;
+                }
+                old.conn.close(protocol::CLOSE_DUPLICATE.into(), b"duplicate");
+            }
+            let mut next = self.next_id.lock().expect("ids");
+            let id = *next;
+            *next += 1;
+            peers.insert(
+                name.clone(),
+                PeerEntry {
+                    id,
+                    initiator,
+                    conn: conn.clone(),
+                    tx: tx.clone(),
+                },
+            );
+            self.metrics.connected_peers.set(peers.len() as i64);
+            id
+        };
+        let works_on_index = indexes.contains(&self.id);
+        info!(peer_id = id, %site, works_on_index, "peer connected");
+        {
+            let mut p = self.picker.lock().expect("picker");
+            p.add_peer(id, &name, site == self.site);
+        }
+        self.known.lock().expect("known").insert(conn.remote_address());
+        // First messages: our have-map and a few peer addresses.
+        let _ = tx.try_send(Message::HaveMap {
+            index: self.id,
+            bits: self.store.have(),
+        });
+        let addrs: Vec<SocketAddr> = self
+            .peers
+            .lock()
+            .expect("peers")
+            .values()
+            .filter(|p| p.id != id)
+            .map(|p| p.conn.remote_address())
+            .take(protocol::MAX_PEERS)
+            .collect();
+        let _ = tx.try_send(Message::Peers { addrs });
+        // Tell the others about the newcomer, so that they can trade with it directly.
+        {
+            let news = Message::Peers {
+                addrs: vec![conn.remote_address()],
+            };
+            for p in self.peers.lock().expect("peers").values().filter(|p| p.id != id) {
+                let _ = p.tx.try_send(news.clone());
+            }
+        }
+
+        let conn_cancel = self.shutdown.child_token();
+        let cancelled_reqs: Arc<Mutex<HashSet<u32>>> = Arc::default();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(control_writer(send, rx, conn_cancel.clone()).in_current_span());
+        tasks.spawn(
+            self.clone()
+                .control_reader(recv, id, cancelled_reqs.clone(), conn_cancel.clone())
+                .in_current_span(),
+        );
+        tasks.spawn(
+            self.clone()
+                .request_server(
+                    conn.clone(),
+                    name.clone(),
+                    id,
+                    cancelled_reqs,
+                    conn_cancel.clone(),
+                )
+                .in_current_span(),
+        );
+        if works_on_index {
+            tasks.spawn(
+                self.clone()
+                    .downloader(conn.clone(), name.clone(), id, conn_cancel.clone())
+                    .in_current_span(),
+            );
+        }
+        tokio::select! {
+            _ = conn.closed() => {},
+            _ = conn_cancel.cancelled() => {},
+            _ = async { while tasks.join_next().await.is_some() {} } => {},
+        }
+        conn_cancel.cancel();
+        tasks.abort_all();
+        // Cleanup: only if this connection is still the registered one.
+        {
+            let mut peers = self.peers.lock().expect("peers");
+            if peers.get(&name).is_some_and(|p| p.id == id) {
+                peers.remove(&name);
+            }
+            self.metrics.connected_peers.set(peers.len() as i64);
+        }
+        self.picker.lock().expect("picker").remove_peer(id);
+        self.cancels.lock().expect("cancels").retain(|(_, p), t| {
+            if *p == id {
+                t.cancel();
+                false
+            } else {
+                true
+            }
+        });
+        self.bump();
+        info!(peer_id = id, reason = ?conn.close_reason(), "peer disconnected");
+    }
+
+    async fn control_reader(
+        self: Arc<Self>,
+        mut recv: quinn::RecvStream,
+        id: PeerId,
+        cancelled: Arc<Mutex<HashSet<u32>>>,
+        stop: CancellationToken,
+    ) {
+        let mut buf = Vec::new();
+        loop {
+            let msg = tokio::select! {
+                m = read_frame(&mut recv, &mut buf) => m,
+                _ = stop.cancelled() => return,
+            };
+            let msg = match msg {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => {
+                    debug!(error = %e, "control stream ended");
+                    break;
+                }
+            };
+            let now = self.now();
+            match msg {
+                Message::HaveMap { index, bits } if index == self.id => {
+                    self.picker.lock().expect("picker").peer_have_map(id, &bits, now);
+                }
+                Message::Have { index, chunks } if index == self.id => {
+                    let mut p = self.picker.lock().expect("picker");
+                    for c in chunks {
+                        p.peer_have(id, c, now);
+                    }
+                }
+                Message::Fetching { index, chunks } if index == self.id => {
+                    let mut p = self.picker.lock().expect("picker");
+                    for c in chunks {
+                        p.peer_fetching(id, c);
+                    }
+                }
+                Message::Cancel { index, first, count } if index == self.id => {
+                    let mut set = cancelled.lock().expect("cancelled");
+                    if set.len() < 4096 {
+                        set.extend(first..first.saturating_add(count));
+                    }
+                }
+                Message::Peers { addrs } => {
+                    let mut known = self.known.lock().expect("known");
+                    let local = self.endpoint.local_addr().ok();
+                    let mut new = false;
+                    for a in addrs {
+                        if known.len() < MAX_KNOWN_ADDRS && Some(a) != local {
+                            new |= known.insert(a);
+                        }
+                    }
+                    if new {
+                        self.dial_now.notify_one();
+                    }
+                }
+                Message::Error { code, message, .. } => info!(code = code.name(), %message, "peer error"),
+                Message::Hello { .. } | Message::Request { .. } | Message::Data { .. } => {
+                    warn!("unexpected message on the control stream");
+                    break;
+                }
+                _ => {} // another index
+            }
+            self.bump();
+        }
+        stop.cancel();
+    }
+
+    async fn request_server(
+        self: Arc<Self>,
+        conn: quinn::Connection,
+        name: String,
+        id: PeerId,
+        cancelled: Arc<Mutex<HashSet<u32>>>,
+        stop: CancellationToken,
+    ) {
+        loop {
+            let (send, recv) = tokio::select! {
+                s = conn.accept_bi() => match s { Ok(s) => s, Err(_) => return },
+                _ = stop.cancelled() => return,
+            };
+            let s = self.clone();
+            let name = name.clone();
+            let cancelled = cancelled.clone();
+            tokio::spawn(
+                async move {
+                    if let Err(e) = s.serve(send, recv, &name, id, &cancelled).await {
+                        debug!(error = %e, "request failed");
+                    }
+                }
+                .in_current_span(),
+            );
+        }
+    }
+
+    async fn refuse(
+        &self,
+        send: &mut quinn::SendStream,
+        code: ErrorCode,
+        msg: &str,
+    ) -> Result<(), FetchError> {
+        self.metrics
+            .refused_requests
+            .get_or_create(&CodeLabel { code: code.name() })
+            .inc();
+        write_msg(
+            send,
+            &Message::Error {
+                code,
+                index: self.id,
+                message: msg.into(),
+            },
+        )
+        .await?;
+        let _ = send.finish();
+        Ok(())
+    }
+
+    async fn take_slot(&self, id: PeerId) -> bool {
+        let deadline = Instant::now() + SLOT_WAIT;
+        loop {
+            if self.slots.lock().expect("slots").try_acquire(id) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn serve(
+        &self,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+        name: &str,
+        id: PeerId,
+        cancelled: &Mutex<HashSet<u32>>,
+    ) -> Result<(), FetchError> {
+        let mut buf = Vec::new();
+        let req = tokio::time::timeout(REQUEST_TIMEOUT, read_frame(&mut recv, &mut buf))
+            .await
+            .map_err(|_| FetchError::Timeout)??;
+        let Some(Message::Request { index, first, count }) = req else {
+            return self
+                .refuse(&mut send, ErrorCode::Protocol, "expected a request")
+                .await;
+        };
+        if index != self.id {
+            return self
+                .refuse(&mut send, ErrorCode::UnknownIndex, "unknown index")
+                .await;
+        }
+        if !self.index.authorises(name) {
+            return self
+                .refuse(
+                    &mut send,
+                    ErrorCode::NotAuthorised,
+                    "not authorised for this index",
+                )
+                .await;
+        }
+        let mut piece = vec![0u8; IO_PIECE];
+        for c in first..first.saturating_add(count) {
+            if cancelled.lock().expect("cancelled").remove(&c) {
+                continue;
+            }
+            if c >= self.store.chunk_count() {
+                return self
+                    .refuse(&mut send, ErrorCode::Range, "chunk out of range")
+                    .await;
+            }
+            if !self.store.has(c) {
+                return self
+                    .refuse(&mut send, ErrorCode::NotPresent, "chunk not present")
+                    .await;
+            }
+            if !self.take_slot(id).await {
+                return self
+                    .refuse(&mut send, ErrorCode::Limit, "upload slots busy")
+                    .await;
+            }
+            let res = self.send_chunk(&mut send, c, &mut piece).await;
+            self.slots.lock().expect("slots").release(id);
+            res?;
+        }
+        let _ = send.finish();
+        Ok(())
+    }
+
+    async fn send_chunk(
+        &self,
+        send: &mut quinn::SendStream,
+        c: u32,
+        piece: &mut [u8],
+    ) -> Result<(), FetchError> {
+        let len = self.store.chunk_len(c);
+        write_msg(
+            send,
+            &Message::Data {
+                index: self.id,
+                chunk: c,
+                len,
+            },
+        )
+        .await?;
+        let mut off = 0u32;
+        while off < len {
+            let n = self.store.read(c, off, piece)?;
+            #[cfg(feature = "testing")]
+            if self.corrupt_uploads && off == 0 && n > 0 {
+                piece[0] ^= 0xff;
+            }
+            self.up.acquire(n).await;
+            send.write_all(&piece[..n]).await.map_err(NetError::from)?;
+            self.metrics.sent_bytes.inc_by(n as u64);
+            off += n as u32;
+        }
+        Ok(())
+    }
+
+    async fn downloader(
+        self: Arc<Self>,
+        conn: quinn::Connection,
+        name: String,
+        id: PeerId,
+        stop: CancellationToken,
+    ) {
+        let mut gen_rx = self.generation.subscribe();
+        let mut inflight: JoinSet<(u32, Duration, Result<(), FetchError>)> = JoinSet::new();
+        loop {
+            if !matches!(*self.status.borrow(), Status::Running) && inflight.is_empty() {
+                // Complete (or failed): nothing more to fetch; keep serving until the connection ends.
+                stop.cancelled().await;
+                return;
+            }
+            let picks = {
+                let mut p = self.picker.lock().expect("picker");
+                p.set_rtt(id, conn.rtt());
+                if matches!(*self.status.borrow(), Status::Running) {
+                    p.pick_for_peer(id, self.now())
+                } else {
+                    Vec::new()
+                }
+            };
+            for c in picks {
+                let token = stop.child_token();
+                self.cancels
+                    .lock()
+                    .expect("cancels")
+                    .insert((c, id), token.clone());
+                let s = self.clone();
+                let conn = conn.clone();
+                inflight.spawn(
+                    async move {
+                        let t0 = Instant::now();
+                        let r = s.fetch_from_peer(&conn, c, &token).await;
+                        (c, t0.elapsed(), r)
+                    }
+                    .in_current_span(),
+                );
+            }
+            tokio::select! {
+                _ = gen_rx.changed() => {},
+                Some(res) = inflight.join_next() => {
+                    let Ok((c, elapsed, r)) = res else { continue };
+                    self.cancels.lock().expect("cancels").remove(&(c, id));
+                    match r {
+                        Ok(()) => self.chunk_done(c, Source::Peer(id), elapsed),
+                        Err(FetchError::Verify(e)) => {
+                            self.picker.lock().expect("picker").failed(c, Source::Peer(id));
+                            self.ban(&conn, &name, &e);
+                            stop.cancel();
+                            return;
+                        }
+                        Err(e) => {
+                            debug!(chunk = c, error = %e, "fetch failed");
+                            if let FetchError::Store(se) = &e {
+                                self.handle_store_error(se);
+                            }
+                            self.picker.lock().expect("picker").failed(c, Source::Peer(id));
+                            if matches!(e, FetchError::Remote(ErrorCode::Limit, _)) {
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                            self.bump();
+                        }
+                    }
+                },
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {},
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    fn chunk_done(&self, c: u32, src: Source, elapsed: Duration) {
+        let cancel = self
+            .picker
+            .lock()
+            .expect("picker")
+            .completed(c, src, elapsed, self.now());
+        {
+            let cancels = self.cancels.lock().expect("cancels");
+            for p in cancel {
+                if let Some(t) = cancels.get(&(c, p)) {
+                    t.cancel();
+                }
+            }
+        }
+        self.on_verified(c);
+    }
+
+    fn ban(&self, conn: &quinn::Connection, name: &str, e: &StoreError) {
+        warn!(error = %e, "peer sent a chunk that failed verification; banning it");
+        self.metrics
+            .verification_failures
+            .get_or_create(&PeerLabel { peer: name.into() })
+            .inc();
+        self.metrics
+            .bans
+            .get_or_create(&PeerLabel { peer: name.into() })
+            .inc();
+        self.banned.lock().expect("banned").insert(name.to_owned());
+        conn.close(protocol::CLOSE_REFUSED.into(), b"banned: bad chunk");
+    }
+
+    async fn fetch_from_peer(
+        &self,
+        conn: &quinn::Connection,
+        c: u32,
+        cancel: &CancellationToken,
+    ) -> Result<(), FetchError> {
+        let lock = self.chunk_lock(c);
+        let _guard = tokio::select! {
+            g = lock.lock_owned() => g,
+            _ = cancel.cancelled() => return Err(FetchError::Cancelled),
+        };
+        if self.store.has(c) {
+            return Ok(());
+        }
+        let (mut send, mut recv) = conn.open_bi().await?;
+        write_msg(
+            &mut send,
+            &Message::Request {
+                index: self.id,
+                first: c,
+                count: 1,
+            },
+        )
+        .await?;
+        let _ = send.finish();
+        let mut buf = Vec::new();
+        let hdr = tokio::select! {
+            h = tokio::time::timeout(REQUEST_TIMEOUT, read_frame(&mut recv, &mut buf)) => h.map_err(|_| FetchError::Timeout)??,
+            _ = cancel.cancelled() => {
+                let _ = recv.stop(protocol::STREAM_CANCELLED.into());
+                return Err(FetchError::Cancelled);
+            }
+        };
+        let len = match hdr {
+            Some(Message::Data { index, chunk, len }) if index == self.id && chunk == c => len,
+            Some(Message::Error { code, message, .. }) => return Err(FetchError::Remote(code, message)),
+            _ => return Err(FetchError::Unexpected),
+        };
+        if len != self.store.chunk_len(c) {
+            return Err(FetchError::Verify(StoreError::Verify {
+                chunk: c,
+                reason: "announced length",
+            }));
+        }
+        let mut w = self.store.writer(c)?;
+        let mut remaining = len as usize;
+        while remaining > 0 {
+            let piece = tokio::select! {
+                r = tokio::time::timeout(READ_IDLE_TIMEOUT, recv.read_chunk(remaining.min(IO_PIECE), true)) =>
+                    r.map_err(|_| FetchError::Timeout)?.map_err(NetError::from)?,
+                _ = cancel.cancelled() => {
+                    let _ = recv.stop(protocol::STREAM_CANCELLED.into());
+                    return Err(FetchError::Cancelled);
+                }
+            };
+            let Some(piece) = piece else {
+                return Err(FetchError::Net(NetError::Truncated));
+            };
+            self.down.acquire(piece.bytes.len()).await;
+            self.metrics
+                .received_bytes
+                .get_or_create(&SourceLabel { source: "peer" })
+                .inc_by(piece.bytes.len() as u64);
+            w.write(&piece.bytes)?;
+            remaining -= piece.bytes.len();
+        }
+        w.finish()?;
+        Ok(())
+    }
+
+    async fn origin_loop(self: Arc<Self>) {
+        if !self.origin {
+            return;
+        }
+        let mut gen_rx = self.generation.subscribe();
+        let mut inflight: JoinSet<(u32, Duration, Result<(), FetchError>)> = JoinSet::new();
+        let mut backoff_until = Instant::now();
+        loop {
+            if !matches!(*self.status.borrow(), Status::Running) {
+                return;
+            }
+            if Instant::now() >= backoff_until {
+                let picks = self.picker.lock().expect("picker").pick_for_origin(self.now());
+                if !picks.is_empty() {
+                    for l in protocol::chunk_lists(&picks) {
+                        self.broadcast(&Message::Fetching {
+                            index: self.id,
+                            chunks: l,
+                        });
+                    }
+                }
+                for c in picks {
+                    let s = self.clone();
+                    inflight.spawn(async move {
+                        let t0 = Instant::now();
+                        let r = s.fetch_from_origin(c).await;
+                        (c, t0.elapsed(), r)
+                    });
+                }
+            }
+            tokio::select! {
+                _ = gen_rx.changed() => {},
+                Some(res) = inflight.join_next() => {
+                    let Ok((c, elapsed, r)) = res else { continue };
+                    match r {
+                        Ok(()) => self.chunk_done(c, Source::Origin, elapsed),
+                        Err(e) => {
+                            info!(chunk = c, error = %e, "origin fetch failed");
+                            if let FetchError::Verify(_) = e {
+                                self.metrics.verification_failures.get_or_create(&PeerLabel { peer: "origin".into() }).inc();
+                            }
+                            if let FetchError::Store(se) = &e {
+                                self.handle_store_error(se);
+                            }
+                            self.picker.lock().expect("picker").failed(c, Source::Origin);
+                            backoff_until = Instant::now() + Duration::from_secs(1);
+                        }
+                    }
+                },
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {},
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn fetch_from_origin(&self, c: u32) -> Result<(), FetchError> {
+        let lock = self.chunk_lock(c);
+        let _guard = lock.lock_owned().await;
+        if self.store.has(c) {
+            return Ok(());
+        }
+        let range = self.index.chunk_range(c);
+        let url = self.index.payload_location().blob_url();
+        self.metrics.origin_requests.inc();
+        let mut resp = self
+            .http
+            .get(&url)
+            .header("Range", format!("bytes={}-{}", range.start, range.end - 1))
+            .send()
+            .await
+            .map_err(|e| FetchError::Http(e.to_string()))?;
+        let full = range.start == 0 && range.end == self.index.payload.size;
+        if !(resp.status() == reqwest::StatusCode::PARTIAL_CONTENT || (full && resp.status().is_success())) {
+            return Err(FetchError::Http(format!("status {}", resp.status())));
+        }
+        let mut w = self.store.writer(c)?;
+        while let Some(bytes) = resp.chunk().await.map_err(|e| FetchError::Http(e.to_string()))? {
+            self.down.acquire(bytes.len()).await;
+            self.metrics
+                .received_bytes
+                .get_or_create(&SourceLabel { source: "origin" })
+                .inc_by(bytes.len() as u64);
+            w.write(&bytes)?;
+        }
+        w.finish()?;
+        Ok(())
+    }
+
+    async fn persist_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {},
+                _ = self.shutdown.cancelled() => return,
+            }
+            if self.store.unpersisted() > 0 {
+                let s = self.clone();
+                let r = tokio::task::spawn_blocking(move || s.store.persist()).await;
+                if let Ok(Err(e)) = r {
+                    self.fail(e.into());
+                }
+            }
+        }
+    }
+}
+
+async fn control_writer(
+    mut send: quinn::SendStream,
+    mut rx: mpsc::Receiver<Message>,
+    stop: CancellationToken,
+) {
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        let first = tokio::select! {
+            m = rx.recv() => match m { Some(m) => m, None => break },
+            _ = stop.cancelled() => break,
+        };
+        buf.clear();
+        first.encode(&mut buf);
+        // Batch whatever else is queued into one write.
+        while buf.len() < 64 * 1024 {
+            match rx.try_recv() {
+                Ok(m) => m.encode(&mut buf),
+                Err(_) => break,
+            }
+        }
+        if send.write_all(&buf).await.is_err() {
+            break;
+        }
+    }
+    let _ = send.finish();
+    stop.cancel();
+}

@@ -1,0 +1,200 @@
+//! Prometheus metrics (prometheus-client, base units, `_total` counters) and the HTTP server for
+//! `/metrics`, `/healthz` and `/readyz`.
+//!
+//! Non-goals: push gateways or per-chunk histograms.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Label: where bytes came from.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    /// `peer` or `origin`.
+    pub source: &'static str,
+}
+
+/// Label: a peer's node name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabel {
+    /// Node name from its certificate.
+    pub peer: String,
+}
+
+/// Label: an index id (hex).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IndexLabel {
+    /// Index id, hex.
+    pub index: String,
+}
+
+/// Label: an error code name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// Error code name, e.g. `NOT_AUTHORISED`.
+    pub code: &'static str,
+}
+
+/// The edge node's metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Bytes of verified-or-not chunk data received, by source.
+    pub received_bytes: Family<SourceLabel, Counter>,
+    /// Bytes of chunk data sent to peers.
+    pub sent_bytes: Counter,
+    /// Chunks that passed verification.
+    pub chunks_verified: Counter,
+    /// Chunks that failed verification, by peer (`origin` for the origin).
+    pub verification_failures: Family<PeerLabel, Counter>,
+    /// Peers currently connected.
+    pub connected_peers: Gauge,
+    /// Fraction of chunks present, by index.
+    pub progress: Family<IndexLabel, Gauge<f64, AtomicU64>>,
+    /// Seconds from start to all chunks present, by index.
+    pub time_to_complete: Family<IndexLabel, Gauge<f64, AtomicU64>>,
+    /// Peers banned, by peer.
+    pub bans: Family<PeerLabel, Counter>,
+    /// Requests refused, by error code.
+    pub refused_requests: Family<CodeLabel, Counter>,
+    /// Range requests sent to the origin.
+    pub origin_requests: Counter,
+    /// Connections refused during the handshake or by policy.
+    pub refused_connections: Counter,
+    ready: AtomicBool,
+}
+
+impl Metrics {
+    /// A registry with every metric under the `pollen_edge` prefix.
+    pub fn register(self: &Arc<Self>) -> Registry {
+        let mut r = Registry::with_prefix("pollen_edge");
+        r.register(
+            "received_bytes",
+            "Chunk bytes received, by source",
+            self.received_bytes.clone(),
+        );
+        r.register("sent_bytes", "Chunk bytes sent to peers", self.sent_bytes.clone());
+        r.register(
+            "chunks_verified",
+            "Chunks that passed verification",
+            self.chunks_verified.clone(),
+        );
+        r.register(
+            "verification_failures",
+            "Chunks that failed verification, by peer",
+            self.verification_failures.clone(),
+        );
+        r.register(
+            "connected_peers",
+            "Peers currently connected",
+            self.connected_peers.clone(),
+        );
+        r.register(
+            "index_progress_ratio",
+            "Fraction of chunks present, by index",
+            self.progress.clone(),
+        );
+        r.register(
+            "time_to_complete_seconds",
+            "Seconds from start until all chunks were present",
+            self.time_to_complete.clone(),
+        );
+        r.register("bans", "Peers banned for sending bad chunks", self.bans.clone());
+        r.register(
+            "refused_requests",
+            "Chunk requests refused, by code",
+            self.refused_requests.clone(),
+        );
+        r.register(
+            "origin_requests",
+            "Range requests sent to the origin",
+            self.origin_requests.clone(),
+        );
+        r.register(
+            "refused_connections",
+            "Connections refused (handshake, ban, duplicate or limit)",
+            self.refused_connections.clone(),
+        );
+        r
+    }
+
+    /// Marks the node ready (index verified, endpoint up) or not.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Whether the node is ready.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Bytes received from `source`.
+    pub fn received(&self, source: &'static str) -> u64 {
+        self.received_bytes.get_or_create(&SourceLabel { source }).get()
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `shutdown` fires. Returns the bound address
+/// through `bound` as soon as it listens.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    use axum::http::{StatusCode, header};
+    use axum::routing::get;
+    let registry = Arc::new(metrics.register());
+    let m2 = metrics.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    let mut body = String::new();
+                    match prometheus_client::encoding::text::encode(&mut body, &registry) {
+                        Ok(()) => (
+                            StatusCode::OK,
+                            [(
+                                header::CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            body,
+                        ),
+                        Err(_) => (
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            [(header::CONTENT_TYPE, "text/plain")],
+                            String::from("encode failed"),
+                        ),
+                    }
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let m = m2.clone();
+                async move {
+                    if m.is_ready() {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+    });
+    Ok((bound, task))
+}
