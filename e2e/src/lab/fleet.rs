@@ -143,3 +143,159 @@ pub fn wait_all(procs: Vec<Proc>, start: Instant, timeout: Duration) -> Result<V
     }
     Ok(done.into_iter().flatten().collect())
 }
+
+/// How a watched process did.
+#[derive(Debug, Clone)]
+pub struct Watched {
+    /// Label (the node name).
+    pub label: String,
+    /// Time from the start until its done-condition held (or it exited successfully).
+    pub done_after: Option<Duration>,
+    /// CPU seconds it used until the last one was done (or it exited).
+    pub cpu_s: f64,
+    /// Its exit status, if it exited during the watch.
+    pub exited: Option<String>,
+    /// Path of its stderr log.
+    pub stderr_path: PathBuf,
+}
+
+/// Watches long-running processes (servers that keep serving after they are done) until
+/// `is_done(i)` holds for every one, or it exited. A process that exits successfully counts as
+/// done then. Afterwards the survivors' CPU time is read and they are killed. Ends early with what
+/// it has after `timeout`.
+pub fn watch(
+    procs: Vec<Proc>,
+    start: Instant,
+    timeout: Duration,
+    is_done: impl Fn(usize) -> bool,
+) -> Vec<Watched> {
+    let n = procs.len();
+    let mut done: Vec<Option<Duration>> = vec![None; n];
+    let mut exited: Vec<Option<String>> = vec![None; n];
+    let mut procs = procs;
+    loop {
+        let now = Instant::now();
+        for (i, p) in procs.iter_mut().enumerate() {
+            if done[i].is_some() || exited[i].is_some() {
+                continue;
+            }
+            if is_done(i) {
+                done[i] = Some(now - start);
+                continue;
+            }
+            match procstat::read(p.pid()) {
+                Some(s) if !s.is_zombie() => p.last = Some(s),
+                other => {
+                    if let Some(s) = other {
+                        p.last = Some(s);
+                    }
+                    let status = p.child.wait();
+                    let ok = matches!(&status, Ok(s) if s.success());
+                    exited[i] = Some(match status {
+                        Ok(s) => s.to_string(),
+                        Err(e) => format!("wait failed: {e}"),
+                    });
+                    if ok {
+                        done[i] = Some(now - start);
+                    }
+                }
+            }
+        }
+        let settled = (0..n).all(|i| done[i].is_some() || exited[i].is_some());
+        if settled || start.elapsed() > timeout {
+            break;
+        }
+        std::thread::sleep(POLL);
+    }
+    procs
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut p)| {
+            if exited[i].is_none()
+                && let Some(s) = procstat::read(p.pid())
+            {
+                p.last = Some(s);
+            }
+            Watched {
+                label: p.label.clone(),
+                done_after: done[i],
+                cpu_s: p.last.map(|s| s.cpu_seconds()).unwrap_or(0.0),
+                exited: exited[i].clone(),
+                stderr_path: p.stderr.clone(),
+            }
+            // `p` is dropped here: a survivor is killed and reaped.
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.args(["-c", script]);
+        c
+    }
+
+    #[test]
+    fn wait_all_times_exits_and_reads_cpu() {
+        let d = tempfile::tempdir().unwrap();
+        let start = Instant::now();
+        let procs = vec![
+            Proc::spawn("quick", sh("echo hi"), d.path()).unwrap(),
+            Proc::spawn(
+                "busy",
+                sh("i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; exit 3"),
+                d.path(),
+            )
+            .unwrap(),
+        ];
+        let f = wait_all(procs, start, Duration::from_secs(60)).unwrap();
+        assert_eq!(f[0].label, "quick");
+        assert!(f[0].success);
+        assert_eq!(f[0].stdout.trim(), "hi");
+        assert!(!f[1].success);
+        assert!(f[1].elapsed >= f[0].elapsed);
+        assert!(f[1].cpu_s > 0.0, "the busy loop used CPU: {}", f[1].cpu_s);
+    }
+
+    #[test]
+    fn wait_all_gives_up_after_the_timeout() {
+        let d = tempfile::tempdir().unwrap();
+        let procs = vec![Proc::spawn("sleeper", sh("sleep 30"), d.path()).unwrap()];
+        let e = wait_all(procs, Instant::now(), Duration::from_millis(200)).unwrap_err();
+        assert!(matches!(e, LabError::Timeout { .. }), "{e}");
+    }
+
+    #[test]
+    fn watch_uses_the_done_condition_and_kills_survivors() {
+        let d = tempfile::tempdir().unwrap();
+        let flag = d.path().join("flag");
+        let procs = vec![
+            Proc::spawn(
+                "server",
+                sh(&format!("sleep 0.3; touch {}; sleep 30", flag.display())),
+                d.path(),
+            )
+            .unwrap(),
+            Proc::spawn("exits", sh("exit 0"), d.path()).unwrap(),
+            Proc::spawn("fails", sh("exit 1"), d.path()).unwrap(),
+        ];
+        let pid = procs[0].pid();
+        let t0 = Instant::now();
+        let w = watch(procs, t0, Duration::from_secs(20), |i| i == 0 && flag.exists());
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "did not wait for the sleep"
+        );
+        assert!(w[0].done_after.unwrap() >= Duration::from_millis(250));
+        assert!(w[0].exited.is_none());
+        assert!(w[1].done_after.is_some());
+        assert!(w[2].done_after.is_none());
+        assert!(w[2].exited.is_some());
+        // The survivor was killed.
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(procstat::read(pid).is_none_or(|s| s.is_zombie()));
+    }
+}

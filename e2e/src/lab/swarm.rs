@@ -1,10 +1,12 @@
 //! The Pollen swarm phase: `pollen-edge-node standalone` in every node namespace, all started at
-//! once, each exiting when its payload is verified and installed (`--exit-when-done`).
+//! once. A node is done when its install root holds the `current` link (payload verified and
+//! installed); it keeps serving its peers until the last node is done, as it would in a fleet.
 //!
 //! Steps: check the binaries' command lines ([`preflight`]); make a fleet CA and one certificate per
 //! node naming it (`openssl`); generate the publisher and director keys, publish the payload and
 //! push the signed chunk index to the origin registry (`pollen` CLI, run inside the origin
-//! namespace); launch the nodes with every other node as a static peer; time each node by its exit.
+//! namespace); launch the nodes with every other node as a static peer; time each node until its
+//! `current` link appears.
 //! The argument lists are built by pure functions ([`node_args`]).
 //!
 //! Status: the edge node's standalone mode and the `pollen` publishing commands are being written
@@ -21,7 +23,7 @@ use super::LabError;
 use super::bench::Budget;
 use super::cmd::{run, run_in};
 use super::counters::LabCounters;
-use super::fleet::{Proc, wait_all};
+use super::fleet::{Proc, watch};
 use super::net::{Lab, LabNode};
 use super::origin::{Origin, REPO};
 use super::report::{Bounds, NodeResult, PhaseReport, phase_report};
@@ -47,7 +49,6 @@ pub const EDGE_FLAGS: &[&str] = &[
     "--data-dir",
     "--install-root",
     "--metrics",
-    "--exit-when-done",
     "--origin-budget",
 ];
 
@@ -112,7 +113,6 @@ pub fn node_args(node: &LabNode, all: &[LabNode], files: &SharedFiles, budget: B
             Budget::OneCopy => "one-copy".into(),
             Budget::Unlimited => "unlimited".into(),
         },
-        "--exit-when-done".into(),
     ];
     for peer in all.iter().filter(|p| p.name != node.name) {
         a.push("--peer".into());
@@ -355,26 +355,31 @@ pub fn run_phase(
         cmd.args(node_args(node, lab.nodes(), &files, budget));
         procs.push(Proc::spawn(&format!("swarm-{}", node.name), cmd, log_dir)?);
     }
-    let finished = wait_all(procs, start, timeout)?;
+    let installed: Vec<PathBuf> = lab
+        .nodes()
+        .iter()
+        .map(|n| dir.join(&n.name).join("install").join("current"))
+        .collect();
+    let watched = watch(procs, start, timeout, |i| installed[i].exists());
     let traffic = LabCounters::read(lab)?.since(&before);
     let delay_cpu_s = super::baseline::delay_cpu(lab) - cpu_before;
     let nodes = lab
         .nodes()
         .iter()
-        .zip(finished)
-        .map(|(node, f)| {
-            if !f.success {
+        .zip(watched)
+        .map(|(node, w)| {
+            if w.done_after.is_none() {
                 eprintln!(
-                    "swarm: {} failed ({}), log {}",
+                    "swarm: {} did not finish ({}), log {}",
                     node.name,
-                    f.status,
-                    f.stderr_path.display()
+                    w.exited.as_deref().unwrap_or("still running at the timeout"),
+                    w.stderr_path.display()
                 );
             }
             NodeResult {
                 node: node.name.clone(),
-                done_s: f.success.then_some(f.elapsed.as_secs_f64()),
-                cpu_s: f.cpu_s,
+                done_s: w.done_after.map(|d| d.as_secs_f64()),
+                cpu_s: w.cpu_s,
             }
         })
         .collect();
