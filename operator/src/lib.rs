@@ -3,9 +3,18 @@
 //! Layers:
 //! - [`planner`]: which node belongs to which wave (pure);
 //! - [`progress`]: aggregation of EdgeNode statuses, thresholds, conflicts and the phase machine (pure);
+//! - [`pipeline`]: the seam to the registry and the trust chain (resolve, verify, index);
+//! - [`controller`]: the reconciler, its context and the watches;
+//! - [`metrics`] and [`http`]: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`;
+//! - [`leader`]: leader election through a coordination.k8s.io Lease.
 //!
 //! Non-goals: the node agent (in `pollen-edge-node`), the trust-chain cryptography (in `pollen-trust`).
 #![warn(missing_docs)]
 
+pub mod controller;
+#[cfg(test)]
+pub mod fixtures;
+pub mod metrics;
+pub mod pipeline;
 pub mod planner;
 pub mod progress;

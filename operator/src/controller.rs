@@ -1,0 +1,1553 @@
+//! The UpdateRollout reconciler: Resolve → Verify → Index → Plan → Distribute → Complete.
+//!
+//! One reconcile reads the rollout, its TrustPolicy, every EdgeNode and every other rollout (for
+//! conflicts), then:
+//! 1. **Resolve** the artifact to a pinned digest, **Verify** the publisher signature against the
+//!    TrustPolicy, and **Index** (build, push and sign the chunk index with the director key). These
+//!    run only when the spec fields they depend on change (tracked by `status.indexedFor`); a new
+//!    artifact yields a new index, which supersedes every assignment of the rollout.
+//!    A verification failure ends in `Verified=False` (reason `Unsigned` or `UntrustedSignature`),
+//!    phase `Failed`, and no EdgeNode write at all.
+//! 2. **Plan** the waves ([`crate::planner`]) and check for an older conflicting rollout.
+//! 3. **Distribute**: decide with [`crate::progress::next`], write each started wave's assignments
+//!    into its EdgeNodes by server-side apply with a field manager of this rollout's own (so two
+//!    rollouts never clobber each other's entries), and only where the entry differs (an operator
+//!    restart writes nothing).
+//! 4. Write the status by server-side apply on `/status`, with `observedGeneration`.
+//!
+//! Deleting a rollout runs the finalizer: its assignments are removed, installed versions stay.
+//!
+//! Non-goals: no registry or crypto here ([`crate::pipeline`]), no HTTP ([`crate::http`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::core::{Selector, SelectorExt};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use pollen_crds::conditions::{reasons, types};
+use pollen_crds::{Assignment, EdgeNode, RolloutPhase, TrustPolicy, UpdateRollout, UpdateRolloutStatus};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::sync::RwLock;
+use tracing::{debug, info, warn};
+
+use crate::metrics::Metrics;
+use crate::pipeline::{ArtifactPipeline, IndexRequest, PipelineError};
+use crate::planner;
+use crate::progress::{self, DistState, Gate, NodeObservation};
+
+/// The finalizer that guards assignment cleanup.
+pub const FINALIZER: &str = "pollen.dev/assignments";
+/// The field manager of the status writes.
+pub const STATUS_MANAGER: &str = "pollen-operator";
+
+/// The field manager that owns one rollout's assignment entries on EdgeNodes.
+pub fn assignment_manager(rollout_uid: &str) -> String {
+    format!("pollen-operator-rollout-{rollout_uid}")
+}
+
+/// Errors of one reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A call to the Kubernetes API failed.
+    #[error("kubernetes API: {0}")]
+    Kube(#[source] kube::Error),
+    /// Adding or removing the finalizer failed, or the wrapped reconcile failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// A registry step failed and will be retried.
+    #[error("artifact pipeline: {0}")]
+    Pipeline(#[source] PipelineError),
+    /// The rollout lacks metadata every stored object has.
+    #[error("the rollout has no {0}")]
+    MissingMetadata(&'static str),
+}
+
+/// A source of "now", so tests can pin the time.
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// Settings of the reconciler.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// How often a distributing rollout is looked at even when nothing changes.
+    pub resync: Duration,
+    /// How long to wait after a failed reconcile.
+    pub error_backoff: Duration,
+    /// How often a rollout blocked by a conflict or without targets is looked at again.
+    pub blocked_retry: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            resync: Duration::from_secs(60),
+            error_backoff: Duration::from_secs(15),
+            blocked_retry: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the web server shows about the controller.
+#[derive(Clone, Debug)]
+pub struct Diagnostics {
+    /// When the last reconcile started.
+    pub last_event: Timestamp,
+    /// Whether the CRDs answered and the caches synced.
+    pub ready: bool,
+}
+
+impl Default for Diagnostics {
+    fn default() -> Self {
+        Self {
+            last_event: Timestamp::now(),
+            ready: false,
+        }
+    }
+}
+
+/// Everything a reconcile needs.
+pub struct Context {
+    /// The Kubernetes client.
+    pub client: Client,
+    /// Publishes Events, where the cluster serves `events.k8s.io/v1`.
+    pub recorder: Option<Recorder>,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Read by the web server.
+    pub diagnostics: Arc<RwLock<Diagnostics>>,
+    /// Reconciler settings.
+    pub config: Config,
+    /// Resolve, verify, index.
+    pub pipeline: Arc<dyn ArtifactPipeline>,
+    /// The time source.
+    pub clock: Clock,
+}
+
+impl Context {
+    /// A context for a live cluster: probes the Events API and logs once if it is absent.
+    pub async fn new(
+        client: Client,
+        pipeline: Arc<dyn ArtifactPipeline>,
+        metrics: Metrics,
+        diagnostics: Arc<RwLock<Diagnostics>>,
+        config: Config,
+    ) -> Self {
+        let recorder = match client.list_api_group_resources("events.k8s.io/v1").await {
+            Ok(list) if list.resources.iter().any(|r| r.name == "events") => {
+                Some(Recorder::new(client.clone(), Reporter::from("pollen-operator")))
+            }
+            Ok(_) | Err(_) => {
+                warn!(
+                    "the API server does not serve events.k8s.io/v1: rollout events go to this log only \
+                     (the core loop needs only the Pollen CRDs)"
+                );
+                None
+            }
+        };
+        Self {
+            client,
+            recorder,
+            metrics,
+            diagnostics,
+            config,
+            pipeline,
+            clock: Arc::new(Timestamp::now),
+        }
+    }
+}
+
+/// Reconcile one UpdateRollout (wrapped in the finalizer).
+pub async fn reconcile(ur: Arc<UpdateRollout>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_timer();
+    ctx.diagnostics.write().await.last_event = (ctx.clock)();
+    let ns = ur.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let api: Api<UpdateRollout> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, ur, |event| async {
+        match event {
+            Finalizer::Apply(ur) => apply(&ur, &ctx).await,
+            Finalizer::Cleanup(ur) => cleanup(&ur, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.reconciled(result.is_ok());
+    result
+}
+
+/// What to do after a failed reconcile: log and retry after the backoff.
+pub fn error_policy(ur: Arc<UpdateRollout>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(rollout = %key_of(&ur), "reconcile failed: {error}");
+    Action::requeue(ctx.config.error_backoff)
+}
+
+fn key_of(ur: &UpdateRollout) -> String {
+    format!("{}/{}", ur.namespace().unwrap_or_default(), ur.name_any())
+}
+
+/// The fingerprint of everything the chunk index depends on.
+fn fingerprint(ur: &UpdateRollout, tp: &TrustPolicy) -> String {
+    let v = json!({
+        "artifact": ur.spec.artifact.reference,
+        "trustPolicy": ur.spec.trust_policy,
+        "trust": tp.spec,
+        "install": ur.spec.install,
+        "chunkSize": ur.spec.transfer.chunk_size_bytes,
+    });
+    let digest = Sha256::digest(serde_json::to_vec(&v).expect("JSON values serialise"));
+    hex::encode(&digest[..16])
+}
+
+/// Set (or replace) a condition, keeping its transition time when the status did not change.
+fn set_condition(
+    st: &mut UpdateRolloutStatus,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+) {
+    let status = if status { "True" } else { "False" };
+    let last_transition_time = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    st.conditions.retain(|c| c.type_ != type_);
+    st.conditions.push(Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: st.observed_generation,
+        last_transition_time,
+    });
+    st.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+}
+
+fn drop_condition(st: &mut UpdateRolloutStatus, type_: &str) {
+    st.conditions.retain(|c| c.type_ != type_);
+}
+
+async fn write_status(ctx: &Context, ur: &UpdateRollout, st: &UpdateRolloutStatus) -> Result<(), Error> {
+    let ns = ur.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let api: Api<UpdateRollout> = Api::namespaced(ctx.client.clone(), &ns);
+    let body = json!({
+        "apiVersion": "pollen.dev/v1alpha1",
+        "kind": "UpdateRollout",
+        "status": st,
+    });
+    api.patch_status(
+        &ur.name_any(),
+        &PatchParams::apply(STATUS_MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .map_err(Error::Kube)?;
+    Ok(())
+}
+
+async fn publish_event(ctx: &Context, ur: &UpdateRollout, warning: bool, reason: &str, note: String) {
+    let Some(recorder) = &ctx.recorder else {
+        info!(rollout = %key_of(ur), reason, "{note}");
+        return;
+    };
+    let ev = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, &ur.object_ref(&())).await {
+        warn!(rollout = %key_of(ur), "could not publish an event: {e}");
+    }
+}
+
+/// Write one rollout's assignment entry on one EdgeNode (or remove it with `None`).
+async fn patch_assignment(
+    nodes: &Api<EdgeNode>,
+    node: &str,
+    manager: &str,
+    desired: Option<&Assignment>,
+) -> Result<(), Error> {
+    let body = json!({
+        "apiVersion": "pollen.dev/v1alpha1",
+        "kind": "EdgeNode",
+        "metadata": { "name": node },
+        "spec": { "assignments": desired.into_iter().collect::<Vec<_>>() },
+    });
+    nodes
+        .patch(node, &PatchParams::apply(manager).force(), &Patch::Apply(body))
+        .await
+        .map_err(Error::Kube)?;
+    Ok(())
+}
+
+/// End a reconcile without distribution: record the status (if it changed) and the metrics.
+async fn settle(
+    ctx: &Context,
+    ur: &UpdateRollout,
+    prev: &UpdateRolloutStatus,
+    st: UpdateRolloutStatus,
+    action: Action,
+) -> Result<Action, Error> {
+    let key = key_of(ur);
+    if prev.phase != st.phase {
+        let warning = matches!(st.phase, RolloutPhase::Failed | RolloutPhase::Paused);
+        let why = st
+            .conditions
+            .iter()
+            .filter(|c| c.status == "False" || c.type_ == types::CONFLICT || c.type_ == types::FAILED)
+            .map(|c| format!("{}: {}", c.type_, c.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        publish_event(ctx, ur, warning, &format!("{:?}", st.phase), why).await;
+    }
+    if *prev != st || ur.status.is_none() {
+        write_status(ctx, ur, &st).await?;
+    }
+    ctx.metrics.observe_rollout(
+        &key,
+        st.phase,
+        &st.nodes,
+        st.bytes_from_peers,
+        st.bytes_from_origin,
+    );
+    Ok(action)
+}
+
+async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
+    let key = key_of(ur);
+    let uid = ur.uid().ok_or(Error::MissingMetadata("uid"))?;
+    let now = (ctx.clock)();
+    let prev = ur.status.clone().unwrap_or_default();
+    let mut st = prev.clone();
+    st.observed_generation = ur.metadata.generation;
+    let same_generation =
+        ur.metadata.generation.is_some() && prev.observed_generation == ur.metadata.generation;
+
+    // Bad specs: what the schema cannot say.
+    let gate = Gate::from_strategy(&ur.spec.strategy);
+    let selector = Selector::try_from(ur.spec.selector.clone());
+    let (gate, selector) = match (gate, selector) {
+        (Ok(g), Ok(s)) => (g, s),
+        (Err(e), _) => return invalid_spec(ctx, ur, &prev, st, e.to_string(), now).await,
+        (_, Err(e)) => return invalid_spec(ctx, ur, &prev, st, format!("selector: {e}"), now).await,
+    };
+
+    // The trust policy.
+    let tps: Api<TrustPolicy> = Api::all(ctx.client.clone());
+    let Some(tp) = tps.get_opt(&ur.spec.trust_policy).await.map_err(Error::Kube)? else {
+        if st.chunk_index.is_none() {
+            st.phase = RolloutPhase::Verifying;
+        }
+        set_condition(
+            &mut st,
+            types::VERIFIED,
+            false,
+            reasons::TRUST_POLICY_NOT_FOUND,
+            format!(
+                "TrustPolicy {:?} does not exist; nothing is delivered until it does",
+                ur.spec.trust_policy
+            ),
+            now,
+        );
+        set_condition(
+            &mut st,
+            types::PROGRESSING,
+            false,
+            reasons::TRUST_POLICY_NOT_FOUND,
+            "waiting for the trust policy".into(),
+            now,
+        );
+        return settle(ctx, ur, &prev, st, Action::requeue(ctx.config.blocked_retry)).await;
+    };
+
+    // Resolve, Verify, Index: only when what the index depends on changed.
+    let fp = fingerprint(ur, &tp);
+    let mut fresh_index = false;
+    if st.indexed_for.as_deref() != Some(fp.as_str()) {
+        match prepare(ctx, ur, &uid, &tp, &mut st, now).await {
+            Ok(()) => {
+                st.indexed_for = Some(fp.clone());
+                fresh_index = true;
+            }
+            Err(Stop::Verification) => {
+                st.indexed_for = Some(fp.clone());
+                return settle(ctx, ur, &prev, st, Action::await_change()).await;
+            }
+            Err(Stop::Invalid) => return settle(ctx, ur, &prev, st, Action::await_change()).await,
+            Err(Stop::Retry(e)) => {
+                settle(ctx, ur, &prev, st, Action::await_change()).await?;
+                return Err(Error::Pipeline(e));
+            }
+        }
+    }
+    let Some(chunk_index) = st.chunk_index.clone() else {
+        // Verification failed for this very spec: nothing to do until it changes.
+        st.phase = RolloutPhase::Failed;
+        return settle(ctx, ur, &prev, st, Action::await_change()).await;
+    };
+
+    // Plan: the selected nodes, the conflict check, the waves.
+    let nodes_api: Api<EdgeNode> = Api::all(ctx.client.clone());
+    let all_nodes = nodes_api
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::Kube)?
+        .items;
+    let selected: Vec<&EdgeNode> = all_nodes
+        .iter()
+        .filter(|n| selector.matches(n.labels()))
+        .collect();
+    let selected_names: BTreeSet<String> = selected.iter().map(|n| n.name_any()).collect();
+
+    let rollouts: Api<UpdateRollout> = Api::all(ctx.client.clone());
+    let others = rollouts
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::Kube)?
+        .items;
+    let claims: Vec<progress::Claim> = others
+        .iter()
+        .filter(|o| key_of(o) != key)
+        .map(|o| claim_of(o, &all_nodes))
+        .collect();
+    let mine = progress::Claim {
+        nodes: selected_names.clone(),
+        ..claim_of(ur, &[])
+    };
+    let terminal = same_generation && matches!(prev.phase, RolloutPhase::Complete | RolloutPhase::Failed);
+    if !terminal && let Some(winner) = progress::blocker(&mine, &claims) {
+        st.phase = RolloutPhase::Pending;
+        set_condition(
+            &mut st,
+            types::CONFLICT,
+            true,
+            reasons::OLDER_ROLLOUT_WINS,
+            format!(
+                "{} also installs {:?} on some of these nodes and is older; this rollout waits until it finishes",
+                winner.key, winner.target_path
+            ),
+            now,
+        );
+        set_condition(
+            &mut st,
+            types::PROGRESSING,
+            false,
+            reasons::OLDER_ROLLOUT_WINS,
+            format!("blocked by {}", winner.key),
+            now,
+        );
+        return settle(ctx, ur, &prev, st, Action::requeue(ctx.config.blocked_retry)).await;
+    }
+    drop_condition(&mut st, types::CONFLICT);
+
+    let entry_of = |n: &EdgeNode| n.spec.assignments.iter().find(|a| a.rollout == key).cloned();
+    let pinned: BTreeMap<String, u32> = selected
+        .iter()
+        .filter_map(|n| entry_of(n).map(|a| (n.name_any(), a.wave.max(0) as u32)))
+        .collect();
+    let names: Vec<String> = selected_names.iter().cloned().collect();
+    let plan = match planner::plan(&uid, &names, &ur.spec.strategy.waves, &pinned) {
+        Ok(p) => p,
+        Err(e) => return invalid_spec(ctx, ur, &prev, st, e.to_string(), now).await,
+    };
+    if selected.is_empty() && !terminal {
+        st.phase = RolloutPhase::Pending;
+        st.nodes = Default::default();
+        st.progress = Some("0/0".into());
+        set_condition(
+            &mut st,
+            types::PROGRESSING,
+            false,
+            reasons::NO_TARGETS,
+            "the selector matches no EdgeNode".into(),
+            now,
+        );
+        set_condition(
+            &mut st,
+            types::COMPLETE,
+            false,
+            reasons::NO_TARGETS,
+            "no targeted node".into(),
+            now,
+        );
+        return settle(ctx, ur, &prev, st, Action::requeue(ctx.config.blocked_retry)).await;
+    }
+
+    // Decide, crossing as many wave boundaries as the observations allow.
+    let quarantined = |n: &EdgeNode| {
+        n.labels()
+            .get(pollen_crds::labels::QUARANTINE)
+            .map(String::as_str)
+            == Some("true")
+    };
+    let mut state = DistState {
+        phase: if fresh_index {
+            RolloutPhase::Distributing
+        } else {
+            prev.phase
+        },
+        current_wave: if fresh_index {
+            0
+        } else {
+            st.current_wave.unwrap_or(0).max(0) as u32
+        },
+        wave_completed_at: if fresh_index {
+            None
+        } else {
+            st.wave_completed_at.as_ref().map(|t| t.0)
+        },
+        same_generation: same_generation && !fresh_index,
+    };
+    let (decision, agg) = loop {
+        let obs: Vec<NodeObservation> = selected
+            .iter()
+            .map(|n| {
+                let wave = plan.wave_of[&n.name_any()];
+                let status = n.status.as_ref().and_then(|s| {
+                    s.assignments
+                        .iter()
+                        .find(|a| a.rollout == key && a.chunk_index == chunk_index)
+                });
+                NodeObservation {
+                    name: n.name_any(),
+                    wave,
+                    state: progress::node_state(
+                        wave <= state.current_wave,
+                        status,
+                        &chunk_index,
+                        quarantined(n),
+                    ),
+                    bytes_from_peers: status.map_or(0, |s| s.bytes_from_peers),
+                    bytes_from_origin: status.map_or(0, |s| s.bytes_from_origin),
+                }
+            })
+            .collect();
+        let agg = progress::aggregate(&obs, plan.wave_count, state.current_wave);
+        let d = progress::next(&state, &agg, &gate, now);
+        if d.current_wave > state.current_wave {
+            info!(rollout = %key, "{}", d.message);
+            state = DistState {
+                phase: d.phase,
+                current_wave: d.current_wave,
+                wave_completed_at: None,
+                same_generation: state.same_generation,
+            };
+            continue;
+        }
+        break (d, agg);
+    };
+
+    // Distribute: write only the entries that differ.
+    let manager = assignment_manager(&uid);
+    let sequence = st.sequence.unwrap_or(0);
+    let mut writes = 0usize;
+    for n in &all_nodes {
+        let name = n.name_any();
+        let desired = plan
+            .wave_of
+            .get(&name)
+            .filter(|w| **w <= decision.current_wave && !quarantined(n))
+            .map(|w| Assignment {
+                rollout: key.clone(),
+                chunk_index: chunk_index.clone(),
+                wave: *w as i32,
+                sequence,
+                target_path: ur.spec.install.target_path.clone(),
+                trust_policy: ur.spec.trust_policy.clone(),
+            });
+        if desired != entry_of(n) {
+            patch_assignment(&nodes_api, &name, &manager, desired.as_ref()).await?;
+            writes += 1;
+        }
+    }
+    if writes > 0 {
+        debug!(rollout = %key, writes, "assignments written");
+    }
+
+    // Status.
+    st.phase = decision.phase;
+    st.current_wave = Some(decision.current_wave as i32);
+    st.wave_completed_at = decision.wave_completed_at.map(Time);
+    st.progress = Some(agg.progress());
+    st.offload = Some(agg.offload());
+    st.waves = agg.waves.clone();
+    st.nodes = agg.nodes.clone();
+    st.bytes_from_peers = agg.bytes_from_peers;
+    st.bytes_from_origin = agg.bytes_from_origin;
+    let distributing = decision.phase == RolloutPhase::Distributing;
+    set_condition(
+        &mut st,
+        types::PROGRESSING,
+        distributing,
+        decision.reason,
+        decision.message.clone(),
+        now,
+    );
+    let complete = decision.phase == RolloutPhase::Complete;
+    set_condition(
+        &mut st,
+        types::COMPLETE,
+        complete,
+        decision.reason,
+        decision.message.clone(),
+        now,
+    );
+    if decision.phase == RolloutPhase::Failed {
+        set_condition(
+            &mut st,
+            types::FAILED,
+            true,
+            decision.reason,
+            decision.message.clone(),
+            now,
+        );
+    } else {
+        drop_condition(&mut st, types::FAILED);
+    }
+    let action = match decision.phase {
+        RolloutPhase::Complete | RolloutPhase::Failed => Action::requeue(ctx.config.resync * 5),
+        _ => Action::requeue(
+            decision
+                .requeue_after
+                .map_or(ctx.config.resync, |d| d.min(ctx.config.resync)),
+        ),
+    };
+    settle(ctx, ur, &prev, st, action).await
+}
+
+/// Why the Resolve/Verify/Index steps stopped.
+enum Stop {
+    /// The signature did not verify: `Verified=False`, phase `Failed`, nothing else.
+    Verification,
+    /// The artifact is malformed: wait for a new spec.
+    Invalid,
+    /// A transient registry problem: retry.
+    Retry(PipelineError),
+}
+
+async fn prepare(
+    ctx: &Context,
+    ur: &UpdateRollout,
+    uid: &str,
+    tp: &TrustPolicy,
+    st: &mut UpdateRolloutStatus,
+    now: Timestamp,
+) -> Result<(), Stop> {
+    let reference = &ur.spec.artifact.reference;
+    st.phase = RolloutPhase::Resolving;
+    let pinned = match ctx.pipeline.resolve(reference).await {
+        Ok(p) => p,
+        Err(e) => {
+            let (reason, stop) = match e {
+                PipelineError::Invalid(_) => (reasons::INVALID_SPEC, Stop::Invalid),
+                _ => (reasons::REGISTRY_UNAVAILABLE, Stop::Retry(e)),
+            };
+            let msg = match &stop {
+                Stop::Retry(e) => e.to_string(),
+                _ => format!("{reference}: cannot be resolved"),
+            };
+            if matches!(stop, Stop::Invalid) {
+                st.phase = RolloutPhase::Failed;
+            }
+            set_condition(st, types::RESOLVED, false, reason, msg, now);
+            return Err(stop);
+        }
+    };
+    set_condition(
+        st,
+        types::RESOLVED,
+        true,
+        reasons::DIGEST_PINNED,
+        pinned.reference.clone(),
+        now,
+    );
+    st.artifact_digest = Some(pinned.reference.clone());
+    st.artifact_size = Some(pinned.size as i64);
+
+    st.phase = RolloutPhase::Verifying;
+    match ctx.pipeline.verify_publisher(&pinned, &tp.spec.publishers).await {
+        Ok(publisher) => set_condition(
+            st,
+            types::VERIFIED,
+            true,
+            reasons::SIGNATURE_VERIFIED,
+            format!(
+                "signed by publisher {publisher:?} of TrustPolicy {:?}",
+                tp.name_any()
+            ),
+            now,
+        ),
+        Err(e @ (PipelineError::Unsigned | PipelineError::Untrusted(_))) => {
+            let reason = if matches!(e, PipelineError::Unsigned) {
+                reasons::UNSIGNED
+            } else {
+                reasons::UNTRUSTED_SIGNATURE
+            };
+            st.phase = RolloutPhase::Failed;
+            st.chunk_index = None;
+            st.sequence = None;
+            set_condition(
+                st,
+                types::VERIFIED,
+                false,
+                reason,
+                format!("{}: {e}", pinned.reference),
+                now,
+            );
+            set_condition(
+                st,
+                types::PROGRESSING,
+                false,
+                reason,
+                "nothing is delivered".into(),
+                now,
+            );
+            set_condition(
+                st,
+                types::COMPLETE,
+                false,
+                reason,
+                "nothing is delivered".into(),
+                now,
+            );
+            drop_condition(st, types::INDEXED);
+            return Err(Stop::Verification);
+        }
+        Err(e) => {
+            set_condition(
+                st,
+                types::VERIFIED,
+                false,
+                reasons::REGISTRY_UNAVAILABLE,
+                e.to_string(),
+                now,
+            );
+            return Err(Stop::Retry(e));
+        }
+    }
+
+    st.phase = RolloutPhase::Indexing;
+    let now_ms = u64::try_from(now.as_millisecond()).unwrap_or(0);
+    let sequence = now_ms.max(st.sequence.map_or(0, |s| s.max(0) as u64 + 1));
+    let install = &ur.spec.install;
+    let request = IndexRequest {
+        artifact: pinned,
+        rollout: key_of(ur),
+        rollout_uid: uid.to_string(),
+        target_path: install.target_path.clone(),
+        keep_versions: install.keep_versions.max(0) as u32,
+        activation_window: install.activation_window.clone(),
+        chunk_size: ur.spec.transfer.chunk_size_bytes.map(|c| c as u32),
+        sequence,
+    };
+    match ctx.pipeline.build_index(&request).await {
+        Ok(ix) => {
+            set_condition(
+                st,
+                types::INDEXED,
+                true,
+                reasons::INDEX_SIGNED,
+                ix.reference.clone(),
+                now,
+            );
+            st.chunk_index = Some(ix.reference);
+            st.sequence = Some(sequence as i64);
+            st.current_wave = Some(0);
+            st.wave_completed_at = None;
+            st.phase = RolloutPhase::Distributing;
+            Ok(())
+        }
+        Err(e) => {
+            set_condition(
+                st,
+                types::INDEXED,
+                false,
+                reasons::REGISTRY_UNAVAILABLE,
+                e.to_string(),
+                now,
+            );
+            Err(Stop::Retry(e))
+        }
+    }
+}
+
+async fn invalid_spec(
+    ctx: &Context,
+    ur: &UpdateRollout,
+    prev: &UpdateRolloutStatus,
+    mut st: UpdateRolloutStatus,
+    message: String,
+    now: Timestamp,
+) -> Result<Action, Error> {
+    st.phase = RolloutPhase::Failed;
+    set_condition(
+        &mut st,
+        types::FAILED,
+        true,
+        reasons::INVALID_SPEC,
+        message.clone(),
+        now,
+    );
+    set_condition(
+        &mut st,
+        types::PROGRESSING,
+        false,
+        reasons::INVALID_SPEC,
+        message,
+        now,
+    );
+    settle(ctx, ur, prev, st, Action::await_change()).await
+}
+
+fn claim_of(ur: &UpdateRollout, nodes: &[EdgeNode]) -> progress::Claim {
+    let nodes = match Selector::try_from(ur.spec.selector.clone()) {
+        Ok(sel) => nodes
+            .iter()
+            .filter(|n| sel.matches(n.labels()))
+            .map(|n| n.name_any())
+            .collect(),
+        Err(_) => BTreeSet::new(),
+    };
+    let phase = ur.status.as_ref().map(|s| s.phase).unwrap_or_default();
+    progress::Claim {
+        key: key_of(ur),
+        created: ur
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
+        target_path: ur.spec.install.target_path.clone(),
+        nodes,
+        finished: matches!(phase, RolloutPhase::Complete | RolloutPhase::Failed),
+    }
+}
+
+/// Finalizer cleanup: remove this rollout's assignments from every EdgeNode. Installed versions stay.
+async fn cleanup(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
+    let key = key_of(ur);
+    let uid = ur.uid().ok_or(Error::MissingMetadata("uid"))?;
+    let nodes_api: Api<EdgeNode> = Api::all(ctx.client.clone());
+    let nodes = nodes_api
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::Kube)?
+        .items;
+    let manager = assignment_manager(&uid);
+    let mut removed = 0;
+    for n in nodes
+        .iter()
+        .filter(|n| n.spec.assignments.iter().any(|a| a.rollout == key))
+    {
+        patch_assignment(&nodes_api, &n.name_any(), &manager, None).await?;
+        removed += 1;
+    }
+    ctx.metrics.forget_rollout(&key);
+    publish_event(
+        ctx,
+        ur,
+        false,
+        "AssignmentsRemoved",
+        format!("removed the assignments of {removed} EdgeNode(s)"),
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+/// The rollouts an EdgeNode change concerns: those it holds assignments of, and those whose selector
+/// matches its labels.
+fn rollouts_for_node(node: &EdgeNode, rollouts: &[Arc<UpdateRollout>]) -> Vec<ObjectRef<UpdateRollout>> {
+    let mut refs: BTreeSet<(String, String)> = node
+        .spec
+        .assignments
+        .iter()
+        .filter_map(|a| {
+            a.rollout
+                .split_once('/')
+                .map(|(ns, n)| (ns.to_string(), n.to_string()))
+        })
+        .collect();
+    for ur in rollouts {
+        if let Ok(sel) = Selector::try_from(ur.spec.selector.clone())
+            && sel.matches(node.labels())
+        {
+            refs.insert((ur.namespace().unwrap_or_default(), ur.name_any()));
+        }
+    }
+    refs.into_iter()
+        .map(|(ns, n)| ObjectRef::new(&n).within(&ns))
+        .collect()
+}
+
+/// Run the controller until `shutdown` resolves. `namespace` limits which rollouts are watched.
+///
+/// Fails early (and clearly) when the Pollen CRDs are not installed.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<&str>,
+    concurrency: u16,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), kube::Error> {
+    let client = ctx.client.clone();
+    let rollouts: Api<UpdateRollout> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let nodes: Api<EdgeNode> = Api::all(client.clone());
+    let policies: Api<TrustPolicy> = Api::all(client.clone());
+    for probe in [
+        rollouts.list(&ListParams::default().limit(1)).await.map(|_| ()),
+        nodes.list(&ListParams::default().limit(1)).await.map(|_| ()),
+        policies.list(&ListParams::default().limit(1)).await.map(|_| ()),
+    ] {
+        if let Err(e) = probe {
+            warn!(
+                "the Pollen CRDs are not queryable ({e}); install them with `kubectl apply -f crds/pollen.dev.yaml`"
+            );
+            return Err(e);
+        }
+    }
+    let controller = Controller::new(rollouts, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    let node_store = store.clone();
+    let policy_store = store.clone();
+    let ready_store = store.clone();
+    let diagnostics = ctx.diagnostics.clone();
+    tokio::spawn(async move {
+        if ready_store.wait_until_ready().await.is_ok() {
+            diagnostics.write().await.ready = true;
+            info!("caches synced; ready");
+        }
+    });
+    controller
+        .with_config(controller::Config::default().concurrency(concurrency))
+        .watches(nodes, watcher::Config::default(), move |node: EdgeNode| {
+            rollouts_for_node(&node, &node_store.state())
+        })
+        .watches(policies, watcher::Config::default(), move |tp: TrustPolicy| {
+            let name = tp.name_any();
+            policy_store
+                .state()
+                .iter()
+                .filter(|ur| ur.spec.trust_policy == name)
+                .map(|ur| ObjectRef::from_obj(&**ur))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => debug!(rollout = %obj, "reconciled"),
+                Err(e) => debug!("reconcile error: {e}"),
+            }
+        })
+        .await;
+    info!("controller stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::*;
+    use pollen_crds::{AssignmentPhase, Wave};
+    use std::sync::Mutex;
+
+    struct Harness {
+        ctx: Arc<Context>,
+        world: Arc<Mutex<World>>,
+        server: tokio::task::JoinHandle<()>,
+        clock: TestClock,
+    }
+
+    impl Harness {
+        fn new(world: World, pipeline: Arc<dyn ArtifactPipeline>) -> Self {
+            let (ctx, verifier, clock) = test_context(pipeline);
+            let world = Arc::new(Mutex::new(world));
+            let server = verifier.run(Scenario::World(world.clone()));
+            Self {
+                ctx,
+                world,
+                server,
+                clock,
+            }
+        }
+        async fn step(&self, name: &str) -> Result<Action, Error> {
+            let ur = self.world.lock().unwrap().rollout(name);
+            reconcile(Arc::new(ur), self.ctx.clone()).await
+        }
+        fn w(&self) -> std::sync::MutexGuard<'_, World> {
+            self.world.lock().unwrap()
+        }
+        /// The operator restarts: a new context (fresh metrics, no memory) on the same world.
+        fn restart(self, pipeline: Arc<dyn ArtifactPipeline>) -> Self {
+            let Harness {
+                ctx, world, server, ..
+            } = self;
+            drop(ctx);
+            let (ctx, verifier, clock) = test_context(pipeline);
+            drop(server);
+            let server = verifier.run(Scenario::World(world.clone()));
+            Self {
+                ctx,
+                world,
+                server,
+                clock,
+            }
+        }
+        async fn finish(self) {
+            let unexpected = self.w().unexpected.clone();
+            assert!(unexpected.is_empty(), "unexpected requests: {unexpected:?}");
+            drop(self.ctx);
+            timeout_after_1s(self.server).await;
+        }
+    }
+
+    fn cond<'a>(st: &'a UpdateRolloutStatus, t: &str) -> &'a Condition {
+        st.conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .unwrap_or_else(|| panic!("no {t} condition in {st:?}"))
+    }
+
+    fn fleet(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("gw-{i:02}")).collect()
+    }
+
+    fn world_with(n: usize, rollouts: Vec<UpdateRollout>) -> World {
+        let names = fleet(n);
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut w = World::with_nodes(&refs);
+        for r in rollouts {
+            w.add(r);
+        }
+        w
+    }
+
+    #[tokio::test]
+    async fn a_rollout_without_finalizer_gets_one_and_nothing_else() {
+        let h = Harness::new(
+            world_with(3, vec![UpdateRollout::test("r")]),
+            ScriptedPipeline::signed(),
+        );
+        h.step("r").await.unwrap();
+        {
+            let w = h.w();
+            assert_eq!(w.rollout("r").finalizers(), &[FINALIZER.to_string()]);
+            assert_eq!(w.log.len(), 1, "{:?}", w.log);
+            assert_eq!(w.edge_node_writes(), 0);
+        }
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn a_rollout_that_is_not_stored_makes_no_request_beyond_the_finalizer_path() {
+        // A deleted rollout without our finalizer: the finalizer helper does nothing.
+        let (ctx, verifier, _) = test_context(ScriptedPipeline::signed());
+        let server = verifier.run(Scenario::RadioSilence);
+        let ur = UpdateRollout::test("gone").deleting();
+        reconcile(Arc::new(ur), ctx.clone()).await.unwrap();
+        drop(ctx);
+        timeout_after_1s(server).await;
+    }
+
+    #[tokio::test]
+    async fn canary_then_fleet_then_complete() {
+        let pipeline = ScriptedPipeline::signed();
+        let h = Harness::new(
+            world_with(5, vec![UpdateRollout::test("r").finalized()]),
+            pipeline.clone(),
+        );
+        h.step("r").await.unwrap();
+        let canary = {
+            let w = h.w();
+            let st = w.status("r");
+            assert_eq!(st.phase, RolloutPhase::Distributing);
+            assert_eq!(cond(&st, types::RESOLVED).status, "True");
+            assert_eq!(cond(&st, types::VERIFIED).reason, reasons::SIGNATURE_VERIFIED);
+            assert_eq!(cond(&st, types::INDEXED).status, "True");
+            assert_eq!(cond(&st, types::COMPLETE).status, "False");
+            assert_eq!(st.observed_generation, Some(1));
+            assert_eq!(st.current_wave, Some(0));
+            assert_eq!(st.progress.as_deref(), Some("0/5"));
+            assert!(
+                st.artifact_digest
+                    .as_deref()
+                    .unwrap()
+                    .starts_with("registry.test/fw@sha256:")
+            );
+            let assigned = w.assigned("r");
+            assert_eq!(assigned.len(), 1, "only the canary: {assigned:?}");
+            assert_eq!(assigned.values().next(), st.chunk_index.as_ref());
+            // Every write used this rollout's own field manager.
+            for r in w.log.iter().filter(|r| r.is_edge_node_write()) {
+                assert_eq!(r.manager.as_deref(), Some(assignment_manager("uid-r").as_str()));
+            }
+            assigned.keys().next().unwrap().clone()
+        };
+        assert_eq!(pipeline.calls(), vec!["resolve", "verify", "index"]);
+
+        // The canary downloads: nothing advances.
+        h.w().report(&canary, "r", AssignmentPhase::Downloading);
+        h.step("r").await.unwrap();
+        assert_eq!(h.w().assigned("r").len(), 1);
+        assert_eq!(h.w().status("r").nodes.downloading, 1);
+
+        // The canary installs: the second wave gets its assignments.
+        h.w().report(&canary, "r", AssignmentPhase::Installed);
+        h.step("r").await.unwrap();
+        {
+            let w = h.w();
+            assert_eq!(w.assigned("r").len(), 5);
+            let st = w.status("r");
+            assert_eq!(st.current_wave, Some(1));
+            assert_eq!(st.phase, RolloutPhase::Distributing);
+            assert_eq!(st.waves[0].installed, 1);
+            assert!(st.waves[1].started);
+        }
+        for n in fleet(5) {
+            h.w().report(&n, "r", AssignmentPhase::Installed);
+        }
+        h.step("r").await.unwrap();
+        {
+            let w = h.w();
+            let st = w.status("r");
+            assert_eq!(st.phase, RolloutPhase::Complete);
+            assert_eq!(cond(&st, types::COMPLETE).status, "True");
+            assert_eq!(cond(&st, types::COMPLETE).reason, reasons::ALL_NODES_INSTALLED);
+            assert_eq!(st.progress.as_deref(), Some("5/5"));
+            assert_eq!(st.offload.as_deref(), Some("75%"));
+            assert_eq!(st.bytes_from_peers, 5 * 3072);
+        }
+        assert_eq!(pipeline.calls().len(), 3, "the index is built once");
+        assert_eq!(h.ctx.metrics.reconcile_count("ok"), 4);
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn an_operator_restart_rewrites_nothing_and_keeps_the_waves() {
+        let h = Harness::new(
+            world_with(
+                8,
+                vec![
+                    UpdateRollout::test("r")
+                        .finalized()
+                        .waves(vec![count(2, None), percent(100, None)]),
+                ],
+            ),
+            ScriptedPipeline::signed(),
+        );
+        h.step("r").await.unwrap();
+        let before = h.w().assigned("r");
+        let writes = h.w().edge_node_writes();
+        assert_eq!(before.len(), 2);
+        let status_before = h.w().status("r");
+
+        let pipeline = ScriptedPipeline::signed();
+        let h = h.restart(pipeline.clone());
+        h.step("r").await.unwrap();
+        assert_eq!(h.w().assigned("r"), before, "the same canaries");
+        assert_eq!(
+            h.w().edge_node_writes(),
+            writes,
+            "no EdgeNode write after a restart"
+        );
+        assert!(
+            pipeline.calls().is_empty(),
+            "no registry work after a restart: {:?}",
+            pipeline.calls()
+        );
+        assert_eq!(h.w().status("r").chunk_index, status_before.chunk_index);
+        h.finish().await;
+    }
+
+    async fn verification_fails(pipeline: Arc<ScriptedPipeline>, reason: &str) {
+        let h = Harness::new(
+            world_with(4, vec![UpdateRollout::test("r").finalized()]),
+            pipeline.clone(),
+        );
+        h.step("r").await.unwrap();
+        {
+            let w = h.w();
+            let st = w.status("r");
+            assert_eq!(cond(&st, types::VERIFIED).status, "False");
+            assert_eq!(cond(&st, types::VERIFIED).reason, reason);
+            assert_eq!(st.phase, RolloutPhase::Failed);
+            assert_eq!(st.chunk_index, None);
+            assert_eq!(w.edge_node_writes(), 0, "zero EdgeNode patches");
+            assert!(w.assigned("r").is_empty());
+        }
+        assert_eq!(pipeline.calls(), vec!["resolve", "verify"], "no index is built");
+        // Looking again changes nothing and costs no registry call.
+        h.step("r").await.unwrap();
+        assert_eq!(pipeline.calls().len(), 2);
+        assert_eq!(h.w().edge_node_writes(), 0);
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn an_unsigned_artifact_is_verified_false_with_zero_assignments() {
+        verification_fails(ScriptedPipeline::unsigned(), reasons::UNSIGNED).await;
+    }
+
+    #[tokio::test]
+    async fn a_wrong_key_is_verified_false_with_zero_assignments() {
+        verification_fails(ScriptedPipeline::wrong_key(), reasons::UNTRUSTED_SIGNATURE).await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_canary_halts_the_rollout() {
+        let h = Harness::new(
+            world_with(6, vec![UpdateRollout::test("r").finalized()]),
+            ScriptedPipeline::signed(),
+        );
+        h.step("r").await.unwrap();
+        let canary = h.w().assigned("r").into_keys().next().unwrap();
+        h.w().report(&canary, "r", AssignmentPhase::Failed);
+        h.step("r").await.unwrap();
+        {
+            let w = h.w();
+            let st = w.status("r");
+            assert_eq!(st.phase, RolloutPhase::Failed);
+            assert_eq!(
+                cond(&st, types::FAILED).reason,
+                reasons::FAILURE_THRESHOLD_CROSSED
+            );
+            assert_eq!(w.assigned("r").len(), 1, "no further wave");
+        }
+        // Even if the canary later recovers, a failed rollout stays failed for this generation.
+        h.w().report(&canary, "r", AssignmentPhase::Installed);
+        h.step("r").await.unwrap();
+        assert_eq!(h.w().status("r").phase, RolloutPhase::Failed);
+        assert_eq!(h.w().assigned("r").len(), 1);
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn a_paused_rollout_stops_at_the_wave_boundary() {
+        let mut ur = UpdateRollout::test("r").finalized();
+        ur.spec.strategy.paused = true;
+        let h = Harness::new(world_with(4, vec![ur]), ScriptedPipeline::signed());
+        h.step("r").await.unwrap();
+        assert_eq!(h.w().assigned("r").len(), 1, "the current wave still starts");
+        let canary = h.w().assigned("r").into_keys().next().unwrap();
+        h.w().report(&canary, "r", AssignmentPhase::Installed);
+        h.step("r").await.unwrap();
+        {
+            let w = h.w();
+            let st = w.status("r");
+            assert_eq!(st.phase, RolloutPhase::Paused);
+            assert_eq!(cond(&st, types::PROGRESSING).reason, reasons::PAUSED_BY_USER);
+            assert_eq!(w.assigned("r").len(), 1);
+        }
+        // Unpause (a new generation): the next wave starts.
+        {
+            let mut w = h.w();
+            let ur = w.rollouts.get_mut(&format!("{NS}/r")).unwrap();
+            ur.spec.strategy.paused = false;
+            ur.metadata.generation = Some(2);
+        }
+        h.step("r").await.unwrap();
+        assert_eq!(h.w().assigned("r").len(), 4);
+        assert_eq!(h.w().status("r").observed_generation, Some(2));
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn a_wave_pause_holds_until_it_elapses() {
+        let ur = UpdateRollout::test("r")
+            .finalized()
+            .waves(vec![count(1, Some("10m")), percent(100, None)]);
+        let h = Harness::new(world_with(3, vec![ur]), ScriptedPipeline::signed());
+        h.step("r").await.unwrap();
+        let canary = h.w().assigned("r").into_keys().next().unwrap();
+        h.w().report(&canary, "r", AssignmentPhase::Installed);
+        let action = h.step("r").await.unwrap();
+        assert_eq!(
+            action,
+            Action::requeue(Duration::from_secs(60)),
+            "looks again within the resync"
+        );
+        assert_eq!(
+            cond(&h.w().status("r"), types::PROGRESSING).reason,
+            reasons::WAVE_PAUSE
+        );
+        assert_eq!(h.w().assigned("r").len(), 1);
+        h.clock.advance(Duration::from_secs(599));
+        let action = h.step("r").await.unwrap();
+        assert_eq!(action, Action::requeue(Duration::from_secs(1)));
+        assert_eq!(h.w().assigned("r").len(), 1);
+        h.clock.advance(Duration::from_secs(1));
+        h.step("r").await.unwrap();
+        assert_eq!(h.w().assigned("r").len(), 3);
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn the_older_of_two_conflicting_rollouts_wins() {
+        let old = UpdateRollout::test("old").finalized();
+        let mut new = UpdateRollout::test("new").finalized();
+        new.meta_mut().creation_timestamp = Some(Time(Timestamp::from_second(1_700_000_100).unwrap()));
+        let h = Harness::new(world_with(4, vec![old, new]), ScriptedPipeline::signed());
+        h.step("old").await.unwrap();
+        h.step("new").await.unwrap();
+        {
+            let w = h.w();
+            let st = w.status("new");
+            assert_eq!(cond(&st, types::CONFLICT).status, "True");
+            assert_eq!(cond(&st, types::CONFLICT).reason, reasons::OLDER_ROLLOUT_WINS);
+            assert!(cond(&st, types::CONFLICT).message.contains("fleet/old"));
+            assert_eq!(st.phase, RolloutPhase::Pending);
+            assert!(w.assigned("new").is_empty());
+            assert_eq!(w.assigned("old").len(), 1);
+            assert!(
+                w.status("old")
+                    .conditions
+                    .iter()
+                    .all(|c| c.type_ != types::CONFLICT)
+            );
+        }
+        // Once the older one finishes, the newer one goes ahead.
+        {
+            let mut w = h.w();
+            let mut st = w.status("old");
+            st.phase = RolloutPhase::Complete;
+            w.rollouts.get_mut(&format!("{NS}/old")).unwrap().status = Some(st);
+        }
+        h.step("new").await.unwrap();
+        assert_eq!(h.w().assigned("new").len(), 1);
+        assert!(
+            h.w()
+                .status("new")
+                .conditions
+                .iter()
+                .all(|c| c.type_ != types::CONFLICT)
+        );
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn rollouts_on_different_paths_keep_each_others_assignments() {
+        let a = UpdateRollout::test("a").finalized().waves(vec![]);
+        let mut b = UpdateRollout::test("b").finalized().waves(vec![]);
+        b.spec.install.target_path = "firmware/modem.bin".into();
+        let h = Harness::new(world_with(3, vec![a, b]), ScriptedPipeline::signed());
+        h.step("a").await.unwrap();
+        h.step("b").await.unwrap();
+        h.step("a").await.unwrap();
+        {
+            let w = h.w();
+            assert_eq!(w.assigned("a").len(), 3);
+            assert_eq!(w.assigned("b").len(), 3);
+            for n in w.nodes.values() {
+                assert_eq!(n.spec.assignments.len(), 2);
+            }
+        }
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn bad_specs_fail_clearly_without_writes() {
+        let bad_pause = UpdateRollout::test("p")
+            .finalized()
+            .waves(vec![count(1, Some("soon"))]);
+        let mut no_policy = UpdateRollout::test("t").finalized();
+        no_policy.spec.trust_policy = "missing".into();
+        let both = UpdateRollout::test("b").finalized().waves(vec![Wave {
+            count: Some(1),
+            percent: Some(10),
+            pause: None,
+        }]);
+        let pipeline = ScriptedPipeline::signed();
+        let h = Harness::new(world_with(3, vec![bad_pause, no_policy, both]), pipeline.clone());
+        h.step("p").await.unwrap();
+        h.step("t").await.unwrap();
+        h.step("b").await.unwrap();
+        {
+            let w = h.w();
+            let p = w.status("p");
+            assert_eq!(
+                (p.phase, cond(&p, types::FAILED).reason.as_str()),
+                (RolloutPhase::Failed, reasons::INVALID_SPEC)
+            );
+            assert!(cond(&p, types::FAILED).message.contains("soon"));
+            let b = w.status("b");
+            assert_eq!(cond(&b, types::FAILED).reason, reasons::INVALID_SPEC);
+            let t = w.status("t");
+            assert_eq!(t.phase, RolloutPhase::Verifying);
+            assert_eq!(cond(&t, types::VERIFIED).reason, reasons::TRUST_POLICY_NOT_FOUND);
+            assert_eq!(w.edge_node_writes(), 0);
+        }
+        assert!(pipeline.calls().is_empty(), "nothing reaches the registry");
+        // The policy appears: the rollout proceeds.
+        h.w().policies.insert("missing".into(), {
+            let mut tp = trust_policy();
+            tp.metadata.name = Some("missing".into());
+            tp
+        });
+        h.step("t").await.unwrap();
+        assert_eq!(h.w().assigned("t").len(), 1);
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_registry_is_retried_with_a_condition() {
+        let h = Harness::new(
+            world_with(2, vec![UpdateRollout::test("r").finalized()]),
+            ScriptedPipeline::down(),
+        );
+        let err = h.step("r").await.unwrap_err();
+        assert!(err.to_string().contains("connection refused"), "{err}");
+        {
+            let w = h.w();
+            let st = w.status("r");
+            assert_eq!(st.phase, RolloutPhase::Resolving);
+            assert_eq!(cond(&st, types::RESOLVED).reason, reasons::REGISTRY_UNAVAILABLE);
+            assert_eq!(w.edge_node_writes(), 0);
+        }
+        assert_eq!(h.ctx.metrics.reconcile_count("error"), 1);
+        let action = error_policy(Arc::new(h.w().rollout("r")), &err, h.ctx.clone());
+        assert_eq!(action, Action::requeue(Duration::from_secs(15)));
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn a_new_artifact_supersedes_the_old_assignments() {
+        let h = Harness::new(
+            world_with(5, vec![UpdateRollout::test("r").finalized()]),
+            ScriptedPipeline::signed(),
+        );
+        h.step("r").await.unwrap();
+        let canary = h.w().assigned("r").into_keys().next().unwrap();
+        h.w().report(&canary, "r", AssignmentPhase::Installed);
+        h.step("r").await.unwrap();
+        let old_index = h.w().status("r").chunk_index.unwrap();
+        assert_eq!(h.w().assigned("r").len(), 5);
+        {
+            let mut w = h.w();
+            let ur = w.rollouts.get_mut(&format!("{NS}/r")).unwrap();
+            ur.spec.artifact.reference = "registry.test/fw:2.0".into();
+            ur.metadata.generation = Some(2);
+        }
+        h.step("r").await.unwrap();
+        {
+            let w = h.w();
+            let st = w.status("r");
+            let new_index = st.chunk_index.clone().unwrap();
+            assert_ne!(new_index, old_index);
+            assert!(st.sequence.is_some());
+            assert_eq!(
+                st.current_wave,
+                Some(0),
+                "the new artifact starts from the canary again"
+            );
+            let assigned = w.assigned("r");
+            assert_eq!(
+                assigned.len(),
+                1,
+                "later waves wait for the new canary: {assigned:?}"
+            );
+            assert_eq!(assigned[&canary], new_index, "the canary stays the canary");
+            // The canary's report about the old index does not count for the new one.
+            assert_eq!(st.nodes.installed, 0);
+        }
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn quarantined_nodes_get_no_assignment_and_count_as_failed() {
+        let ur = UpdateRollout::test("r").finalized().waves(vec![]);
+        let mut ur = ur;
+        ur.spec.strategy.failure_threshold = 5;
+        let mut world = world_with(3, vec![ur]);
+        world
+            .nodes
+            .get_mut("gw-01")
+            .unwrap()
+            .labels_mut()
+            .insert(pollen_crds::labels::QUARANTINE.into(), "true".into());
+        let h = Harness::new(world, ScriptedPipeline::signed());
+        h.step("r").await.unwrap();
+        {
+            let w = h.w();
+            assert!(!w.assigned("r").contains_key("gw-01"));
+            assert_eq!(w.assigned("r").len(), 2);
+            assert_eq!(w.status("r").nodes.failed, 1);
+        }
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn deleting_a_rollout_removes_only_its_assignments() {
+        let a = UpdateRollout::test("a").finalized().waves(vec![]);
+        let mut b = UpdateRollout::test("b").finalized().waves(vec![]);
+        b.spec.install.target_path = "firmware/modem.bin".into();
+        let h = Harness::new(world_with(3, vec![a, b]), ScriptedPipeline::signed());
+        h.step("a").await.unwrap();
+        h.step("b").await.unwrap();
+        for n in fleet(3) {
+            h.w().report(&n, "a", AssignmentPhase::Installed);
+        }
+        {
+            let mut w = h.w();
+            let ur = w.rollouts.get_mut(&format!("{NS}/a")).unwrap();
+            *ur = ur.clone().deleting();
+        }
+        h.step("a").await.unwrap();
+        {
+            let w = h.w();
+            assert!(w.assigned("a").is_empty());
+            assert_eq!(w.assigned("b").len(), 3, "the other rollout's entries stay");
+            assert!(
+                w.rollout("a").finalizers().is_empty(),
+                "the finalizer is released"
+            );
+            // What the agents reported (installed versions, statuses) is left alone.
+            assert!(
+                w.nodes
+                    .values()
+                    .all(|n| n.status.as_ref().unwrap().assignments.len() == 1)
+            );
+        }
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn nodes_map_to_the_rollouts_that_concern_them() {
+        let a = Arc::new(UpdateRollout::test("a"));
+        let mut other = UpdateRollout::test("other");
+        other.spec.selector.match_labels = Some(BTreeMap::from([("role".into(), "camera".into())]));
+        let mut node = edge_node("gw-00");
+        node.spec.assignments.push(pollen_crds::Assignment {
+            rollout: "elsewhere/old".into(),
+            chunk_index: "x@sha256:00".into(),
+            wave: 0,
+            sequence: 1,
+            target_path: "a".into(),
+            trust_policy: "t".into(),
+        });
+        let refs = rollouts_for_node(&node, &[a, Arc::new(other)]);
+        let names: Vec<String> = refs
+            .iter()
+            .map(|r| format!("{}/{}", r.namespace.clone().unwrap(), r.name))
+            .collect();
+        assert_eq!(names, vec!["elsewhere/old".to_string(), format!("{NS}/a")]);
+    }
+}

@@ -1,0 +1,582 @@
+//! Test fixtures (compiled for unit tests only): builders for the Pollen kinds, a scripted artifact
+//! pipeline, and a mocked API server on `tower_test::mock::pair` that answers the reconciler from an
+//! in-memory world and records every request.
+//!
+//! The mocked server imitates only what the reconciler uses: GET of a TrustPolicy, LIST of EdgeNodes
+//! and UpdateRollouts, server-side apply on EdgeNodes (per field manager, on the `rollout`-keyed
+//! list) and on `/status`, and the finalizer's JSON patch. It is a stand-in for unit tests; the
+//! integration tests in `e2e/tests/operator_*.rs` use a real API server.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use http::{Method, Request, Response, StatusCode};
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use kube::client::Body;
+use kube::{Client, Resource, ResourceExt};
+use pollen_crds::rollout::{ArtifactSource, InstallSettings};
+use pollen_crds::{
+    AssignmentPhase, AssignmentStatus, DirectorKey, EdgeNode, EdgeNodeSpec, EdgeNodeStatus, Publisher,
+    RolloutStrategy, TransferSettings, TrustPolicy, TrustPolicySpec, UpdateRollout, UpdateRolloutSpec,
+    UpdateRolloutStatus, Wave,
+};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::sync::RwLock;
+use tokio::task::JoinHandle;
+use tower_test::mock::{self, Handle};
+
+use crate::controller::{Config, Context, Diagnostics, FINALIZER};
+use crate::metrics::Metrics;
+use crate::pipeline::{ArtifactPipeline, IndexRequest, IndexedArtifact, PinnedArtifact, PipelineError};
+
+/// The publisher key the test TrustPolicy trusts.
+pub const TRUSTED_KEY: &str = "-----BEGIN PUBLIC KEY-----\ntrusted\n-----END PUBLIC KEY-----\n";
+/// A key no test TrustPolicy trusts.
+pub const FOREIGN_KEY: &str = "-----BEGIN PUBLIC KEY-----\nforeign\n-----END PUBLIC KEY-----\n";
+/// The namespace of test rollouts.
+pub const NS: &str = "fleet";
+
+/// Builders for test rollouts.
+pub trait RolloutExt: Sized {
+    /// A rollout `fleet/<name>` of `registry.test/fw:1.0` to `role=gw`, canary of one then the rest.
+    fn test(name: &str) -> Self;
+    /// With the finalizer already in place.
+    fn finalized(self) -> Self;
+    /// With these waves.
+    fn waves(self, waves: Vec<Wave>) -> Self;
+    /// With a status.
+    fn with_status(self, status: UpdateRolloutStatus) -> Self;
+    /// Marked for deletion.
+    fn deleting(self) -> Self;
+}
+
+impl RolloutExt for UpdateRollout {
+    fn test(name: &str) -> Self {
+        let mut ur = UpdateRollout::new(
+            name,
+            UpdateRolloutSpec {
+                artifact: ArtifactSource {
+                    reference: "registry.test/fw:1.0".into(),
+                    pull_secret: None,
+                },
+                trust_policy: "fleet-default".into(),
+                selector: LabelSelector {
+                    match_labels: Some(BTreeMap::from([("role".into(), "gw".into())])),
+                    ..LabelSelector::default()
+                },
+                strategy: RolloutStrategy {
+                    waves: vec![count(1, None), percent(100, None)],
+                    ..RolloutStrategy::default()
+                },
+                transfer: TransferSettings::default(),
+                install: InstallSettings {
+                    target_path: "firmware/gw.bin".into(),
+                    keep_versions: 2,
+                    activation_window: None,
+                },
+            },
+        );
+        ur.meta_mut().namespace = Some(NS.into());
+        ur.meta_mut().uid = Some(format!("uid-{name}"));
+        ur.meta_mut().generation = Some(1);
+        ur.meta_mut().resource_version = Some("1".into());
+        ur.meta_mut().creation_timestamp = Some(Time(Timestamp::from_second(1_700_000_000).unwrap()));
+        ur
+    }
+    fn finalized(mut self) -> Self {
+        self.finalizers_mut().push(FINALIZER.to_string());
+        self
+    }
+    fn waves(mut self, waves: Vec<Wave>) -> Self {
+        self.spec.strategy.waves = waves;
+        self
+    }
+    fn with_status(mut self, status: UpdateRolloutStatus) -> Self {
+        self.status = Some(status);
+        self
+    }
+    fn deleting(mut self) -> Self {
+        self.meta_mut().deletion_timestamp = Some(Time(Timestamp::from_second(1_700_000_500).unwrap()));
+        self
+    }
+}
+
+/// A wave of `c` nodes.
+pub fn count(c: i32, pause: Option<&str>) -> Wave {
+    Wave {
+        count: Some(c),
+        percent: None,
+        pause: pause.map(Into::into),
+    }
+}
+/// A wave of `p` percent.
+pub fn percent(p: i32, pause: Option<&str>) -> Wave {
+    Wave {
+        count: None,
+        percent: Some(p),
+        pause: pause.map(Into::into),
+    }
+}
+
+/// An EdgeNode labelled `role=gw`.
+pub fn edge_node(name: &str) -> EdgeNode {
+    let mut n = EdgeNode::new(name, EdgeNodeSpec::default());
+    n.labels_mut().insert("role".into(), "gw".into());
+    n.meta_mut().resource_version = Some("1".into());
+    n
+}
+
+/// The TrustPolicy `fleet-default`, trusting [`TRUSTED_KEY`].
+pub fn trust_policy() -> TrustPolicy {
+    TrustPolicy::new(
+        "fleet-default",
+        TrustPolicySpec {
+            publishers: vec![Publisher {
+                name: "release-team".into(),
+                public_key: TRUSTED_KEY.into(),
+            }],
+            director: DirectorKey {
+                public_key: TRUSTED_KEY.into(),
+            },
+        },
+    )
+}
+
+/// A scripted pipeline: digests are hashes of the reference, the signature is whatever key the
+/// test says signed the artifact.
+pub struct ScriptedPipeline {
+    /// The PEM of the key that signed the artifact; `None` for an unsigned artifact.
+    pub signed_by: Option<String>,
+    /// Fail every call as if the registry were down.
+    pub registry_down: bool,
+    /// The calls made, in order (`resolve`, `verify`, `index`).
+    pub calls: Mutex<Vec<&'static str>>,
+}
+
+impl ScriptedPipeline {
+    /// Artifacts signed by the trusted key.
+    pub fn signed() -> Arc<Self> {
+        Arc::new(Self {
+            signed_by: Some(TRUSTED_KEY.into()),
+            registry_down: false,
+            calls: Mutex::default(),
+        })
+    }
+    /// Artifacts without a signature.
+    pub fn unsigned() -> Arc<Self> {
+        Arc::new(Self {
+            signed_by: None,
+            registry_down: false,
+            calls: Mutex::default(),
+        })
+    }
+    /// Artifacts signed by a key the policy does not trust.
+    pub fn wrong_key() -> Arc<Self> {
+        Arc::new(Self {
+            signed_by: Some(FOREIGN_KEY.into()),
+            registry_down: false,
+            calls: Mutex::default(),
+        })
+    }
+    /// A registry that refuses every request.
+    pub fn down() -> Arc<Self> {
+        Arc::new(Self {
+            signed_by: None,
+            registry_down: true,
+            calls: Mutex::default(),
+        })
+    }
+    /// The calls made so far.
+    pub fn calls(&self) -> Vec<&'static str> {
+        self.calls.lock().unwrap().clone()
+    }
+    fn hash(s: &str) -> String {
+        hex::encode(Sha256::digest(s.as_bytes()))
+    }
+}
+
+impl ArtifactPipeline for ScriptedPipeline {
+    fn resolve<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<PinnedArtifact, PipelineError>> {
+        Box::pin(async move {
+            self.calls.lock().unwrap().push("resolve");
+            if self.registry_down {
+                return Err(PipelineError::Unavailable("connection refused".into()));
+            }
+            let repo = reference.split(['@']).next().unwrap();
+            let repo = repo.rsplit_once(':').map_or(repo, |(r, _)| r);
+            let digest = format!("sha256:{}", Self::hash(reference));
+            Ok(PinnedArtifact {
+                reference: format!("{repo}@{digest}"),
+                digest,
+                size: 4096,
+            })
+        })
+    }
+    fn verify_publisher<'a>(
+        &'a self,
+        _artifact: &'a PinnedArtifact,
+        publishers: &'a [Publisher],
+    ) -> BoxFuture<'a, Result<String, PipelineError>> {
+        Box::pin(async move {
+            self.calls.lock().unwrap().push("verify");
+            let Some(key) = &self.signed_by else {
+                return Err(PipelineError::Unsigned);
+            };
+            publishers
+                .iter()
+                .find(|p| &p.public_key == key)
+                .map(|p| p.name.clone())
+                .ok_or_else(|| PipelineError::Untrusted("no publisher key of the policy verifies".into()))
+        })
+    }
+    fn build_index<'a>(
+        &'a self,
+        request: &'a IndexRequest,
+    ) -> BoxFuture<'a, Result<IndexedArtifact, PipelineError>> {
+        Box::pin(async move {
+            self.calls.lock().unwrap().push("index");
+            let repo = request.artifact.reference.split('@').next().unwrap();
+            let h = Self::hash(&format!(
+                "{}{}{}",
+                request.artifact.digest, request.rollout, request.sequence
+            ));
+            Ok(IndexedArtifact {
+                reference: format!("{repo}@sha256:{h}"),
+            })
+        })
+    }
+}
+
+/// One request the mocked API server received.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    /// HTTP method.
+    pub method: Method,
+    /// URL path.
+    pub path: String,
+    /// The `fieldManager` query parameter, if any.
+    pub manager: Option<String>,
+    /// The JSON body (`Null` for none).
+    pub body: Value,
+}
+
+impl Recorded {
+    /// Whether this is a write to an EdgeNode.
+    pub fn is_edge_node_write(&self) -> bool {
+        self.method != Method::GET && self.path.contains("/edgenodes/")
+    }
+}
+
+/// What the mocked API server holds.
+#[derive(Default)]
+pub struct World {
+    /// Rollouts by `namespace/name`.
+    pub rollouts: BTreeMap<String, UpdateRollout>,
+    /// EdgeNodes by name.
+    pub nodes: BTreeMap<String, EdgeNode>,
+    /// TrustPolicies by name.
+    pub policies: BTreeMap<String, TrustPolicy>,
+    /// Which field manager owns each `(node, rollout)` assignment entry.
+    pub owners: BTreeMap<(String, String), String>,
+    /// Every request, in order.
+    pub log: Vec<Recorded>,
+    /// Requests the mock did not understand.
+    pub unexpected: Vec<String>,
+}
+
+impl World {
+    /// A world with the test TrustPolicy and these nodes.
+    pub fn with_nodes(names: &[&str]) -> Self {
+        let mut w = World::default();
+        w.policies.insert("fleet-default".into(), trust_policy());
+        for n in names {
+            w.nodes.insert(n.to_string(), edge_node(n));
+        }
+        w
+    }
+    /// Add a rollout.
+    pub fn add(&mut self, ur: UpdateRollout) {
+        self.rollouts
+            .insert(format!("{}/{}", ur.namespace().unwrap(), ur.name_any()), ur);
+    }
+    /// The rollout `fleet/<name>` as stored.
+    pub fn rollout(&self, name: &str) -> UpdateRollout {
+        self.rollouts[&format!("{NS}/{name}")].clone()
+    }
+    /// The rollout's status.
+    pub fn status(&self, name: &str) -> UpdateRolloutStatus {
+        self.rollout(name).status.unwrap_or_default()
+    }
+    /// Nodes holding an assignment of `fleet/<name>`, by name, with the chunk index.
+    pub fn assigned(&self, name: &str) -> BTreeMap<String, String> {
+        let key = format!("{NS}/{name}");
+        self.nodes
+            .values()
+            .filter_map(|n| {
+                n.spec
+                    .assignments
+                    .iter()
+                    .find(|a| a.rollout == key)
+                    .map(|a| (n.name_any(), a.chunk_index.clone()))
+            })
+            .collect()
+    }
+    /// The agent of `node` reports `phase` for its assignment of `fleet/<name>`.
+    pub fn report(&mut self, node: &str, name: &str, phase: AssignmentPhase) {
+        let key = format!("{NS}/{name}");
+        let n = self.nodes.get_mut(node).unwrap();
+        let a = n
+            .spec
+            .assignments
+            .iter()
+            .find(|a| a.rollout == key)
+            .expect("node has the assignment")
+            .clone();
+        let st = n.status.get_or_insert_with(EdgeNodeStatus::default);
+        st.assignments.retain(|s| s.rollout != key);
+        st.assignments.push(AssignmentStatus {
+            rollout: key,
+            chunk_index: a.chunk_index,
+            phase,
+            verified_bytes: 4096,
+            total_bytes: 4096,
+            bytes_from_peers: 3072,
+            bytes_from_origin: 1024,
+            last_error: None,
+            updated_at: None,
+        });
+    }
+    /// The number of EdgeNode writes so far.
+    pub fn edge_node_writes(&self) -> usize {
+        self.log.iter().filter(|r| r.is_edge_node_write()).count()
+    }
+
+    fn list(kind: &str, items: Vec<Value>) -> Value {
+        json!({ "apiVersion": "pollen.dev/v1alpha1", "kind": kind, "metadata": { "resourceVersion": "1" }, "items": items })
+    }
+
+    fn handle(
+        &mut self,
+        method: &Method,
+        path: &str,
+        manager: Option<&str>,
+        body: &Value,
+    ) -> (StatusCode, Value) {
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match (method.as_str(), parts.as_slice()) {
+            ("GET", ["apis", "pollen.dev", "v1alpha1", "trustpolicies", name]) => {
+                match self.policies.get(*name) {
+                    Some(tp) => (StatusCode::OK, serde_json::to_value(tp).unwrap()),
+                    None => not_found(name),
+                }
+            }
+            ("GET", ["apis", "pollen.dev", "v1alpha1", "edgenodes"]) => {
+                let items = self
+                    .nodes
+                    .values()
+                    .map(|n| serde_json::to_value(n).unwrap())
+                    .collect();
+                (StatusCode::OK, Self::list("EdgeNodeList", items))
+            }
+            ("GET", ["apis", "pollen.dev", "v1alpha1", "updaterollouts"]) => {
+                let items = self
+                    .rollouts
+                    .values()
+                    .map(|n| serde_json::to_value(n).unwrap())
+                    .collect();
+                (StatusCode::OK, Self::list("UpdateRolloutList", items))
+            }
+            ("PATCH", ["apis", "pollen.dev", "v1alpha1", "edgenodes", name]) => {
+                let manager = manager
+                    .expect("server-side apply names a field manager")
+                    .to_string();
+                let Some(node) = self.nodes.get_mut(*name) else {
+                    return not_found(name);
+                };
+                let applied: Vec<pollen_crds::Assignment> =
+                    serde_json::from_value(body["spec"]["assignments"].clone()).expect("assignments");
+                // Entries this manager owned and no longer applies go away; applied entries replace theirs.
+                let owned: Vec<String> = self
+                    .owners
+                    .iter()
+                    .filter(|((n, _), m)| n == name && **m == manager)
+                    .map(|((_, r), _)| r.clone())
+                    .collect();
+                for r in owned {
+                    self.owners.remove(&(name.to_string(), r.clone()));
+                    node.spec.assignments.retain(|a| a.rollout != r);
+                }
+                for a in applied {
+                    node.spec.assignments.retain(|x| x.rollout != a.rollout);
+                    self.owners
+                        .insert((name.to_string(), a.rollout.clone()), manager.clone());
+                    node.spec.assignments.push(a);
+                }
+                (StatusCode::OK, serde_json::to_value(&*node).unwrap())
+            }
+            (
+                "PATCH",
+                [
+                    "apis",
+                    "pollen.dev",
+                    "v1alpha1",
+                    "namespaces",
+                    ns,
+                    "updaterollouts",
+                    name,
+                    "status",
+                ],
+            ) => {
+                let Some(ur) = self.rollouts.get_mut(&format!("{ns}/{name}")) else {
+                    return not_found(name);
+                };
+                ur.status = Some(serde_json::from_value(body["status"].clone()).expect("a valid status"));
+                (StatusCode::OK, serde_json::to_value(&*ur).unwrap())
+            }
+            (
+                "PATCH",
+                [
+                    "apis",
+                    "pollen.dev",
+                    "v1alpha1",
+                    "namespaces",
+                    ns,
+                    "updaterollouts",
+                    name,
+                ],
+            ) => {
+                let Some(ur) = self.rollouts.get_mut(&format!("{ns}/{name}")) else {
+                    return not_found(name);
+                };
+                let ops = body.as_array().expect("the finalizer patch is a JSON patch");
+                for op in ops {
+                    match (op["op"].as_str(), op["path"].as_str()) {
+                        (Some("add"), Some("/metadata/finalizers")) => {
+                            ur.meta_mut().finalizers = serde_json::from_value(op["value"].clone()).unwrap()
+                        }
+                        (Some("remove"), Some(p)) if p.starts_with("/metadata/finalizers/") => {
+                            let i: usize = p.rsplit('/').next().unwrap().parse().unwrap();
+                            ur.finalizers_mut().remove(i);
+                        }
+                        _ => {}
+                    }
+                }
+                (StatusCode::OK, serde_json::to_value(&*ur).unwrap())
+            }
+            _ => {
+                self.unexpected.push(format!("{method} {path}"));
+                not_found(path)
+            }
+        }
+    }
+}
+
+fn not_found(name: &str) -> (StatusCode, Value) {
+    (
+        StatusCode::NOT_FOUND,
+        json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "message": format!("{name} not found"), "reason": "NotFound", "code": 404 }),
+    )
+}
+
+/// What the mocked API server should do.
+pub enum Scenario {
+    /// Expect no request at all.
+    RadioSilence,
+    /// Serve (and record) requests from a shared world until the client goes away.
+    World(Arc<Mutex<World>>),
+}
+
+/// The server half of the mocked client.
+pub struct ApiServerVerifier(Handle<Request<Body>, Response<Body>>);
+
+impl ApiServerVerifier {
+    /// Serve the scenario in a task.
+    pub fn run(self, scenario: Scenario) -> JoinHandle<()> {
+        let mut handle = self.0;
+        tokio::spawn(async move {
+            match scenario {
+                Scenario::RadioSilence => {
+                    if let Some((req, _)) = handle.next_request().await {
+                        panic!("expected no request, got {} {}", req.method(), req.uri());
+                    }
+                }
+                Scenario::World(world) => {
+                    while let Some((req, send)) = handle.next_request().await {
+                        let method = req.method().clone();
+                        let path = req.uri().path().to_string();
+                        let manager = req.uri().query().and_then(|q| {
+                            q.split('&')
+                                .find_map(|kv| kv.strip_prefix("fieldManager=").map(String::from))
+                        });
+                        let bytes = req.into_body().collect_bytes().await.unwrap();
+                        let body: Value = if bytes.is_empty() {
+                            Value::Null
+                        } else {
+                            serde_json::from_slice(&bytes).unwrap()
+                        };
+                        let (code, out) = {
+                            let mut w = world.lock().unwrap();
+                            w.log.push(Recorded {
+                                method: method.clone(),
+                                path: path.clone(),
+                                manager: manager.clone(),
+                                body: body.clone(),
+                            });
+                            w.handle(&method, &path, manager.as_deref(), &body)
+                        };
+                        send.send_response(
+                            Response::builder()
+                                .status(code)
+                                .body(Body::from(serde_json::to_vec(&out).unwrap()))
+                                .unwrap(),
+                        );
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// A settable clock.
+#[derive(Clone)]
+pub struct TestClock(pub Arc<Mutex<Timestamp>>);
+
+impl TestClock {
+    /// Move the clock forward.
+    pub fn advance(&self, by: Duration) {
+        let mut t = self.0.lock().unwrap();
+        *t = t.checked_add(by).unwrap();
+    }
+}
+
+/// A context with a mocked client, the given pipeline, no Events recorder and a settable clock.
+pub fn test_context(pipeline: Arc<dyn ArtifactPipeline>) -> (Arc<Context>, ApiServerVerifier, TestClock) {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let clock = TestClock(Arc::new(Mutex::new(
+        Timestamp::from_second(1_800_000_000).unwrap(),
+    )));
+    let c = clock.clone();
+    let ctx = Context {
+        client,
+        recorder: None,
+        metrics: Metrics::default(),
+        diagnostics: Arc::new(RwLock::new(Diagnostics::default())),
+        config: Config::default(),
+        pipeline,
+        clock: Arc::new(move || *c.0.lock().unwrap()),
+    };
+    (Arc::new(ctx), ApiServerVerifier(handle), clock)
+}
+
+/// Wait for the mocked server task, failing the test after a second.
+pub async fn timeout_after_1s(handle: JoinHandle<()>) {
+    tokio::time::timeout(Duration::from_secs(1), handle)
+        .await
+        .expect("timeout on mock apiserver")
+        .expect("scenario succeeded")
+}

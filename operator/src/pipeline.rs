@@ -1,0 +1,91 @@
+//! The artifact pipeline seam: pin a reference to a digest, verify the publisher signature, and
+//! build, push and sign the chunk index.
+//!
+//! The reconciler only sees [`ArtifactPipeline`]. The binary plugs in the implementation backed by
+//! `pollen-trust` and a real registry ([`crate::trust_pipeline`]); the controller's unit tests plug
+//! in a scripted stand-in, so the reconciler is tested without a registry.
+//!
+//! Non-goals: no cryptography or registry protocol here; those live in `pollen-trust`.
+
+use futures::future::BoxFuture;
+use pollen_crds::Publisher;
+use pollen_crds::rollout::ActivationWindow;
+
+/// An artifact pinned to a digest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinnedArtifact {
+    /// `registry/repo@sha256:<hex>`.
+    pub reference: String,
+    /// `sha256:<hex>` of the manifest.
+    pub digest: String,
+    /// Payload size in bytes.
+    pub size: u64,
+}
+
+/// What the chunk index must say besides the payload.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IndexRequest {
+    /// The pinned payload.
+    pub artifact: PinnedArtifact,
+    /// The rollout, as `namespace/name`.
+    pub rollout: String,
+    /// The rollout's uid (part of the rollout identity in the index).
+    pub rollout_uid: String,
+    /// Install path relative to the node's install root.
+    pub target_path: String,
+    /// Versions to keep.
+    pub keep_versions: u32,
+    /// Optional activation window.
+    pub activation_window: Option<ActivationWindow>,
+    /// Chunk size; `None` for automatic.
+    pub chunk_size: Option<u32>,
+    /// The monotonic sequence number for this install path.
+    pub sequence: u64,
+}
+
+/// The signed chunk index, pushed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexedArtifact {
+    /// `registry/repo@sha256:<hex>` of the index artifact.
+    pub reference: String,
+}
+
+/// Why a pipeline step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The registry could not be reached or refused the request (retried with backoff).
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
+    /// The reference or a registry object is malformed (not retried until the spec changes).
+    #[error("invalid artifact: {0}")]
+    Invalid(String),
+    /// The artifact carries no signature.
+    #[error("the artifact is not signed")]
+    Unsigned,
+    /// The artifact is signed, but by no key of the trust policy.
+    #[error("untrusted signature: {0}")]
+    Untrusted(String),
+    /// Building, pushing or signing the index failed.
+    #[error("indexing failed: {0}")]
+    Index(String),
+}
+
+/// The three registry-facing steps of a rollout.
+pub trait ArtifactPipeline: Send + Sync + 'static {
+    /// Pin a tag (or check a digest) and learn the payload size.
+    fn resolve<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<PinnedArtifact, PipelineError>>;
+
+    /// Check the publisher signature on the pinned manifest against the trusted publishers. Returns
+    /// the name of the publisher whose key verified.
+    fn verify_publisher<'a>(
+        &'a self,
+        artifact: &'a PinnedArtifact,
+        publishers: &'a [Publisher],
+    ) -> BoxFuture<'a, Result<String, PipelineError>>;
+
+    /// Build the chunk index from the payload, push it and sign it with the director key.
+    fn build_index<'a>(
+        &'a self,
+        request: &'a IndexRequest,
+    ) -> BoxFuture<'a, Result<IndexedArtifact, PipelineError>>;
+}
