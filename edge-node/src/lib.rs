@@ -22,5 +22,6 @@ pub mod net;
 pub mod picker;
 pub mod protocol;
 pub mod ratelimit;
+pub mod standalone;
 pub mod store;
 pub mod tls;

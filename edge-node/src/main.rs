@@ -1,1 +1,188 @@
-fn main() {}
+//! `pollen-edge-node`: the edge-node data plane. `standalone` runs one chunk index from flags; see
+//! `pollen-edge-node standalone --help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use pollen_edge_node::standalone::{self, StandaloneOptions};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "pollen-edge-node",
+    version,
+    about = "Pollen edge node: a verified chunk swarm over QUIC with mutual TLS"
+)]
+struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "POLLEN_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Fetch, verify and install one chunk index with static peers, no Kubernetes.
+    ///
+    /// Verifies the director-signed index and the publisher-signed payload (pollen-trust), fetches the
+    /// chunks from peers (and from the registry only for chunks no peer has), checks the payload's SHA-256,
+    /// installs it atomically under --install-root (versions/<seq>-<digest>/<file>, `current` link) and
+    /// then seeds: until SIGINT/SIGTERM by default, for --seed-for seconds, or not at all with
+    /// --exit-when-done. Exit status 0 only after a successful install.
+    Standalone(StandaloneArgs),
+}
+
+#[derive(clap::Args)]
+struct StandaloneArgs {
+    /// Node name; must equal the name in --cert (first DNS SAN, else CN). Checked when given.
+    #[arg(long)]
+    name: Option<String>,
+    /// Site label; same-site peers are preferred and each site pulls about one copy across the WAN.
+    #[arg(long, default_value = "default")]
+    site: String,
+    /// QUIC (UDP) listen address.
+    #[arg(long, default_value = "0.0.0.0:7400")]
+    listen: SocketAddr,
+    /// Node certificate chain (PEM), with serverAuth and clientAuth usages.
+    #[arg(long)]
+    cert: PathBuf,
+    /// Node private key (PEM).
+    #[arg(long)]
+    key: PathBuf,
+    /// Fleet CA certificate (PEM); peers must present certificates it issued.
+    #[arg(long)]
+    ca: PathBuf,
+    /// A peer's QUIC address; repeat for more. More are learned by peer exchange.
+    #[arg(long = "peer")]
+    peers: Vec<SocketAddr>,
+    /// Pinned chunk-index reference, REGISTRY/REPO@sha256:HEX.
+    #[arg(long)]
+    index: String,
+    /// Publisher public key (PEM); repeat to trust several.
+    #[arg(long = "publisher-key", required = true)]
+    publisher_keys: Vec<PathBuf>,
+    /// Director public key (PEM).
+    #[arg(long)]
+    director_key: PathBuf,
+    /// Reach the registry over plain HTTP.
+    #[arg(long)]
+    insecure_registry: bool,
+    /// Docker config.json with registry credentials.
+    #[arg(long)]
+    docker_config: Option<PathBuf>,
+    /// Chunk store directory (resumable).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Install root.
+    #[arg(long)]
+    install_root: PathBuf,
+    /// Serve /metrics, /healthz and /readyz here.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// Upload limit in bytes per second.
+    #[arg(long)]
+    upload_limit: Option<u64>,
+    /// Download limit in bytes per second.
+    #[arg(long)]
+    download_limit: Option<u64>,
+    /// Most bytes this node reads from the origin for this rollout.
+    #[arg(long)]
+    origin_budget: Option<u64>,
+    /// Never read from the origin (peers only).
+    #[arg(long)]
+    no_origin: bool,
+    /// Seed for the piece picker's random choices (default: random).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Exit as soon as the payload is installed.
+    #[arg(long, conflicts_with = "seed_for")]
+    exit_when_done: bool,
+    /// After installing, keep serving peers this many seconds, then exit.
+    #[arg(long)]
+    seed_for: Option<u64>,
+}
+
+fn main() -> anyhow::Result<()> {
+    rustls::crypto::aws_lc_rs::default_provider()
+        .install_default()
+        .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if cli.log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Standalone(a) => {
+                let shutdown = CancellationToken::new();
+                spawn_signal_handler(shutdown.clone());
+                let opts = StandaloneOptions {
+                    name: a.name,
+                    site: a.site,
+                    listen: a.listen,
+                    cert: a.cert,
+                    key: a.key,
+                    ca: a.ca,
+                    peers: a.peers,
+                    index: a.index,
+                    publisher_keys: a.publisher_keys,
+                    director_key: a.director_key,
+                    insecure_registry: a.insecure_registry,
+                    docker_config: a.docker_config,
+                    data_dir: a.data_dir,
+                    install_root: a.install_root,
+                    metrics: a.metrics,
+                    upload_limit: a.upload_limit,
+                    download_limit: a.download_limit,
+                    origin_budget: a.origin_budget,
+                    no_origin: a.no_origin,
+                    seed: a.seed,
+                    seed_for: if a.exit_when_done {
+                        Some(Duration::ZERO)
+                    } else {
+                        a.seed_for.map(Duration::from_secs)
+                    },
+                };
+                let out = standalone::run(opts, shutdown).await?;
+                println!(
+                    "installed {} version {} origin_bytes {} seconds {:.3}",
+                    out.installed.display(),
+                    out.version,
+                    out.origin_bytes,
+                    out.seconds
+                );
+                Ok(())
+            }
+        }
+    })
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
+        }
+        shutdown.cancel();
+    });
+}

@@ -1,0 +1,260 @@
+//! Standalone mode: everything from flags, no Kubernetes. Verify the chunk index through pollen-trust,
+//! run the swarm, install atomically, then optionally keep seeding.
+//!
+//! Rollback protection uses the install root: the sequence of the active version is the last one
+//! accepted for the target, so an index with a lower sequence is refused unless marked as a downgrade.
+//!
+//! Non-goals: several indexes per process, configuration files (flags and environment only).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pollen_trust::keys::PublicKey;
+use pollen_trust::registry::{Registry, RegistryOptions};
+use pollen_trust::verified::VerifiedIndex;
+use pollen_trust::verify::{TrustPolicy, VerifyContext};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::engine::{Engine, EngineConfig, EngineError};
+use crate::install::{InstallError, Installer};
+use crate::metrics::Metrics;
+use crate::picker::PickerConfig;
+use crate::tls::TlsIdentity;
+
+/// Everything standalone mode needs.
+#[derive(Debug, Clone)]
+pub struct StandaloneOptions {
+    /// Expected node name; must match the certificate when given.
+    pub name: Option<String>,
+    /// Site label.
+    pub site: String,
+    /// QUIC listen address.
+    pub listen: SocketAddr,
+    /// Node certificate (PEM).
+    pub cert: PathBuf,
+    /// Node key (PEM).
+    pub key: PathBuf,
+    /// Fleet CA (PEM).
+    pub ca: PathBuf,
+    /// Static peers.
+    pub peers: Vec<SocketAddr>,
+    /// Pinned chunk-index reference, `registry/repo@sha256:…`.
+    pub index: String,
+    /// Publisher public keys (PEM).
+    pub publisher_keys: Vec<PathBuf>,
+    /// Director public key (PEM).
+    pub director_key: PathBuf,
+    /// Reach the registry over plain HTTP.
+    pub insecure_registry: bool,
+    /// Docker `config.json` for registry credentials.
+    pub docker_config: Option<PathBuf>,
+    /// Chunk store directory.
+    pub data_dir: PathBuf,
+    /// Install root.
+    pub install_root: PathBuf,
+    /// Metrics listen address.
+    pub metrics: Option<SocketAddr>,
+    /// Upload limit, bytes/s.
+    pub upload_limit: Option<u64>,
+    /// Download limit, bytes/s.
+    pub download_limit: Option<u64>,
+    /// Origin byte budget for this rollout on this node.
+    pub origin_budget: Option<u64>,
+    /// Never read from the origin.
+    pub no_origin: bool,
+    /// Seed for the picker's random choices.
+    pub seed: Option<u64>,
+    /// After installing: keep serving this long (`None`: until shutdown; zero: exit at once).
+    pub seed_for: Option<Duration>,
+}
+
+/// What a standalone run did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The installed file.
+    pub installed: PathBuf,
+    /// The installed version name.
+    pub version: String,
+    /// Bytes this node read from the origin.
+    pub origin_bytes: u64,
+    /// Seconds from start to complete.
+    pub seconds: f64,
+}
+
+/// Standalone errors, each saying which step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StandaloneError {
+    /// Certificates or keys could not be loaded.
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    /// The certificate names another node.
+    #[error("certificate names {cert:?}, but --name is {flag:?}")]
+    NameMismatch {
+        /// Name in the certificate.
+        cert: String,
+        /// Name from the flag.
+        flag: String,
+    },
+    /// A trust key could not be loaded.
+    #[error("key {path}: {source}")]
+    Key {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: pollen_trust::keys::KeyError,
+    },
+    /// The registry client could not be built.
+    #[error("registry: {0}")]
+    Registry(#[source] pollen_trust::registry::RegistryError),
+    /// The index failed verification.
+    #[error("index verification: {0}")]
+    Verify(#[source] pollen_trust::verify::VerifyError),
+    /// The metrics server could not listen.
+    #[error("metrics listen {addr}: {source}")]
+    Metrics {
+        /// Address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The swarm failed.
+    #[error("swarm: {0}")]
+    Engine(#[from] EngineError),
+    /// Installing failed; the previous version stays active.
+    #[error("install: {0}")]
+    Install(#[from] InstallError),
+}
+
+/// The sequence of the active version, from its name `<sequence:020>-<digest>`.
+fn active_sequence(installer: &Installer) -> Option<u64> {
+    installer.current()?.split('-').next()?.parse().ok()
+}
+
+fn target_file(index: &VerifiedIndex) -> String {
+    Path::new(&index.target.path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| !n.is_empty() && !n.starts_with('.'))
+        .unwrap_or_else(|| "payload".into())
+}
+
+/// Verifies the index, runs the swarm until complete, installs, then seeds per the options. Ends early
+/// with [`EngineError::Stopped`] when `shutdown` fires before completion.
+pub async fn run(opts: StandaloneOptions, shutdown: CancellationToken) -> Result<Outcome, StandaloneError> {
+    let tls = TlsIdentity::load(&opts.cert, &opts.key, &opts.ca)?;
+    if let Some(flag) = &opts.name
+        && flag != tls.name()
+    {
+        return Err(StandaloneError::NameMismatch {
+            cert: tls.name().into(),
+            flag: flag.clone(),
+        });
+    }
+    let key = |p: &PathBuf| {
+        PublicKey::from_file(p).map_err(|source| StandaloneError::Key {
+            path: p.clone(),
+            source,
+        })
+    };
+    let trust = TrustPolicy {
+        publisher_keys: opts.publisher_keys.iter().map(key).collect::<Result<_, _>>()?,
+        director_key: key(&opts.director_key)?,
+    };
+    let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = opts.metrics {
+        let (bound, _task) = crate::metrics::serve(addr, metrics.clone(), shutdown.clone())
+            .await
+            .map_err(|source| StandaloneError::Metrics { addr, source })?;
+        info!(%bound, "metrics listening");
+    }
+    let reg = Registry::new(&RegistryOptions {
+        insecure: opts.insecure_registry,
+        docker_config: opts.docker_config.clone(),
+    })
+    .map_err(StandaloneError::Registry)?;
+    // Rollback protection: the active version's sequence is the last accepted one for its target.
+    let probe = Installer::new(&opts.install_root, 0);
+    let mut ctx = VerifyContext::now();
+    let index = pollen_trust::verify::verify(&reg, &opts.index, &trust, &ctx).await;
+    let index = match (index, active_sequence(&probe)) {
+        (Ok(ix), Some(seq)) => {
+            ctx.last_sequence.insert(ix.target.path.clone(), seq);
+            pollen_trust::verify::verify(&reg, &opts.index, &trust, &ctx)
+                .await
+                .map_err(StandaloneError::Verify)?
+        }
+        (r, _) => r.map_err(StandaloneError::Verify)?,
+    };
+    info!(index = %hex::encode(index.id()), rollout = %index.rollout, sequence = index.sequence,
+          size = index.payload.size, chunks = index.chunk_count(), "index verified");
+
+    let mut cfg = EngineConfig::new(tls, opts.listen, opts.data_dir.clone());
+    cfg.site = opts.site.clone();
+    cfg.peers = opts.peers.clone();
+    cfg.upload_limit = opts.upload_limit;
+    cfg.download_limit = opts.download_limit;
+    cfg.origin = !opts.no_origin;
+    cfg.picker = PickerConfig {
+        origin_budget: opts.origin_budget,
+        ..PickerConfig::default()
+    };
+    if let Some(s) = opts.seed {
+        cfg.seed = s;
+    }
+    let mut engine = Engine::start(cfg, index.clone(), metrics.clone(), shutdown.clone()).await?;
+    let res = engine.wait_complete().await;
+    if let Err(e) = res {
+        engine.shutdown().await;
+        return Err(e.into());
+    }
+    let seconds = metrics
+        .time_to_complete
+        .get_or_create(&crate::metrics::IndexLabel {
+            index: hex::encode(index.id()),
+        })
+        .get();
+    let installer = Installer::new(&opts.install_root, index.target.keep_versions);
+    let version = format!(
+        "{:020}-{}",
+        index.sequence,
+        &hex::encode(index.payload.digest)[..12]
+    );
+    let file = target_file(&index);
+    let payload = engine.payload_path();
+    let digest = index.payload.digest;
+    let v2 = version.clone();
+    let installed = tokio::task::spawn_blocking(move || installer.install(&payload, &digest, &v2, &file))
+        .await
+        .expect("install task");
+    let installed = match installed {
+        Ok(p) => p,
+        Err(e) => {
+            engine.shutdown().await;
+            return Err(e.into());
+        }
+    };
+    let origin_bytes = engine.origin_bytes();
+    info!(path = %installed.display(), %version, origin_bytes, seconds, "installed");
+    match opts.seed_for {
+        Some(d) if d.is_zero() => {}
+        Some(d) => {
+            tokio::select! {
+                _ = tokio::time::sleep(d) => {},
+                _ = shutdown.cancelled() => {},
+            }
+        }
+        None => shutdown.cancelled().await,
+    }
+    engine.shutdown().await;
+    Ok(Outcome {
+        installed,
+        version,
+        origin_bytes,
+        seconds,
+    })
+}
