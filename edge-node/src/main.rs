@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use pollen_edge_node::standalone::{self, StandaloneOptions};
+use pollen_edge_node::standalone::{self, Budget, StandaloneOptions};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -56,8 +56,9 @@ struct StandaloneArgs {
     /// Fleet CA certificate (PEM); peers must present certificates it issued.
     #[arg(long)]
     ca: PathBuf,
-    /// A peer's QUIC address; repeat for more. More are learned by peer exchange.
-    #[arg(long = "peer")]
+    /// A peer's QUIC address, ADDR:PORT or NAME@ADDR:PORT (the name is informative: identity always comes
+    /// from the peer's certificate); repeat for more. More are learned by peer exchange.
+    #[arg(long = "peer", value_parser = parse_peer)]
     peers: Vec<SocketAddr>,
     /// Pinned chunk-index reference, REGISTRY/REPO@sha256:HEX.
     #[arg(long)]
@@ -68,9 +69,10 @@ struct StandaloneArgs {
     /// Director public key (PEM).
     #[arg(long)]
     director_key: PathBuf,
-    /// Reach the registry over plain HTTP.
-    #[arg(long)]
-    insecure_registry: bool,
+    /// Reach the registry over plain HTTP. An optional value (the registry host) is accepted and ignored:
+    /// the host always comes from --index.
+    #[arg(long, num_args = 0..=1, value_name = "HOST")]
+    insecure_registry: Option<Option<String>>,
     /// Docker config.json with registry credentials.
     #[arg(long)]
     docker_config: Option<PathBuf>,
@@ -89,9 +91,10 @@ struct StandaloneArgs {
     /// Download limit in bytes per second.
     #[arg(long)]
     download_limit: Option<u64>,
-    /// Most bytes this node reads from the origin for this rollout.
-    #[arg(long)]
-    origin_budget: Option<u64>,
+    /// Most bytes this node reads from the origin for this rollout: a byte count, `one-copy` (the payload
+    /// size) or `unlimited` (the default). The origin-once rule applies either way.
+    #[arg(long, value_parser = parse_budget)]
+    origin_budget: Option<Budget>,
     /// Never read from the origin (peers only).
     #[arg(long)]
     no_origin: bool,
@@ -146,14 +149,14 @@ fn main() -> anyhow::Result<()> {
                     index: a.index,
                     publisher_keys: a.publisher_keys,
                     director_key: a.director_key,
-                    insecure_registry: a.insecure_registry,
+                    insecure_registry: a.insecure_registry.is_some(),
                     docker_config: a.docker_config,
                     data_dir: a.data_dir,
                     install_root: a.install_root,
                     metrics: a.metrics,
                     upload_limit: a.upload_limit,
                     download_limit: a.download_limit,
-                    origin_budget: a.origin_budget,
+                    origin_budget: a.origin_budget.unwrap_or(Budget::Unlimited),
                     no_origin: a.no_origin,
                     seed: a.seed,
                     seed_for: if a.exit_when_done {
@@ -174,6 +177,23 @@ fn main() -> anyhow::Result<()> {
             }
         }
     })
+}
+
+fn parse_peer(s: &str) -> Result<SocketAddr, String> {
+    let addr = s.rsplit_once('@').map_or(s, |(_, a)| a);
+    addr.parse()
+        .map_err(|e| format!("{s:?}: expected ADDR:PORT or NAME@ADDR:PORT ({e})"))
+}
+
+fn parse_budget(s: &str) -> Result<Budget, String> {
+    match s {
+        "one-copy" => Ok(Budget::OneCopy),
+        "unlimited" => Ok(Budget::Unlimited),
+        n => n
+            .parse()
+            .map(Budget::Bytes)
+            .map_err(|_| format!("{s:?}: expected bytes, one-copy or unlimited")),
+    }
 }
 
 fn spawn_signal_handler(shutdown: CancellationToken) {

@@ -62,13 +62,35 @@ pub struct StandaloneOptions {
     /// Download limit, bytes/s.
     pub download_limit: Option<u64>,
     /// Origin byte budget for this rollout on this node.
-    pub origin_budget: Option<u64>,
+    pub origin_budget: Budget,
     /// Never read from the origin.
     pub no_origin: bool,
     /// Seed for the picker's random choices.
     pub seed: Option<u64>,
     /// After installing: keep serving this long (`None`: until shutdown; zero: exit at once).
     pub seed_for: Option<Duration>,
+}
+
+/// Origin byte budget per rollout and node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    /// No cap (the origin-once rule still applies).
+    Unlimited,
+    /// At most one payload size.
+    OneCopy,
+    /// At most this many bytes.
+    Bytes(u64),
+}
+
+impl Budget {
+    /// The cap in bytes for a payload of `size` bytes.
+    pub fn bytes(self, size: u64) -> Option<u64> {
+        match self {
+            Budget::Unlimited => None,
+            Budget::OneCopy => Some(size),
+            Budget::Bytes(b) => Some(b),
+        }
+    }
 }
 
 /// What a standalone run did.
@@ -200,7 +222,7 @@ pub async fn run(opts: StandaloneOptions, shutdown: CancellationToken) -> Result
     cfg.download_limit = opts.download_limit;
     cfg.origin = !opts.no_origin;
     cfg.picker = PickerConfig {
-        origin_budget: opts.origin_budget,
+        origin_budget: opts.origin_budget.bytes(index.payload.size),
         ..PickerConfig::default()
     };
     if let Some(s) = opts.seed {
