@@ -105,6 +105,9 @@ struct RunArgs {
     /// Longest a phase may take, e.g. 900s.
     #[arg(long, value_parser = |s: &str| parse_duration(s), default_value = "1200s")]
     timeout: Duration,
+    /// Keep node logs (and the swarm's keys and certificates) in this directory.
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
     /// Also print the report as JSON (after the table).
     #[arg(long)]
     json: bool,
@@ -187,6 +190,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         baseline: !args.no_baseline,
         swarm,
         timeout: args.timeout,
+        log_dir: args.log_dir.clone(),
     };
     let r = bench::run(&spec, &bins)?;
     println!(

@@ -40,6 +40,8 @@ pub struct BenchSpec {
     pub swarm: Option<swarm::SwarmConfig>,
     /// Longest a phase may take.
     pub timeout: Duration,
+    /// Keep node logs here (default: a temporary directory removed after the run).
+    pub log_dir: Option<std::path::PathBuf>,
 }
 
 /// The machine a run happened on.
@@ -117,11 +119,18 @@ pub fn run(spec: &BenchSpec, bins: &LabBinaries) -> Result<RunReport, LabError> 
     let payload_path = work.path().join("payload.bin");
     let sha = payload::write(&payload_path, spec.payload_bytes, 0x9e37_79b9_7f4a_7c15)?;
     let bounds = bounds_for(&spec.lab, spec.payload_bytes);
+    let logs = match &spec.log_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).map_err(|e| LabError::io(format!("creating {}", d.display()), e))?;
+            d.clone()
+        }
+        None => work.path().to_path_buf(),
+    };
     let lab = Lab::build(spec.lab.clone(), bins)?;
     let origin = Origin::start(&lab, &payload_path, &sha)?;
     let mut phases = Vec::new();
     if spec.baseline {
-        phases.push(baseline::run(&lab, &origin, work.path(), spec.timeout, bounds)?);
+        phases.push(baseline::run(&lab, &origin, &logs, spec.timeout, bounds)?);
     }
     let swarm_skipped = match &spec.swarm {
         Some(cfg) => match swarm::run_phase(
@@ -130,7 +139,7 @@ pub fn run(spec: &BenchSpec, bins: &LabBinaries) -> Result<RunReport, LabError> 
             cfg,
             &payload_path,
             spec.budget,
-            work.path(),
+            &logs,
             spec.timeout,
             bounds,
         ) {

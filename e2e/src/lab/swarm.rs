@@ -9,9 +9,8 @@
 //! `current` link appears.
 //! The argument lists are built by pure functions ([`node_args`]).
 //!
-//! Status: the edge node's standalone mode and the `pollen` publishing commands are being written
-//! alongside this launcher. [`preflight`] compares their `--help` with the flags used here and the
-//! phase reports itself not run, naming what is missing, until they match.
+//! [`preflight`] compares the binaries' `--help` with the flags used here, so that a change of
+//! command line shows up as a clear "not run" reason rather than as failed nodes.
 //!
 //! Non-goals: Kubernetes; node restarts during a run.
 
@@ -50,6 +49,7 @@ pub const EDGE_FLAGS: &[&str] = &[
     "--install-root",
     "--metrics",
     "--origin-budget",
+    "--seed-for",
 ];
 
 /// How to launch the swarm.
@@ -76,8 +76,20 @@ pub struct SharedFiles {
     pub dir: PathBuf,
 }
 
-/// The `standalone` arguments of `node`, with every other node as a static peer.
-pub fn node_args(node: &LabNode, all: &[LabNode], files: &SharedFiles, budget: Budget) -> Vec<String> {
+/// Seconds a node keeps seeding after it installed; the launcher stops the nodes once the last one
+/// is done, so this only bounds a node left behind by a killed run.
+const SEED_FOR_S: u64 = 3600;
+
+/// The `standalone` arguments of `node`, with every other node as a static peer. With a budget of
+/// one copy, each node may read at most `payload_bytes` from the origin (the engine's origin-once
+/// rule keeps the fleet's total near one copy); unlimited passes no budget.
+pub fn node_args(
+    node: &LabNode,
+    all: &[LabNode],
+    files: &SharedFiles,
+    budget: Budget,
+    payload_bytes: u64,
+) -> Vec<String> {
     let d = files.dir.join(&node.name);
     let p = |x: &Path| x.display().to_string();
     let mut a = vec![
@@ -101,22 +113,22 @@ pub fn node_args(node: &LabNode, all: &[LabNode], files: &SharedFiles, budget: B
         "--director-key".into(),
         p(&files.director_pub),
         "--insecure-registry".into(),
-        Origin::addr().to_string(),
         "--data-dir".into(),
         p(&d.join("data")),
         "--install-root".into(),
         p(&d.join("install")),
         "--metrics".into(),
         format!("{}:{METRICS_PORT}", node.addr),
-        "--origin-budget".into(),
-        match budget {
-            Budget::OneCopy => "one-copy".into(),
-            Budget::Unlimited => "unlimited".into(),
-        },
+        "--seed-for".into(),
+        SEED_FOR_S.to_string(),
     ];
+    if budget == Budget::OneCopy {
+        a.push("--origin-budget".into());
+        a.push(payload_bytes.to_string());
+    }
     for peer in all.iter().filter(|p| p.name != node.name) {
         a.push("--peer".into());
-        a.push(format!("{}@{}:{PEER_PORT}", peer.name, peer.addr));
+        a.push(format!("{}:{PEER_PORT}", peer.addr));
     }
     a
 }
@@ -183,10 +195,24 @@ pub fn preflight(cfg: &SwarmConfig) -> Result<(), LabError> {
 
 /// `pollen` subcommands and the flags the launcher uses with them.
 const PUBLISH_FLAGS: &[(&str, &[&str])] = &[
-    ("keygen", &["--output"]),
-    ("publish", &["--key", "--insecure-registry"]),
-    ("index", &["--key", "--insecure-registry"]),
+    ("keygen", &["--output-prefix"]),
+    ("publish", &["--to", "--key", "--insecure"]),
+    (
+        "index",
+        &[
+            "--payload",
+            "--key",
+            "--rollout",
+            "--sequence",
+            "--target-path",
+            "--publisher-key",
+            "--insecure",
+        ],
+    ),
 ];
+
+/// Password of the lab's throw-away cosign keys.
+const KEY_PASSWORD: &str = "pollen-lab";
 
 fn openssl(dir: &Path, args: &[&str]) -> Result<(), LabError> {
     let mut full = vec!["-C", dir.to_str().unwrap_or(".")];
@@ -269,55 +295,58 @@ pub fn make_pki(dir: &Path, nodes: &[LabNode]) -> Result<PathBuf, LabError> {
 }
 
 /// Generates the publisher and director keys, publishes the payload and pushes the signed index,
-/// running `pollen` inside the origin namespace. Returns the index reference.
+/// running `pollen` inside the origin namespace. Returns the two public keys and the index reference.
 fn publish(
     lab: &Lab,
     cfg: &SwarmConfig,
     dir: &Path,
     payload: &Path,
 ) -> Result<(PathBuf, PathBuf, String), LabError> {
-    let pollen = cfg.pollen.to_string_lossy().to_string();
     let ns = lab.origin_ns();
-    let reg = Origin::addr().to_string();
-    let key = |who: &str| dir.join(who);
+    let pollen = cfg.pollen.display().to_string();
+    let password = format!("COSIGN_PASSWORD={KEY_PASSWORD}");
+    let pollen_cmd = |args: &[&str]| -> Result<String, LabError> {
+        let mut full = vec![password.as_str(), pollen.as_str()];
+        full.extend_from_slice(args);
+        run_in(ns, "env", &full)
+    };
+    let last_line = |out: String| out.lines().last().unwrap_or_default().trim().to_string();
+    let prefix = |who: &str| dir.join(who).display().to_string();
     for who in ["publisher", "director"] {
-        run_in(
-            ns,
-            &pollen,
-            &["keygen", "--output", &key(who).display().to_string()],
-        )?;
+        pollen_cmd(&["keygen", "--output-prefix", &prefix(who)])?;
     }
-    let target = format!("{reg}/{REPO}:lab");
-    let published = run_in(
-        ns,
-        &pollen,
-        &[
-            "publish",
-            "--key",
-            &key("publisher").with_extension("key").display().to_string(),
-            "--insecure-registry",
-            &reg,
-            &target,
-            &payload.display().to_string(),
-        ],
-    )?;
-    let payload_ref = published.lines().last().unwrap_or_default().trim().to_string();
-    let indexed = run_in(
-        ns,
-        &pollen,
-        &[
-            "index",
-            "--key",
-            &key("director").with_extension("key").display().to_string(),
-            "--insecure-registry",
-            &reg,
-            &payload_ref,
-        ],
-    )?;
-    let index_ref = indexed.lines().last().unwrap_or_default().trim().to_string();
+    let target = format!("{}/{REPO}:lab", Origin::addr());
+    let payload_ref = last_line(pollen_cmd(&[
+        "publish",
+        &payload.display().to_string(),
+        "--to",
+        &target,
+        "--key",
+        &format!("{}.key", prefix("publisher")),
+        "--insecure",
+    ])?);
+    let index_ref = last_line(pollen_cmd(&[
+        "index",
+        "--payload",
+        &payload_ref,
+        "--key",
+        &format!("{}.key", prefix("director")),
+        "--rollout",
+        "lab/bench",
+        "--sequence",
+        "1",
+        "--target-path",
+        "payload.bin",
+        "--publisher-key",
+        &format!("{}.pub", prefix("publisher")),
+        "--insecure",
+    ])?);
+    if index_ref.is_empty() {
+        return Err(LabError::Failed("pollen index printed no reference".into()));
+    }
     Ok((
-        key("publisher").with_extension("pub"),
-        key("director").with_extension("pub"),
+        PathBuf::from(format!("{}.pub", prefix("publisher"))),
+        PathBuf::from(format!("{}.pub", prefix("director"))),
         index_ref,
     ))
 }
@@ -352,7 +381,7 @@ pub fn run_phase(
     let mut procs = Vec::new();
     for node in lab.nodes() {
         let mut cmd = lab.command(&node.ns, &cfg.edge_node);
-        cmd.args(node_args(node, lab.nodes(), &files, budget));
+        cmd.args(node_args(node, lab.nodes(), &files, budget, origin.size));
         procs.push(Proc::spawn(&format!("swarm-{}", node.name), cmd, log_dir)?);
     }
     let installed: Vec<PathBuf> = lab
@@ -420,21 +449,22 @@ mod tests {
             index_ref: "10.200.0.1:5000/lab/payload@sha256:ab".into(),
             dir: "/r".into(),
         };
-        let a = node_args(&all[2], &all, &files, Budget::OneCopy);
+        let a = node_args(&all[2], &all, &files, Budget::OneCopy, 1000);
         assert_eq!(a[0], "standalone");
         let after = |f: &str| a[a.iter().position(|x| x == f).unwrap() + 1].clone();
         assert_eq!(after("--name"), "n2");
         assert_eq!(after("--site"), "site1");
         assert_eq!(after("--listen"), "10.200.2.1:7400");
         assert_eq!(after("--cert"), "/r/n2/node.pem");
-        assert_eq!(after("--origin-budget"), "one-copy");
+        assert_eq!(after("--origin-budget"), "1000");
+        assert_eq!(after("--insecure-registry"), "--data-dir");
         let peers: Vec<_> = a
             .iter()
             .enumerate()
             .filter(|(_, x)| *x == "--peer")
             .map(|(i, _)| a[i + 1].clone())
             .collect();
-        assert_eq!(peers, vec!["n0@10.200.1.1:7400", "n1@10.200.1.2:7400"]);
+        assert_eq!(peers, vec!["10.200.1.1:7400", "10.200.1.2:7400"]);
         for f in EDGE_FLAGS {
             assert!(a.iter().any(|x| x == f), "{f} unused");
         }
