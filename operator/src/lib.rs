@@ -6,15 +6,21 @@
 //! - [`pipeline`]: the seam to the registry and the trust chain (resolve, verify, index);
 //! - [`controller`]: the reconciler, its context and the watches;
 //! - [`metrics`] and [`http`]: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`;
-//! - [`leader`]: leader election through a coordination.k8s.io Lease.
+//! - [`leader`]: leader election through a coordination.k8s.io Lease;
+//! - [`trust_pipeline`]: the real pipeline on `pollen-trust`;
+//! - [`app`]: the process: flags, mounted keys, endpoints, leader election, controller.
 //!
 //! Non-goals: the node agent (in `pollen-edge-node`), the trust-chain cryptography (in `pollen-trust`).
 #![warn(missing_docs)]
 
+pub mod app;
 pub mod controller;
 #[cfg(test)]
 pub mod fixtures;
+pub mod http;
+pub mod leader;
 pub mod metrics;
 pub mod pipeline;
 pub mod planner;
 pub mod progress;
+pub mod trust_pipeline;

@@ -1,0 +1,378 @@
+//! The operator process: flags, mounted keys, the HTTP endpoints, leader election and the controller,
+//! wired together with one shutdown signal.
+//!
+//! Every flag maps one-to-one onto a Helm value. Keys come from mounted files only, never from API
+//! reads: the director signing key, the registry credentials (a Docker config) and the fleet CA.
+//! The core loop needs only the Pollen CRDs; Leases and Events are used where the cluster serves them.
+//!
+//! Non-goals: building the Kubernetes client (the caller passes one, so tests can point it anywhere).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, ValueEnum};
+use kube::Client;
+use pollen_trust::SigningKey;
+use prometheus_client::registry::Registry;
+use tokio::sync::{RwLock, watch};
+use tracing::{error, info, warn};
+
+use crate::controller::{self, Config, Context, Diagnostics};
+use crate::leader::{self, LeaderElection};
+use crate::metrics::Metrics;
+use crate::trust_pipeline::{PipelineOptions, SetupError, TrustPipeline};
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The operator's flags.
+#[derive(Clone, Debug, Args)]
+pub struct Options {
+    /// The director's private key (cosign format, encrypted PEM), a mounted file. It signs every
+    /// chunk index.
+    #[arg(long, env = "POLLEN_DIRECTOR_KEY", value_name = "FILE")]
+    pub director_key: PathBuf,
+
+    /// Password of the director key. Falls back to `COSIGN_PASSWORD`, then to an empty password.
+    #[arg(
+        long,
+        env = "POLLEN_DIRECTOR_KEY_PASSWORD",
+        hide_env_values = true,
+        value_name = "PASSWORD"
+    )]
+    pub director_key_password: Option<String>,
+
+    /// A mounted file holding the director key's password (trailing newline ignored). Wins over
+    /// `--director-key-password`.
+    #[arg(long, value_name = "FILE")]
+    pub director_key_password_file: Option<PathBuf>,
+
+    /// A Docker `config.json` with registry credentials (a mounted `kubernetes.io/dockerconfigjson`
+    /// Secret). Unset: `$DOCKER_CONFIG/config.json` or `~/.docker/config.json` if present, else anonymous.
+    #[arg(long, env = "POLLEN_DOCKER_CONFIG", value_name = "FILE")]
+    pub docker_config: Option<PathBuf>,
+
+    /// The fleet CA certificate (PEM) the operator signs node certificates with (checked at start;
+    /// used by node identity issuance).
+    #[arg(
+        long,
+        env = "POLLEN_FLEET_CA_CERT",
+        value_name = "FILE",
+        requires = "fleet_ca_key"
+    )]
+    pub fleet_ca_cert: Option<PathBuf>,
+
+    /// The fleet CA private key (PEM), a mounted file.
+    #[arg(
+        long,
+        env = "POLLEN_FLEET_CA_KEY",
+        value_name = "FILE",
+        requires = "fleet_ca_cert"
+    )]
+    pub fleet_ca_key: Option<PathBuf>,
+
+    /// A registry host (`host` or `host:port`) to reach over plain HTTP instead of HTTPS. Repeatable.
+    /// Without a value: every registry. Only for registries on a trusted network (tests, labs).
+    #[arg(long = "insecure-registry", value_name = "HOST", num_args = 0..=1, default_missing_value = "*")]
+    pub insecure_registries: Vec<String>,
+
+    /// The CSR signerName the operator signs node certificates for (node identity issuance).
+    #[arg(long, default_value = "pollen.dev/edge-peer", value_name = "NAME")]
+    pub signer_name: String,
+
+    /// Lifetime of the node certificates the operator signs (node identity issuance), e.g. `24h`.
+    #[arg(long, default_value = "24h", value_name = "DURATION")]
+    pub certificate_lifetime: String,
+
+    /// Where `/metrics`, `/healthz` and `/readyz` listen.
+    #[arg(
+        long,
+        alias = "metrics",
+        env = "POLLEN_METRICS_ADDR",
+        default_value = "0.0.0.0:8080",
+        value_name = "ADDR"
+    )]
+    pub metrics_addr: SocketAddr,
+
+    /// Elect a leader through a coordination.k8s.io Lease, so only one replica acts.
+    /// `--leader-election=false` turns it off (one replica only!).
+    #[arg(long, alias = "leader-elect", default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]
+    pub leader_election: bool,
+
+    /// Where the API server does not serve Leases, run without leader election instead of failing.
+    #[arg(long)]
+    pub leader_election_optional: bool,
+
+    /// The namespace of the Lease.
+    #[arg(
+        long,
+        alias = "leader-election-namespace",
+        env = "POD_NAMESPACE",
+        default_value = "default",
+        value_name = "NAMESPACE"
+    )]
+    pub lease_namespace: String,
+
+    /// The name of the Lease.
+    #[arg(
+        long,
+        alias = "leader-election-lease-name",
+        default_value = "pollen-operator",
+        value_name = "NAME"
+    )]
+    pub lease_name: String,
+
+    /// How long a Lease stays valid without renewal, in seconds.
+    #[arg(long, default_value_t = 15, value_name = "SECONDS")]
+    pub lease_duration_seconds: u64,
+
+    /// This replica's identity in the Lease (the pod name).
+    #[arg(long, env = "POD_NAME", value_name = "NAME")]
+    pub identity: Option<String>,
+
+    /// Watch UpdateRollouts in this namespace only. Unset: all namespaces. EdgeNodes and
+    /// TrustPolicies are cluster-scoped and always watched.
+    #[arg(long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// How many rollouts are reconciled at the same time.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub concurrency: u16,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "POLLEN_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    /// Shorthand for `--log-format json`.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+/// Why the operator stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The director key could not be read or decrypted.
+    #[error("director key {path}: {source}")]
+    DirectorKey {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: pollen_trust::keys::KeyError,
+    },
+    /// A mounted file could not be read.
+    #[error("{what} {path}: {source}")]
+    File {
+        /// Which file.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The registry clients could not be built.
+    #[error(transparent)]
+    Pipeline(#[from] SetupError),
+    /// Leader election was asked for, and the API server does not serve Leases.
+    #[error(
+        "leader election is on, but the API server does not serve coordination.k8s.io/v1 Leases; \
+         pass --leader-election-optional to run without it, or --leader-election=false"
+    )]
+    LeasesNotServed,
+    /// The Lease could not be taken or was lost.
+    #[error("leader election: {0}")]
+    Lease(#[source] kube::Error),
+    /// This replica lost the Lease and stopped.
+    #[error("lost the leader lease; stopping so that a restart rejoins as a follower")]
+    LeaseLost,
+    /// The CRDs are not installed or the API server is unreachable.
+    #[error("kubernetes API: {0}")]
+    Kube(#[source] kube::Error),
+    /// The HTTP endpoint could not bind.
+    #[error("metrics endpoint {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn check_readable(what: &'static str, path: &Option<PathBuf>) -> Result<(), AppError> {
+    if let Some(path) = path {
+        std::fs::metadata(path)
+            .and_then(|_| std::fs::File::open(path).map(|_| ()))
+            .map_err(|source| AppError::File {
+                what,
+                path: path.clone(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// Run the operator until `shutdown` resolves (or the Lease is lost).
+pub async fn run(
+    opts: Options,
+    client: Client,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), AppError> {
+    let password = match &opts.director_key_password_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| AppError::File {
+                what: "director key password file",
+                path: path.clone(),
+                source,
+            })?;
+            text.trim_end_matches(['\n', '\r']).as_bytes().to_vec()
+        }
+        None => pollen_trust::keys::password(opts.director_key_password.as_deref()),
+    };
+    let director =
+        SigningKey::from_file(&opts.director_key, &password).map_err(|source| AppError::DirectorKey {
+            path: opts.director_key.clone(),
+            source,
+        })?;
+    check_readable("docker config", &opts.docker_config)?;
+    check_readable("fleet CA certificate", &opts.fleet_ca_cert)?;
+    check_readable("fleet CA key", &opts.fleet_ca_key)?;
+    if opts.fleet_ca_cert.is_none() {
+        info!("no fleet CA mounted: node certificate issuance is off");
+    }
+    let pipeline = TrustPipeline::new(
+        &PipelineOptions {
+            docker_config: opts.docker_config.clone(),
+            insecure_registries: opts.insecure_registries.clone(),
+        },
+        director,
+    )?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            info!("shutting down");
+            let _ = stop_tx.send(true);
+        });
+    }
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    let mut registry = Registry::with_prefix("pollen_operator");
+    let metrics = Metrics::default().register(&mut registry);
+    let diagnostics = Arc::new(RwLock::new(Diagnostics::default()));
+    let listener = tokio::net::TcpListener::bind(opts.metrics_addr)
+        .await
+        .map_err(|source| AppError::Http {
+            addr: opts.metrics_addr,
+            source,
+        })?;
+    let router = crate::http::router(Arc::new(registry), diagnostics.clone());
+    let http_stop = stopped();
+    let http = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(http_stop)
+            .await
+        {
+            error!("metrics endpoint failed: {e}");
+        }
+    });
+    info!(addr = %opts.metrics_addr, "serving /metrics, /healthz and /readyz");
+
+    let mut election = None;
+    if opts.leader_election {
+        if leader::leases_served(&client).await {
+            let identity = opts
+                .identity
+                .clone()
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| format!("pollen-operator-{}", std::process::id()));
+            let le = Arc::new(LeaderElection::new(
+                client.clone(),
+                &opts.lease_namespace,
+                &opts.lease_name,
+                &identity,
+                Duration::from_secs(opts.lease_duration_seconds.max(3)),
+            ));
+            // A standby is ready once the CRDs answer (so both replicas count as available); the
+            // leader is ready again once its caches synced.
+            let probe: kube::Api<pollen_crds::UpdateRollout> = kube::Api::all(client.clone());
+            probe
+                .list(&kube::api::ListParams::default().limit(1))
+                .await
+                .map_err(AppError::Kube)?;
+            diagnostics.write().await.ready = true;
+            tokio::select! {
+                r = le.acquire() => r.map_err(AppError::Lease)?,
+                _ = stopped() => { let _ = http.await; return Ok(()); }
+            }
+            diagnostics.write().await.ready = false;
+            election = Some(le);
+        } else if opts.leader_election_optional {
+            warn!(
+                "the API server does not serve coordination.k8s.io/v1 Leases: running WITHOUT leader election \
+                 (--leader-election-optional); run a single replica"
+            );
+        } else {
+            let _ = stop_tx.send(true);
+            let _ = http.await;
+            return Err(AppError::LeasesNotServed);
+        }
+    } else {
+        info!("leader election is off (--leader-election=false); run a single replica");
+    }
+
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(le) = election.clone() {
+        let stop_tx = stop_tx.clone();
+        let lost = lost.clone();
+        let mut rx = stop_tx.subscribe();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = le.hold() => {
+                    lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                    let _ = stop_tx.send(true);
+                }
+                _ = rx.wait_for(|s| *s) => {}
+            }
+        });
+    }
+
+    let ctx = Arc::new(
+        Context::new(
+            client,
+            Arc::new(pipeline),
+            metrics,
+            diagnostics,
+            Config::default(),
+        )
+        .await,
+    );
+    let result = controller::run(ctx, opts.namespace.as_deref(), opts.concurrency.max(1), stopped()).await;
+    let _ = stop_tx.send(true);
+    let _ = http.await;
+    if let Some(le) = election {
+        le.release().await;
+    }
+    result.map_err(AppError::Kube)?;
+    if lost.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(AppError::LeaseLost);
+    }
+    Ok(())
+}
