@@ -82,7 +82,7 @@ const SEED_FOR_S: u64 = 3600;
 
 /// The `standalone` arguments of `node`, with every other node as a static peer. With a budget of
 /// one copy, each node may read at most `payload_bytes` from the origin (the engine's origin-once
-/// rule keeps the fleet's total near one copy); unlimited passes no budget.
+/// rule keeps the fleet's total near one copy either way).
 pub fn node_args(
     node: &LabNode,
     all: &[LabNode],
@@ -122,13 +122,14 @@ pub fn node_args(
         "--seed-for".into(),
         SEED_FOR_S.to_string(),
     ];
-    if budget == Budget::OneCopy {
-        a.push("--origin-budget".into());
-        a.push(payload_bytes.to_string());
-    }
+    a.push("--origin-budget".into());
+    a.push(match budget {
+        Budget::OneCopy => payload_bytes.to_string(),
+        Budget::Unlimited => "unlimited".into(),
+    });
     for peer in all.iter().filter(|p| p.name != node.name) {
         a.push("--peer".into());
-        a.push(format!("{}:{PEER_PORT}", peer.addr));
+        a.push(format!("{}@{}:{PEER_PORT}", peer.name, peer.addr));
     }
     a
 }
@@ -464,12 +465,15 @@ mod tests {
             .filter(|(_, x)| *x == "--peer")
             .map(|(i, _)| a[i + 1].clone())
             .collect();
-        assert_eq!(peers, vec!["10.200.1.1:7400", "10.200.1.2:7400"]);
+        assert_eq!(peers, vec!["n0@10.200.1.1:7400", "n1@10.200.1.2:7400"]);
         for f in EDGE_FLAGS {
             assert!(a.iter().any(|x| x == f), "{f} unused");
         }
         let u = node_args(&all[0], &all, &files, Budget::Unlimited, 1000);
-        assert!(!u.iter().any(|x| x == "--origin-budget"));
+        assert_eq!(
+            u[u.iter().position(|x| x == "--origin-budget").unwrap() + 1],
+            "unlimited"
+        );
     }
 
     #[test]
