@@ -34,6 +34,9 @@ enum Cmd {
     /// then seeds: until SIGINT/SIGTERM by default, for --seed-for seconds, or not at all with
     /// --exit-when-done. Exit status 0 only after a successful install.
     Standalone(StandaloneArgs),
+    /// Run as the Kubernetes node agent: register this device's EdgeNode, watch it for assignments,
+    /// verify, fetch, install and report progress (the DaemonSet's command).
+    Agent(pollen_edge_node::agent::cli::AgentArgs),
 }
 
 #[derive(clap::Args)]
@@ -135,6 +138,11 @@ fn main() -> anyhow::Result<()> {
         .context("tokio runtime")?;
     rt.block_on(async move {
         match cli.cmd {
+            Cmd::Agent(a) => {
+                let shutdown = CancellationToken::new();
+                spawn_signal_handler(shutdown.clone());
+                pollen_edge_node::agent::cli::run(a, shutdown).await
+            }
             Cmd::Standalone(a) => {
                 let shutdown = CancellationToken::new();
                 spawn_signal_handler(shutdown.clone());

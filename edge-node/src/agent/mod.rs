@@ -9,7 +9,9 @@
 //! Non-goals: moving bytes (the engine does), deciding who gets what (the operator does).
 //! The agent never writes `spec`: the operator owns it.
 
+pub mod cli;
 pub mod desired;
+pub mod runner;
 pub mod throttle;
 
 use std::collections::{BTreeMap, HashMap};
@@ -231,6 +233,10 @@ pub async fn run(
                             // An assignment that already finished for this exact index is not re-run.
                             if finished.get(&a.rollout).is_some_and(|s| s.chunk_index == a.chunk_index) { continue; }
                             finished.remove(&a.rollout);
+                            // A finished assignment that is only seeding gives the engine up to new work.
+                            for w in running.values().filter(|w| w.progress.borrow().phase == AssignmentPhase::Installed) {
+                                w.cancel.cancel();
+                            }
                             let initial = AssignmentStatus {
                                 rollout: a.rollout.clone(), chunk_index: a.chunk_index.clone(),
                                 phase: AssignmentPhase::Pending, ..Default::default()
