@@ -1,0 +1,661 @@
+//! The operator against a REAL Kubernetes API server (etcd + crd-apiserver from `ApiServer::start`, or
+//! the cluster of `POLLEN_E2E_KUBECONFIG`) and a real registry with real signed artifacts.
+//!
+//! - the generated CRDs apply (structurally valid, CEL rules compile) and the server enforces CEL;
+//! - the operator, run in-process through `pollen_operator::app::run` with the real trust pipeline,
+//!   hands a canary its assignment, then the rest of the fleet once the canary reports `Installed`
+//!   (the agents are simulated by writing EdgeNode status here), until `Complete`; the chunk index it
+//!   assigned verifies with the director and publisher keys; deleting the rollout removes the
+//!   assignments;
+//! - unsigned and wrong-key artifacts end `Verified=False` with zero assignments.
+//!
+//! Needs `crd-apiserver` + `etcd` (e2e/tools/build-apiserver.sh) and `docker-registry`
+//! (e2e/tools/install-deps.sh). Without them: fails under `CI`, skips with a reason otherwise.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use pollen_crds::conditions::{reasons, types};
+use pollen_crds::rollout::{ArtifactSource, InstallSettings};
+use pollen_crds::{
+    DirectorKey, EdgeNode, EdgeNodeSpec, Publisher, RolloutPhase, RolloutStrategy, TransferSettings,
+    TrustPolicy, TrustPolicySpec, UpdateRollout, UpdateRolloutSpec, Wave,
+};
+use pollen_e2e::apiserver::{ApiServer, KUBECONFIG_ENV, retry_throttled};
+use pollen_e2e::registry::Registry as TestRegistry;
+use pollen_e2e::tools;
+use pollen_trust::keys::SigningKey;
+use pollen_trust::oci::{self, Descriptor, Manifest, OCI_MANIFEST_MEDIA_TYPE};
+use pollen_trust::publish::{self, PublishOptions};
+use pollen_trust::registry::{Registry, RegistryOptions, parse_reference};
+use pollen_trust::verify::{self, VerifyContext};
+use serde_json::json;
+
+const CRDS: &str = include_str!("../../crds/pollen.dev.yaml");
+const NS: &str = "default";
+const PASSWORD: &str = "director-test-password";
+const PP: PostParams = PostParams {
+    dry_run: false,
+    field_manager: None,
+};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    options: pollen_operator::app::Options,
+}
+
+fn apiserver_available() -> bool {
+    std::env::var_os(KUBECONFIG_ENV).is_some() || tools::require_all(["crd-apiserver", "etcd"]).is_some()
+}
+
+fn install_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// A short random suffix, so that runs against a shared cluster do not collide.
+fn suffix() -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{:x}", (n ^ u128::from(std::process::id())) & 0xff_ffff)
+}
+
+async fn start_apiserver() -> (ApiServer, Client) {
+    let server = ApiServer::from_env().await.expect("API server starts");
+    let names = server
+        .apply_crds_yaml(CRDS)
+        .await
+        .expect("the generated CRDs apply");
+    assert_eq!(
+        names,
+        vec![
+            "updaterollouts.pollen.dev",
+            "edgenodes.pollen.dev",
+            "trustpolicies.pollen.dev"
+        ]
+    );
+    let client = server.client().await.expect("client");
+    (server, client)
+}
+
+fn rollout(name: &str, reference: &str, target: &str, selector: &str, waves: Vec<Wave>) -> UpdateRollout {
+    let mut ur = UpdateRollout::new(
+        name,
+        UpdateRolloutSpec {
+            artifact: ArtifactSource {
+                reference: reference.into(),
+                pull_secret: None,
+            },
+            trust_policy: format!("fleet-{}", selector),
+            selector: LabelSelector {
+                match_labels: Some(BTreeMap::from([("fleet".into(), selector.into())])),
+                ..LabelSelector::default()
+            },
+            strategy: RolloutStrategy {
+                waves,
+                ..RolloutStrategy::default()
+            },
+            transfer: TransferSettings::default(),
+            install: InstallSettings {
+                target_path: target.into(),
+                keep_versions: 2,
+                activation_window: None,
+            },
+        },
+    );
+    ur.metadata.namespace = Some(NS.into());
+    ur
+}
+
+fn wave_count(c: i32) -> Wave {
+    Wave {
+        count: Some(c),
+        percent: None,
+        pause: None,
+    }
+}
+fn wave_percent(p: i32) -> Wave {
+    Wave {
+        count: None,
+        percent: Some(p),
+        pause: None,
+    }
+}
+
+#[tokio::test]
+async fn crds_apply_and_the_server_enforces_their_cel_rules() {
+    if !apiserver_available() {
+        return;
+    }
+    install_provider();
+    let (_server, client) = start_apiserver().await;
+    let urs: Api<UpdateRollout> = Api::namespaced(client.clone(), NS);
+    let s = suffix();
+
+    let good = rollout(
+        &format!("good-{s}"),
+        "registry.example/fw:1.0",
+        "fw.bin",
+        "x",
+        vec![wave_count(1)],
+    );
+    retry_throttled(|| urs.create(&PP, &good))
+        .await
+        .expect("a valid rollout is accepted");
+
+    let mut both = rollout(
+        &format!("both-{s}"),
+        "registry.example/fw:1.0",
+        "fw.bin",
+        "x",
+        vec![],
+    );
+    both.spec.strategy.waves = vec![Wave {
+        count: Some(1),
+        percent: Some(10),
+        pause: None,
+    }];
+    match urs.create(&PostParams::default(), &both).await {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 422, "{e:?}");
+            assert!(
+                e.message.contains("exactly one of count or percent"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("a wave with both count and percent must be refused, got {other:?}"),
+    }
+
+    let escape = rollout(
+        &format!("escape-{s}"),
+        "registry.example/fw:1.0",
+        "../etc/passwd",
+        "x",
+        vec![],
+    );
+    match urs.create(&PostParams::default(), &escape).await {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 422, "{e:?}"),
+        other => panic!("a target path with '..' must be refused, got {other:?}"),
+    }
+
+    let bad_ref = rollout(&format!("badref-{s}"), "Not A Reference", "fw.bin", "x", vec![]);
+    match urs.create(&PostParams::default(), &bad_ref).await {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 422, "{e:?}"),
+        other => panic!("a malformed reference must be refused, got {other:?}"),
+    }
+    urs.delete(&good.name_any(), &DeleteParams::default())
+        .await
+        .expect("cleanup");
+}
+
+/// A real registry, keys, a TrustPolicy, labelled EdgeNodes, and the operator running in-process.
+struct Fleet {
+    _server: ApiServer,
+    client: Client,
+    registry: TestRegistry,
+    oci: Registry,
+    dir: tempfile::TempDir,
+    publisher: SigningKey,
+    director: SigningKey,
+    label: String,
+    nodes: Vec<String>,
+    metrics_addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    operator: Option<tokio::task::JoinHandle<Result<(), pollen_operator::app::AppError>>>,
+}
+
+impl Fleet {
+    async fn start(nodes: usize) -> Option<Fleet> {
+        if !apiserver_available() {
+            return None;
+        }
+        tools::require("docker-registry")?;
+        install_provider();
+        let (server, client) = start_apiserver().await;
+        let registry = TestRegistry::start().await.expect("registry starts");
+        let dir = tempfile::tempdir().unwrap();
+        let docker_config = dir.path().join("docker-config.json");
+        std::fs::write(&docker_config, br#"{"auths":{}}"#).unwrap();
+        let oci = Registry::new(&RegistryOptions {
+            insecure: true,
+            docker_config: Some(docker_config),
+        })
+        .expect("registry client");
+        let publisher = SigningKey::generate().unwrap();
+        let director = SigningKey::generate().unwrap();
+        let label = format!("e2e-{}", suffix());
+
+        let tps: Api<TrustPolicy> = Api::all(client.clone());
+        let tp = TrustPolicy::new(
+            &format!("fleet-{label}"),
+            TrustPolicySpec {
+                publishers: vec![Publisher {
+                    name: "release-team".into(),
+                    public_key: publisher.public_key().unwrap().pem().to_string(),
+                }],
+                director: DirectorKey {
+                    public_key: director.public_key().unwrap().pem().to_string(),
+                },
+            },
+        );
+        retry_throttled(|| tps.create(&PP, &tp))
+            .await
+            .expect("TrustPolicy created");
+
+        let ens: Api<EdgeNode> = Api::all(client.clone());
+        let mut names = Vec::new();
+        for i in 0..nodes {
+            let name = format!("{label}-gw-{i}");
+            let mut en = EdgeNode::new(&name, EdgeNodeSpec::default());
+            en.metadata.labels = Some(BTreeMap::from([("fleet".to_string(), label.clone())]));
+            retry_throttled(|| ens.create(&PP, &en))
+                .await
+                .expect("EdgeNode created");
+            names.push(name);
+        }
+        let metrics_addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let mut fleet = Fleet {
+            _server: server,
+            client,
+            registry,
+            oci,
+            dir,
+            publisher,
+            director,
+            label,
+            nodes: names,
+            metrics_addr,
+            stop: None,
+            operator: None,
+        };
+        fleet.run_operator().await;
+        Some(fleet)
+    }
+
+    async fn run_operator(&mut self) {
+        let key_path = self.dir.path().join("director.key");
+        std::fs::write(
+            &key_path,
+            self.director.to_encrypted_pem(PASSWORD.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        let password_path = self.dir.path().join("director.password");
+        std::fs::write(&password_path, format!("{PASSWORD}\n")).unwrap();
+        let docker_config = self.dir.path().join("docker-config.json");
+        let cli = Cli::parse_from([
+            "pollen-operator".to_string(),
+            format!("--director-key={}", key_path.display()),
+            format!("--director-key-password-file={}", password_path.display()),
+            format!("--docker-config={}", docker_config.display()),
+            format!("--insecure-registry={}", self.registry.host()),
+            format!("--metrics-addr={}", self.metrics_addr),
+            // On the CRD-only server Leases are not served: run without, saying so.
+            "--leader-election-optional".to_string(),
+            format!("--lease-namespace={NS}"),
+            format!("--lease-name=pollen-operator-{}", self.label),
+        ]);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let client = self.client.clone();
+        self.operator = Some(tokio::spawn(pollen_operator::app::run(
+            cli.options,
+            client,
+            async move {
+                let _ = rx.await;
+            },
+        )));
+        self.stop = Some(tx);
+    }
+
+    async fn stop_operator(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.operator.take() {
+            let res = tokio::time::timeout(Duration::from_secs(20), h)
+                .await
+                .expect("the operator shuts down within 20 s")
+                .expect("the operator task does not panic");
+            res.expect("the operator stops without error");
+        }
+    }
+
+    fn repo(&self, name: &str) -> String {
+        format!("{}/fleet/{name}", self.registry.host())
+    }
+
+    /// Publish `bytes` to `repo:tag`, signed by `key` (or unsigned).
+    async fn publish(&self, repo: &str, tag: &str, bytes: Vec<u8>, key: Option<&SigningKey>) -> String {
+        let target = parse_reference(&format!("{repo}:{tag}")).unwrap();
+        match key {
+            Some(key) => {
+                publish::publish_bytes(
+                    &self.oci,
+                    &target,
+                    "fw.bin",
+                    bytes,
+                    key,
+                    &PublishOptions::default(),
+                )
+                .await
+                .expect("published");
+            }
+            None => {
+                let size = bytes.len() as u64;
+                let mut layer = self.oci.push_blob(&target, bytes).await.expect("blob pushed");
+                layer.size = size;
+                self.oci
+                    .push_blob(&target, oci::EMPTY_CONFIG.to_vec())
+                    .await
+                    .expect("config pushed");
+                let manifest =
+                    Manifest::artifact(oci::PAYLOAD_ARTIFACT_TYPE, vec![layer], None::<Descriptor>);
+                self.oci
+                    .push_manifest(&target, manifest.to_bytes(), OCI_MANIFEST_MEDIA_TYPE)
+                    .await
+                    .expect("manifest pushed");
+            }
+        }
+        format!("{repo}:{tag}")
+    }
+
+    fn rollouts(&self) -> Api<UpdateRollout> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    /// Node name → chunk index of `rollout`'s assignment, for this fleet's nodes.
+    async fn assignments(&self, rollout: &str) -> BTreeMap<String, String> {
+        let key = format!("{NS}/{rollout}");
+        let ens: Api<EdgeNode> = Api::all(self.client.clone());
+        let mut out = BTreeMap::new();
+        for n in &self.nodes {
+            let en = ens.get(n).await.expect("EdgeNode readable");
+            if let Some(a) = en.spec.assignments.iter().find(|a| a.rollout == key) {
+                out.insert(n.clone(), a.chunk_index.clone());
+            }
+        }
+        out
+    }
+
+    /// The agent of `node` reports `phase` for `rollout` (server-side apply on /status, as an agent would).
+    async fn report(&self, node: &str, rollout: &str, index: &str, phase: &str, size: i64) {
+        let ens: Api<EdgeNode> = Api::all(self.client.clone());
+        let body = json!({
+            "apiVersion": "pollen.dev/v1alpha1",
+            "kind": "EdgeNode",
+            "status": {
+                "endpoint": "127.0.0.1:7400",
+                "assignments": [{
+                    "rollout": format!("{NS}/{rollout}"),
+                    "chunkIndex": index,
+                    "phase": phase,
+                    "verifiedBytes": size,
+                    "totalBytes": size,
+                    "bytesFromPeers": size * 3 / 4,
+                    "bytesFromOrigin": size - size * 3 / 4,
+                }],
+            },
+        });
+        ens.patch_status(
+            node,
+            &PatchParams::apply(&format!("pollen-agent-{node}")).force(),
+            &Patch::Apply(body),
+        )
+        .await
+        .expect("agent status written");
+    }
+
+    async fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl AsyncFnMut() -> Option<T>,
+    ) -> T {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            if start.elapsed() > timeout {
+                panic!("timed out after {timeout:?} waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.metrics_addr)
+            .await
+            .expect("metrics endpoint");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+}
+
+fn condition(ur: &UpdateRollout, t: &str) -> Option<(String, String)> {
+    ur.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == t)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+#[tokio::test]
+async fn a_rollout_goes_canary_first_then_the_fleet_until_complete() {
+    let Some(mut fleet) = Fleet::start(4).await else {
+        return;
+    };
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let size = payload.len() as i64;
+    let repo = fleet.repo(&format!("gateway-{}", fleet.label));
+    let reference = fleet.publish(&repo, "1.0", payload, Some(&fleet.publisher)).await;
+    let name = format!("gw-{}", fleet.label);
+    let ur = rollout(
+        &name,
+        &reference,
+        "firmware/gw.bin",
+        &fleet.label,
+        vec![wave_count(1), wave_percent(100)],
+    );
+    let applied = Instant::now();
+    let urs = fleet.rollouts();
+    retry_throttled(|| urs.create(&PP, &ur))
+        .await
+        .expect("rollout created");
+
+    // Only the canary gets an assignment.
+    let canary = fleet
+        .wait_for("the canary's assignment", Duration::from_secs(60), async || {
+            let a = fleet.assignments(&name).await;
+            (!a.is_empty()).then_some(a)
+        })
+        .await;
+    let to_canary = applied.elapsed();
+    assert_eq!(canary.len(), 1, "exactly one canary: {canary:?}");
+    let (canary_node, index) = canary.into_iter().next().unwrap();
+    let ur = fleet.rollouts().get(&name).await.unwrap();
+    assert_eq!(
+        condition(&ur, types::VERIFIED),
+        Some(("True".into(), reasons::SIGNATURE_VERIFIED.into()))
+    );
+    assert_eq!(condition(&ur, types::INDEXED).map(|c| c.0), Some("True".into()));
+    let st = ur.status.clone().unwrap();
+    assert_eq!(st.chunk_index.as_deref(), Some(index.as_str()));
+    assert_eq!(st.artifact_size, Some(size));
+    assert_eq!(st.observed_generation, ur.metadata.generation);
+    assert!(st.artifact_digest.as_deref().unwrap().contains("@sha256:"));
+
+    // The index the operator built and signed verifies like an edge node would verify it.
+    let trust = verify::TrustPolicy {
+        publisher_keys: vec![fleet.publisher.public_key().unwrap()],
+        director_key: fleet.director.public_key().unwrap(),
+    };
+    let verified = verify::verify(&fleet.oci, &index, &trust, &VerifyContext::now())
+        .await
+        .expect("index verifies");
+    assert_eq!(verified.index().rollout, format!("{NS}/{name}"));
+    assert_eq!(verified.index().target.path, "firmware/gw.bin");
+    assert_eq!(verified.index().payload.size, size as u64);
+
+    // The canary is still downloading: nobody else is assigned.
+    fleet
+        .report(&canary_node, &name, &index, "Downloading", size)
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        fleet.assignments(&name).await.len(),
+        1,
+        "no second wave while the canary downloads"
+    );
+
+    // The canary installs: the rest of the fleet is assigned.
+    fleet.report(&canary_node, &name, &index, "Installed", size).await;
+    let all = fleet
+        .wait_for(
+            "the second wave's assignments",
+            Duration::from_secs(30),
+            async || {
+                let a = fleet.assignments(&name).await;
+                (a.len() == fleet.nodes.len()).then_some(a)
+            },
+        )
+        .await;
+    assert!(
+        all.values().all(|i| *i == index),
+        "every node gets the same signed index"
+    );
+    for n in fleet.nodes.iter().filter(|n| **n != canary_node) {
+        fleet.report(n, &name, &index, "Installed", size).await;
+    }
+    let done = fleet
+        .wait_for("Complete", Duration::from_secs(30), async || {
+            let ur = fleet.rollouts().get(&name).await.ok()?;
+            (condition(&ur, types::COMPLETE).map(|c| c.0).as_deref() == Some("True")).then_some(ur)
+        })
+        .await;
+    let to_complete = applied.elapsed();
+    let st = done.status.unwrap();
+    assert_eq!(st.phase, RolloutPhase::Complete);
+    assert_eq!(st.progress.as_deref(), Some("4/4"));
+    assert_eq!(st.offload.as_deref(), Some("75%"));
+    assert_eq!(st.nodes.installed, 4);
+    eprintln!(
+        "operator on a real API server: canary assigned {:?} after apply, Complete {:?} after apply \
+         (agents simulated)",
+        to_canary, to_complete
+    );
+
+    let metrics = fleet.metrics().await;
+    assert!(
+        metrics.contains("pollen_operator_rollouts{phase=\"Complete\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "pollen_operator_rollout_nodes{{rollout=\"{NS}/{name}\",phase=\"installed\"}} 4"
+        )),
+        "{metrics}"
+    );
+
+    // Deleting the rollout removes its assignments and leaves the agents' statuses alone.
+    fleet
+        .rollouts()
+        .delete(&name, &DeleteParams::default())
+        .await
+        .expect("rollout deleted");
+    fleet
+        .wait_for(
+            "the rollout and its assignments to go",
+            Duration::from_secs(30),
+            async || {
+                let gone = fleet.rollouts().get_opt(&name).await.ok()?.is_none();
+                (gone && fleet.assignments(&name).await.is_empty()).then_some(())
+            },
+        )
+        .await;
+    let ens: Api<EdgeNode> = Api::all(fleet.client.clone());
+    let en = ens.get(&canary_node).await.unwrap();
+    assert_eq!(
+        en.status.unwrap().assignments.len(),
+        1,
+        "the agent's report stays"
+    );
+    fleet.stop_operator().await;
+}
+
+#[tokio::test]
+async fn unsigned_and_wrong_key_artifacts_end_verified_false_with_zero_assignments() {
+    let Some(mut fleet) = Fleet::start(3).await else {
+        return;
+    };
+    let stranger = SigningKey::generate().unwrap();
+    let unsigned_repo = fleet.repo(&format!("unsigned-{}", fleet.label));
+    let unsigned = fleet
+        .publish(&unsigned_repo, "1.0", vec![7u8; 10_000], None)
+        .await;
+    let foreign_repo = fleet.repo(&format!("foreign-{}", fleet.label));
+    let foreign = fleet
+        .publish(&foreign_repo, "1.0", vec![9u8; 10_000], Some(&stranger))
+        .await;
+
+    let a = format!("unsigned-{}", fleet.label);
+    let b = format!("foreign-{}", fleet.label);
+    let urs = fleet.rollouts();
+    for (name, reference, target) in [(&a, &unsigned, "fw/a.bin"), (&b, &foreign, "fw/b.bin")] {
+        let ur = rollout(name, reference, target, &fleet.label, vec![]);
+        retry_throttled(|| urs.create(&PP, &ur))
+            .await
+            .expect("rollout created");
+    }
+    for (name, reason) in [(&a, reasons::UNSIGNED), (&b, reasons::UNTRUSTED_SIGNATURE)] {
+        let ur = fleet
+            .wait_for(
+                &format!("Verified=False on {name}"),
+                Duration::from_secs(60),
+                async || {
+                    let ur = fleet.rollouts().get(name).await.ok()?;
+                    (condition(&ur, types::VERIFIED).map(|c| c.0).as_deref() == Some("False")).then_some(ur)
+                },
+            )
+            .await;
+        assert_eq!(
+            condition(&ur, types::VERIFIED),
+            Some(("False".into(), reason.into())),
+            "{name}"
+        );
+        let st = ur.status.unwrap();
+        assert_eq!(st.phase, RolloutPhase::Failed);
+        assert_eq!(st.chunk_index, None);
+    }
+    // Give the operator time to do anything it would do; it must not assign.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for name in [&a, &b] {
+        assert!(
+            fleet.assignments(name).await.is_empty(),
+            "{name} must have zero assignments"
+        );
+    }
+    let ens: Api<EdgeNode> = Api::all(fleet.client.clone());
+    for n in &fleet.nodes {
+        assert!(
+            ens.get(n).await.unwrap().spec.assignments.is_empty(),
+            "{n} has no assignment at all"
+        );
+    }
+    fleet.stop_operator().await;
+}
