@@ -69,6 +69,9 @@ pub struct EngineConfig {
     pub download_limit: Option<u64>,
     /// Whether the origin may be used at all.
     pub origin: bool,
+    /// How long to wait at start for the static peers before reading from the origin, so that the
+    /// origin-once ownership is computed over the whole swarm.
+    pub origin_grace: Duration,
     /// Most concurrent peer connections.
     pub max_connections: usize,
     /// Concurrent chunk uploads overall.
@@ -96,6 +99,7 @@ impl EngineConfig {
             upload_limit: None,
             download_limit: None,
             origin: true,
+            origin_grace: Duration::from_secs(2),
             max_connections: 64,
             upload_slots: 16,
             upload_slots_per_peer: 8,
@@ -187,6 +191,7 @@ struct Shared {
     peers: Mutex<HashMap<String, PeerEntry>>,
     next_id: Mutex<PeerId>,
     banned: Mutex<HashSet<String>>,
+    banned_addrs: Mutex<HashSet<SocketAddr>>,
     known: Mutex<BTreeSet<SocketAddr>>,
     dialing: Mutex<HashSet<SocketAddr>>,
     dial_now: tokio::sync::Notify,
@@ -201,6 +206,8 @@ struct Shared {
     endpoint: quinn::Endpoint,
     http: reqwest::Client,
     origin: bool,
+    origin_grace: Duration,
+    static_peers: usize,
     max_connections: usize,
     shutdown: CancellationToken,
     #[cfg(feature = "testing")]
@@ -261,6 +268,7 @@ impl Engine {
             peers: Mutex::new(HashMap::new()),
             next_id: Mutex::new(0),
             banned: Mutex::new(HashSet::new()),
+            banned_addrs: Mutex::new(HashSet::new()),
             known: Mutex::new(known),
             dialing: Mutex::new(HashSet::new()),
             dial_now: tokio::sync::Notify::new(),
@@ -275,6 +283,8 @@ impl Engine {
             endpoint,
             http,
             origin: cfg.origin,
+            origin_grace: cfg.origin_grace,
+            static_peers: cfg.peers.len(),
             max_connections: cfg.max_connections,
             shutdown,
             #[cfg(feature = "testing")]
@@ -495,19 +505,19 @@ impl Shared {
                 .map(|p| p.conn.remote_address())
                 .collect();
             let known: Vec<SocketAddr> = self.known.lock().expect("known").iter().copied().collect();
+            let banned = self.banned_addrs.lock().expect("banned").clone();
             for addr in known {
-                if connected.contains(&addr) || !self.dialing.lock().expect("dialing").insert(addr) {
+                if connected.contains(&addr)
+                    || banned.contains(&addr)
+                    || !self.dialing.lock().expect("dialing").insert(addr)
+                {
                     continue;
                 }
                 let s = self.clone();
                 tokio::spawn(async move {
                     match s.endpoint.connect(addr, "pollen-peer") {
                         Ok(connecting) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
-                            Ok(Ok(conn)) => {
-                                s.dialing.lock().expect("dialing").remove(&addr);
-                                s.run_conn(conn, true).await;
-                                return;
-                            }
+                            Ok(Ok(conn)) => s.clone().run_conn(conn, true).await,
                             Ok(Err(e)) => debug!(%addr, error = %e, "dial failed"),
                             Err(_) => debug!(%addr, "dial timed out"),
                         },
@@ -630,6 +640,13 @@ impl Shared {
             .take(protocol::MAX_PEERS)
             .collect();
         let _ = tx.try_send(Message::Peers { addrs });
+        let fetching = self.picker.lock().expect("picker").origin_inflight();
+        for l in protocol::chunk_lists(&fetching) {
+            let _ = tx.try_send(Message::Fetching {
+                index: self.id,
+                chunks: l,
+            });
+        }
         // Tell the others about the newcomer, so that they can trade with it directly.
         {
             let news = Message::Peers {
@@ -1018,6 +1035,10 @@ impl Shared {
             .get_or_create(&PeerLabel { peer: name.into() })
             .inc();
         self.banned.lock().expect("banned").insert(name.to_owned());
+        self.banned_addrs
+            .lock()
+            .expect("banned")
+            .insert(conn.remote_address());
         conn.close(protocol::CLOSE_REFUSED.into(), b"banned: bad chunk");
     }
 
@@ -1096,6 +1117,15 @@ impl Shared {
             return;
         }
         let mut gen_rx = self.generation.subscribe();
+        // Grace: let the static peers connect first, so that every node computes the same owners.
+        let grace_end = Instant::now() + self.origin_grace;
+        while Instant::now() < grace_end && self.peers.lock().expect("peers").len() < self.static_peers {
+            tokio::select! {
+                _ = gen_rx.changed() => {},
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {},
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
         let mut inflight: JoinSet<(u32, Duration, Result<(), FetchError>)> = JoinSet::new();
         let mut backoff_until = Instant::now();
         loop {

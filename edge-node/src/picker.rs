@@ -169,6 +169,18 @@ impl Picker {
         self.origin_bytes
     }
 
+    /// Chunks in flight from the origin (announced to new peers as `Fetching`).
+    pub fn origin_inflight(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self
+            .inflight
+            .iter()
+            .filter(|(_, s)| s.contains(&Source::Origin))
+            .map(|(c, _)| *c)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
     /// Requests in flight to a peer.
     pub fn peer_inflight(&self, id: PeerId) -> u32 {
         self.peers.get(&id).map_or(0, |p| p.inflight)

@@ -168,6 +168,15 @@ fn target_file(index: &VerifiedIndex) -> String {
 /// Verifies the index, runs the swarm until complete, installs, then seeds per the options. Ends early
 /// with [`EngineError::Stopped`] when `shutdown` fires before completion.
 pub async fn run(opts: StandaloneOptions, shutdown: CancellationToken) -> Result<Outcome, StandaloneError> {
+    run_with_metrics(opts, Arc::new(Metrics::default()), shutdown).await
+}
+
+/// [`run`] recording into the given metrics (tests read them directly).
+pub async fn run_with_metrics(
+    opts: StandaloneOptions,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<Outcome, StandaloneError> {
     let tls = TlsIdentity::load(&opts.cert, &opts.key, &opts.ca)?;
     if let Some(flag) = &opts.name
         && flag != tls.name()
@@ -187,7 +196,6 @@ pub async fn run(opts: StandaloneOptions, shutdown: CancellationToken) -> Result
         publisher_keys: opts.publisher_keys.iter().map(key).collect::<Result<_, _>>()?,
         director_key: key(&opts.director_key)?,
     };
-    let metrics = Arc::new(Metrics::default());
     if let Some(addr) = opts.metrics {
         let (bound, _task) = crate::metrics::serve(addr, metrics.clone(), shutdown.clone())
             .await

@@ -77,6 +77,7 @@ pub struct Store {
     payload_size: u64,
     hashes: Vec<[u8; 32]>,
     state: Mutex<State>,
+    persist_lock: Mutex<()>,
 }
 
 #[derive(Debug)]
@@ -118,6 +119,7 @@ impl Store {
                 have: Bitfield::new(n),
                 unpersisted: 0,
             }),
+            persist_lock: Mutex::new(()),
         };
         let loaded = store.load_bits(n);
         let mut have = Bitfield::new(n);
@@ -234,6 +236,7 @@ impl Store {
 
     /// Makes the present chunks durable: fdatasync the payload, then atomically replace the bitfield file.
     pub fn persist(&self) -> Result<(), StoreError> {
+        let _one_at_a_time = self.persist_lock.lock().expect("persist lock");
         self.file
             .sync_data()
             .map_err(io("fdatasync", &self.payload_path))?;

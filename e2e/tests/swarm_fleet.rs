@@ -1,0 +1,221 @@
+//! Multi-node swarm tests: real QUIC with mutual TLS on 127.0.0.1, the real registry (Debian's
+//! `docker-registry`) as the origin behind a byte-counting proxy, and an index really published, signed
+//! and verified by pollen-trust. Each node is `pollen_edge_node::standalone::run`, the code behind
+//! `pollen-edge-node standalone`.
+
+mod swarm_support;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use pollen_edge_node::engine::{Engine, EngineConfig};
+use pollen_edge_node::metrics::{Metrics, PeerLabel};
+use pollen_edge_node::standalone::{self, Outcome, StandaloneError};
+use pollen_edge_node::store::Store;
+use swarm_support::*;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+type Run = JoinHandle<Result<Outcome, StandaloneError>>;
+
+fn spawn_node(opts: standalone::StandaloneOptions, shutdown: &CancellationToken) -> (Arc<Metrics>, Run) {
+    let m = Arc::new(Metrics::default());
+    let task = tokio::spawn(standalone::run_with_metrics(opts, m.clone(), shutdown.clone()));
+    (m, task)
+}
+
+/// Waits until every node installed (its `current` link exists and progress is 1), then stops them all.
+async fn finish(
+    nodes: Vec<(Arc<Metrics>, Run)>,
+    roots: &[std::path::PathBuf],
+    p: &Published,
+    shutdown: CancellationToken,
+    limit: Duration,
+) -> Vec<Outcome> {
+    let ok = wait_for(limit, || {
+        nodes
+            .iter()
+            .all(|(m, t)| progress(m, p) >= 1.0 || t.is_finished())
+            && roots.iter().all(|r| r.join("current").exists())
+    })
+    .await;
+    let progress_now: Vec<f64> = nodes.iter().map(|(m, _)| progress(m, p)).collect();
+    shutdown.cancel();
+    let mut out = Vec::new();
+    for (_, t) in nodes {
+        out.push(t.await.expect("node task").expect("node run"));
+    }
+    assert!(ok, "not every node completed in time: {progress_now:?}");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_nodes_complete_and_read_the_origin_about_once() {
+    let Some(reg) = registry().await else { return };
+    let fleet = Fleet::new();
+    let size = 8 * 1024 * 1024;
+    let p = publish(
+        &reg.host(),
+        "v1",
+        payload(size, 1),
+        64 * 1024,
+        1,
+        fleet.dir.path(),
+    )
+    .await;
+    let proxy = Proxy::start(reg.addr()).await;
+    let index_ref = proxy.reference(&p.index_ref, &reg.host());
+    let addrs: Vec<_> = (0..8).map(|_| free_udp()).collect();
+    let shutdown = CancellationToken::new();
+    let mut nodes = Vec::new();
+    let mut roots = Vec::new();
+    for (i, a) in addrs.iter().enumerate() {
+        let o = fleet.node(&format!("n{i}"), *a, &addrs, &p, &index_ref);
+        roots.push(o.install_root.clone());
+        nodes.push(spawn_node(o, &shutdown));
+    }
+    let metrics: Vec<Arc<Metrics>> = nodes.iter().map(|(m, _)| m.clone()).collect();
+    let outs = finish(nodes, &roots, &p, shutdown, Duration::from_secs(120)).await;
+    for o in &outs {
+        assert_eq!(std::fs::read(&o.installed).unwrap(), p.payload, "installed bytes");
+    }
+    let blob: u64 = metrics.iter().map(|m| m.received("origin")).sum();
+    let wire = proxy.egress.load(Ordering::SeqCst);
+    let copies_blob = blob as f64 / size as f64;
+    let copies_wire = wire as f64 / size as f64;
+    let slowest = outs.iter().map(|o| o.seconds).fold(0.0, f64::max);
+    eprintln!(
+        "8 nodes, 8 MiB: origin blob bytes {copies_blob:.4} copies, origin HTTP egress (headers, manifests, \
+         signatures, index included) {copies_wire:.4} copies, last node complete after {slowest:.2} s"
+    );
+    assert!(
+        copies_blob >= 1.0,
+        "every chunk came from the origin at least once"
+    );
+    assert!(copies_wire <= 1.08, "origin read {copies_wire:.4} copies");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_completes_when_the_origin_dies_after_the_first_copy() {
+    let Some(mut reg) = registry().await else { return };
+    let fleet = Fleet::new();
+    let size = 4 * 1024 * 1024;
+    let p = publish(
+        &reg.host(),
+        "v1",
+        payload(size, 2),
+        64 * 1024,
+        1,
+        fleet.dir.path(),
+    )
+    .await;
+    let proxy = Proxy::start(reg.addr()).await;
+    let index_ref = proxy.reference(&p.index_ref, &reg.host());
+    let addrs: Vec<_> = (0..6).map(|_| free_udp()).collect();
+    let shutdown = CancellationToken::new();
+    let mut nodes = Vec::new();
+    let mut roots = Vec::new();
+    for (i, a) in addrs.iter().enumerate() {
+        let mut o = fleet.node(&format!("d{i}"), *a, &addrs, &p, &index_ref);
+        // Slow peers so that the fleet is far from done when the origin has sent its copy.
+        o.upload_limit = Some(1024 * 1024);
+        roots.push(o.install_root.clone());
+        nodes.push(spawn_node(o, &shutdown));
+    }
+    let metrics: Vec<Arc<Metrics>> = nodes.iter().map(|(m, _)| m.clone()).collect();
+    let first_copy = wait_for(Duration::from_secs(60), || {
+        metrics.iter().map(|m| m.received("origin")).sum::<u64>() >= size as u64
+    })
+    .await;
+    assert!(first_copy, "the origin never sent a full copy");
+    proxy.down.store(true, Ordering::SeqCst);
+    reg.stop().await.expect("stop registry");
+    let done_at_outage: usize = metrics.iter().filter(|m| progress(m, &p) >= 1.0).count();
+    eprintln!("origin down; {done_at_outage} of 6 nodes complete at that moment");
+    assert!(done_at_outage < 6, "the outage must happen mid-rollout");
+    let outs = finish(nodes, &roots, &p, shutdown, Duration::from_secs(120)).await;
+    for o in &outs {
+        assert_eq!(std::fs::read(&o.installed).unwrap(), p.payload);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_peer_is_banned_and_the_rollout_completes() {
+    let Some(reg) = registry().await else { return };
+    let fleet = Fleet::new();
+    let size = 2 * 1024 * 1024;
+    let p = publish(
+        &reg.host(),
+        "v1",
+        payload(size, 3),
+        64 * 1024,
+        1,
+        fleet.dir.path(),
+    )
+    .await;
+    // The hostile node holds every chunk and corrupts each one it serves.
+    let evil_dir = fleet.dir.path().join("evil");
+    std::fs::create_dir_all(&evil_dir).unwrap();
+    {
+        let s = Store::open(&evil_dir, &p.verified).unwrap();
+        for c in 0..p.verified.chunk_count() {
+            let r = p.verified.chunk_range(c);
+            s.put(c, &p.payload[r.start as usize..r.end as usize]).unwrap();
+        }
+        s.persist().unwrap();
+    }
+    let mut cfg = EngineConfig::new(fleet.ca.issue("evil").identity(&fleet.ca), free_udp(), evil_dir);
+    cfg.origin = false;
+    cfg.corrupt_uploads = true;
+    let evil_shutdown = CancellationToken::new();
+    let evil = Engine::start(
+        cfg,
+        p.verified.clone(),
+        Arc::new(Metrics::default()),
+        evil_shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let evil_addr = evil.local_addr();
+
+    let proxy = Proxy::start(reg.addr()).await;
+    let index_ref = proxy.reference(&p.index_ref, &reg.host());
+    let addrs: Vec<_> = (0..4).map(|_| free_udp()).collect();
+    let shutdown = CancellationToken::new();
+    let mut nodes = Vec::new();
+    let mut roots = Vec::new();
+    for (i, a) in addrs.iter().enumerate() {
+        let mut peers = addrs.clone();
+        peers.push(evil_addr);
+        let o = fleet.node(&format!("h{i}"), *a, &peers, &p, &index_ref);
+        roots.push(o.install_root.clone());
+        nodes.push(spawn_node(o, &shutdown));
+    }
+    let metrics: Vec<Arc<Metrics>> = nodes.iter().map(|(m, _)| m.clone()).collect();
+    let outs = finish(nodes, &roots, &p, shutdown, Duration::from_secs(120)).await;
+    for o in &outs {
+        assert_eq!(std::fs::read(&o.installed).unwrap(), p.payload);
+    }
+    let bans: Vec<u64> = metrics
+        .iter()
+        .map(|m| m.bans.get_or_create(&PeerLabel { peer: "evil".into() }).get())
+        .collect();
+    let fails: u64 = metrics
+        .iter()
+        .map(|m| {
+            m.verification_failures
+                .get_or_create(&PeerLabel { peer: "evil".into() })
+                .get()
+        })
+        .sum();
+    eprintln!("bans of the hostile peer per node: {bans:?}; verification failures: {fails}");
+    assert!(bans.iter().all(|&b| b <= 1), "banned at most once per node");
+    assert!(
+        bans.iter().sum::<u64>() >= 1,
+        "the hostile peer was caught and banned"
+    );
+    assert_eq!(fails, bans.iter().sum::<u64>(), "each failure led to a ban");
+    evil_shutdown.cancel();
+    evil.shutdown().await;
+}
