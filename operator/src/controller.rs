@@ -31,8 +31,8 @@ use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use pollen_crds::conditions::{reasons, types};
 use pollen_crds::{Assignment, EdgeNode, RolloutPhase, TrustPolicy, UpdateRollout, UpdateRolloutStatus};
@@ -79,7 +79,9 @@ pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 /// Settings of the reconciler.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// How often a distributing rollout is looked at even when nothing changes.
+    /// How often a distributing rollout is looked at even when nothing changes. EdgeNode changes
+    /// trigger a reconcile (debounced by 250 ms, so the EdgeNode cache has caught up); this resync
+    /// bounds the delay should a trigger ever run ahead of the cache.
     pub resync: Duration,
     /// How long to wait after a failed reconcile.
     pub error_backoff: Duration,
@@ -90,7 +92,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            resync: Duration::from_secs(60),
+            resync: Duration::from_secs(15),
             error_backoff: Duration::from_secs(15),
             blocked_retry: Duration::from_secs(30),
         }
@@ -115,6 +117,14 @@ impl Default for Diagnostics {
     }
 }
 
+/// The watch caches the controller keeps; reconciles read them instead of listing.
+pub struct Caches {
+    /// Every EdgeNode.
+    pub nodes: Store<EdgeNode>,
+    /// Every watched UpdateRollout.
+    pub rollouts: Store<UpdateRollout>,
+}
+
 /// Everything a reconcile needs.
 pub struct Context {
     /// The Kubernetes client.
@@ -131,6 +141,8 @@ pub struct Context {
     pub pipeline: Arc<dyn ArtifactPipeline>,
     /// The time source.
     pub clock: Clock,
+    /// The watch caches, once [`run`] set them up; without them a reconcile lists from the API.
+    pub caches: std::sync::OnceLock<Caches>,
 }
 
 impl Context {
@@ -162,6 +174,7 @@ impl Context {
             config,
             pipeline,
             clock: Arc::new(Timestamp::now),
+            caches: std::sync::OnceLock::new(),
         }
     }
 }
@@ -331,6 +344,27 @@ async fn settle(
     Ok(action)
 }
 
+/// Every EdgeNode: from the watch cache when there is one, else listed.
+async fn all_edge_nodes(ctx: &Context) -> Result<Vec<EdgeNode>, Error> {
+    if let Some(c) = ctx.caches.get() {
+        return Ok(c.nodes.state().iter().map(|n| (**n).clone()).collect());
+    }
+    let api: Api<EdgeNode> = Api::all(ctx.client.clone());
+    Ok(api.list(&ListParams::default()).await.map_err(Error::Kube)?.items)
+}
+
+/// Every (watched) UpdateRollout: from the watch cache when there is one, else listed.
+async fn all_rollouts(ctx: &Context) -> Result<Vec<UpdateRollout>, Error> {
+    if let Some(c) = ctx.caches.get() {
+        return Ok(c.rollouts.state().iter().map(|n| (**n).clone()).collect());
+    }
+    let api: Api<UpdateRollout> = Api::all(ctx.client.clone());
+    Ok(api.list(&ListParams::default()).await.map_err(Error::Kube)?.items)
+}
+
+/// How many assignment writes run at the same time.
+const WRITE_CONCURRENCY: usize = 16;
+
 async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
     let key = key_of(ur);
     let uid = ur.uid().ok_or(Error::MissingMetadata("uid"))?;
@@ -406,23 +440,14 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
 
     // Plan: the selected nodes, the conflict check, the waves.
     let nodes_api: Api<EdgeNode> = Api::all(ctx.client.clone());
-    let all_nodes = nodes_api
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::Kube)?
-        .items;
+    let all_nodes = all_edge_nodes(ctx).await?;
     let selected: Vec<&EdgeNode> = all_nodes
         .iter()
         .filter(|n| selector.matches(n.labels()))
         .collect();
     let selected_names: BTreeSet<String> = selected.iter().map(|n| n.name_any()).collect();
 
-    let rollouts: Api<UpdateRollout> = Api::all(ctx.client.clone());
-    let others = rollouts
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::Kube)?
-        .items;
+    let others = all_rollouts(ctx).await?;
     let claims: Vec<progress::Claim> = others
         .iter()
         .filter(|o| key_of(o) != key)
@@ -558,7 +583,7 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
     // Distribute: write only the entries that differ.
     let manager = assignment_manager(&uid);
     let sequence = st.sequence.unwrap_or(0);
-    let mut writes = 0usize;
+    let mut writes = Vec::new();
     for n in &all_nodes {
         let name = n.name_any();
         let desired = plan
@@ -574,12 +599,22 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
                 trust_policy: ur.spec.trust_policy.clone(),
             });
         if desired != entry_of(n) {
-            patch_assignment(&nodes_api, &name, &manager, desired.as_ref()).await?;
-            writes += 1;
+            writes.push((name, desired));
         }
     }
-    if writes > 0 {
-        debug!(rollout = %key, writes, "assignments written");
+    if !writes.is_empty() {
+        let count = writes.len();
+        futures::stream::iter(writes)
+            .map(|(name, desired)| {
+                let (api, manager) = (&nodes_api, &manager);
+                async move { patch_assignment(api, &name, manager, desired.as_ref()).await }
+            })
+            .buffer_unordered(WRITE_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<Vec<()>, Error>>()?;
+        debug!(rollout = %key, count, "assignments written");
     }
 
     // Status.
@@ -841,6 +876,9 @@ fn claim_of(ur: &UpdateRollout, nodes: &[EdgeNode]) -> progress::Claim {
 }
 
 /// Finalizer cleanup: remove this rollout's assignments from every EdgeNode. Installed versions stay.
+///
+/// Always lists from the API server, not the cache: a cache that has not yet seen a fresh assignment
+/// must not let the finalizer go with an assignment left behind.
 async fn cleanup(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
     let key = key_of(ur);
     let uid = ur.uid().ok_or(Error::MissingMetadata("uid"))?;
@@ -924,20 +962,34 @@ pub async fn run(
             return Err(e);
         }
     }
+    let (node_cache, node_writer) = reflector::store::<EdgeNode>();
+    // The cache reconciles read from (a watch of its own: `Controller::watches` keeps no store).
+    let node_events = reflector::reflector(node_writer, watcher(nodes.clone(), watcher::Config::default()))
+        .default_backoff()
+        .touched_objects();
+    let cache_task = tokio::spawn(node_events.for_each(|_| futures::future::ready(())));
     let controller = Controller::new(rollouts, watcher::Config::default().any_semantic());
     let store = controller.store();
+    let _ = ctx.caches.set(Caches {
+        nodes: node_cache.clone(),
+        rollouts: store.clone(),
+    });
     let node_store = store.clone();
     let policy_store = store.clone();
     let ready_store = store.clone();
     let diagnostics = ctx.diagnostics.clone();
     tokio::spawn(async move {
-        if ready_store.wait_until_ready().await.is_ok() {
+        if ready_store.wait_until_ready().await.is_ok() && node_cache.wait_until_ready().await.is_ok() {
             diagnostics.write().await.ready = true;
             info!("caches synced; ready");
         }
     });
     controller
-        .with_config(controller::Config::default().concurrency(concurrency))
+        .with_config(
+            controller::Config::default()
+                .concurrency(concurrency)
+                .debounce(Duration::from_millis(250)),
+        )
         .watches(nodes, watcher::Config::default(), move |node: EdgeNode| {
             rollouts_for_node(&node, &node_store.state())
         })
@@ -959,6 +1011,7 @@ pub async fn run(
             }
         })
         .await;
+    cache_task.abort();
     info!("controller stopped");
     Ok(())
 }
@@ -1282,7 +1335,7 @@ mod tests {
         let action = h.step("r").await.unwrap();
         assert_eq!(
             action,
-            Action::requeue(Duration::from_secs(60)),
+            Action::requeue(Duration::from_secs(15)),
             "looks again within the resync"
         );
         assert_eq!(

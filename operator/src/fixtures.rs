@@ -569,6 +569,7 @@ pub fn test_context(pipeline: Arc<dyn ArtifactPipeline>) -> (Arc<Context>, ApiSe
         config: Config::default(),
         pipeline,
         clock: Arc::new(move || *c.0.lock().unwrap()),
+        caches: std::sync::OnceLock::new(),
     };
     (Arc::new(ctx), ApiServerVerifier(handle), clock)
 }
