@@ -180,6 +180,120 @@ mod tests {
         }
     }
 
+    use http::{Request, Response};
+    use kube::client::Body;
+    use serde_json::{Value, json};
+
+    /// Answer lease requests: `stored` is what GET returns (`None`: 404); `put_code` what PUT answers.
+    /// Returns the (method, body) of every request.
+    async fn serve(
+        mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
+        stored: Option<Value>,
+        put_code: u16,
+    ) -> Vec<(String, Value)> {
+        let mut seen = Vec::new();
+        while let Some((req, send)) = handle.next_request().await {
+            let method = req.method().to_string();
+            assert!(
+                req.uri()
+                    .path()
+                    .starts_with("/apis/coordination.k8s.io/v1/namespaces/pollen/leases"),
+                "{}",
+                req.uri()
+            );
+            let bytes = req.into_body().collect_bytes().await.unwrap();
+            let body: Value = if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).unwrap()
+            };
+            let (code, out) = match (method.as_str(), &stored) {
+                ("GET", None) => (
+                    404,
+                    json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404,"message":"not found"}),
+                ),
+                ("GET", Some(l)) => (200, l.clone()),
+                ("POST", _) => (201, body.clone()),
+                ("PUT", _) if put_code == 200 => (200, body.clone()),
+                ("PUT", _) => (
+                    put_code,
+                    json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"Conflict","code":put_code,"message":"conflict"}),
+                ),
+                _ => panic!("unexpected {method}"),
+            };
+            seen.push((method, body));
+            send.send_response(
+                Response::builder()
+                    .status(code)
+                    .body(Body::from(serde_json::to_vec(&out).unwrap()))
+                    .unwrap(),
+            );
+        }
+        seen
+    }
+
+    fn lease(holder: &str, renewed: Timestamp) -> Value {
+        json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "op", "namespace": "pollen", "resourceVersion": "7"},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15, "renewTime": MicroTime(renewed), "leaseTransitions": 2}
+        })
+    }
+
+    async fn attempt(stored: Option<Value>, put_code: u16) -> (bool, Vec<(String, Value)>) {
+        let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = tokio::spawn(serve(handle, stored, put_code));
+        let le = LeaderElection::new(
+            Client::new(svc, "default"),
+            "pollen",
+            "op",
+            "me",
+            Duration::from_secs(15),
+        );
+        let won = le.try_acquire().await.unwrap();
+        drop(le);
+        (won, server.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_missing_lease_is_created_with_us_as_holder() {
+        let (won, seen) = attempt(None, 200).await;
+        assert!(won);
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[1].0, "POST");
+        assert_eq!(seen[1].1["spec"]["holderIdentity"], "me");
+    }
+
+    #[tokio::test]
+    async fn a_fresh_lease_of_another_replica_is_left_alone() {
+        let (won, seen) = attempt(Some(lease("other", Timestamp::now())), 200).await;
+        assert!(!won);
+        assert_eq!(seen.len(), 1, "only the GET");
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_is_taken_over_with_its_resource_version() {
+        let old = Timestamp::now()
+            .checked_sub(jiff::SignedDuration::from_secs(60))
+            .unwrap();
+        let (won, seen) = attempt(Some(lease("other", old)), 200).await;
+        assert!(won);
+        let (method, body) = &seen[1];
+        assert_eq!(method, "PUT");
+        assert_eq!(body["spec"]["holderIdentity"], "me");
+        assert_eq!(body["spec"]["leaseTransitions"], 3);
+        assert_eq!(body["metadata"]["resourceVersion"], "7", "optimistic concurrency");
+    }
+
+    #[tokio::test]
+    async fn losing_the_race_for_a_lease_is_not_an_error() {
+        let old = Timestamp::now()
+            .checked_sub(jiff::SignedDuration::from_secs(60))
+            .unwrap();
+        let (won, _) = attempt(Some(lease("other", old)), 409).await;
+        assert!(!won);
+    }
+
     #[test]
     fn a_lease_is_taken_only_when_free_ours_or_expired() {
         let t = |s| Timestamp::from_second(s).unwrap();
