@@ -464,7 +464,11 @@ impl Shared {
         loop {
             let incoming = tokio::select! {
                 i = self.endpoint.accept() => match i { Some(i) => i, None => return },
-                _ = self.shutdown.cancelled() => return,
+                _ = self.shutdown.cancelled() => {
+                    // Closing the endpoint ends every connection and stream task promptly.
+                    self.endpoint.close(protocol::CLOSE_NORMAL.into(), b"shutdown");
+                    return;
+                }
             };
             if self.peers.lock().expect("peers").len() >= self.max_connections {
                 self.metrics.refused_connections.inc();
