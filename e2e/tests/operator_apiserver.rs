@@ -250,15 +250,22 @@ impl Fleet {
             .expect("TrustPolicy created");
 
         let ens: Api<EdgeNode> = Api::all(client.clone());
-        let mut names = Vec::new();
-        for i in 0..nodes {
-            let name = format!("{label}-gw-{i}");
-            let mut en = EdgeNode::new(&name, EdgeNodeSpec::default());
-            en.metadata.labels = Some(BTreeMap::from([("fleet".to_string(), label.clone())]));
-            retry_throttled(|| ens.create(&PP, &en))
-                .await
-                .expect("EdgeNode created");
-            names.push(name);
+        let names: Vec<String> = (0..nodes).map(|i| format!("{label}-gw-{i}")).collect();
+        for batch in names.chunks(32) {
+            let mut tasks = tokio::task::JoinSet::new();
+            for name in batch {
+                let (ens, name, label) = (ens.clone(), name.clone(), label.clone());
+                tasks.spawn(async move {
+                    let mut en = EdgeNode::new(&name, EdgeNodeSpec::default());
+                    en.metadata.labels = Some(BTreeMap::from([("fleet".to_string(), label)]));
+                    retry_throttled(|| ens.create(&PP, &en))
+                        .await
+                        .expect("EdgeNode created");
+                });
+            }
+            while let Some(r) = tasks.join_next().await {
+                r.expect("EdgeNode creation task");
+            }
         }
         let metrics_addr = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -376,42 +383,51 @@ impl Fleet {
     async fn assignments(&self, rollout: &str) -> BTreeMap<String, String> {
         let key = format!("{NS}/{rollout}");
         let ens: Api<EdgeNode> = Api::all(self.client.clone());
-        let mut out = BTreeMap::new();
-        for n in &self.nodes {
-            let en = ens.get(n).await.expect("EdgeNode readable");
-            if let Some(a) = en.spec.assignments.iter().find(|a| a.rollout == key) {
-                out.insert(n.clone(), a.chunk_index.clone());
-            }
-        }
-        out
+        let lp = kube::api::ListParams::default().labels(&format!("fleet={}", self.label));
+        let listed = ens.list(&lp).await.expect("EdgeNodes listed").items;
+        assert_eq!(
+            listed.len(),
+            self.nodes.len(),
+            "every EdgeNode of this fleet is listed"
+        );
+        listed
+            .into_iter()
+            .filter_map(|en| {
+                let a = en
+                    .spec
+                    .assignments
+                    .iter()
+                    .find(|a| a.rollout == key)?
+                    .chunk_index
+                    .clone();
+                Some((en.name_any(), a))
+            })
+            .collect()
     }
 
     /// The agent of `node` reports `phase` for `rollout` (server-side apply on /status, as an agent would).
     async fn report(&self, node: &str, rollout: &str, index: &str, phase: &str, size: i64) {
-        let ens: Api<EdgeNode> = Api::all(self.client.clone());
-        let body = json!({
-            "apiVersion": "pollen.dev/v1alpha1",
-            "kind": "EdgeNode",
-            "status": {
-                "endpoint": "127.0.0.1:7400",
-                "assignments": [{
-                    "rollout": format!("{NS}/{rollout}"),
-                    "chunkIndex": index,
-                    "phase": phase,
-                    "verifiedBytes": size,
-                    "totalBytes": size,
-                    "bytesFromPeers": size * 3 / 4,
-                    "bytesFromOrigin": size - size * 3 / 4,
-                }],
-            },
-        });
-        ens.patch_status(
-            node,
-            &PatchParams::apply(&format!("pollen-agent-{node}")).force(),
-            &Patch::Apply(body),
-        )
-        .await
-        .expect("agent status written");
+        report(&self.client, node, rollout, index, phase, size).await
+    }
+
+    /// Every node in `nodes` reports `phase`, 32 at a time.
+    async fn report_all(&self, nodes: &[String], rollout: &str, index: &str, phase: &str, size: i64) {
+        for batch in nodes.chunks(32) {
+            let mut tasks = tokio::task::JoinSet::new();
+            for n in batch {
+                let (client, n, rollout, index, phase) = (
+                    self.client.clone(),
+                    n.clone(),
+                    rollout.to_string(),
+                    index.to_string(),
+                    phase.to_string(),
+                );
+                tasks.spawn(async move { report(&client, &n, &rollout, &index, &phase, size).await });
+            }
+            while let Some(r) = tasks.join_next().await {
+                r.expect("report task");
+            }
+        }
     }
 
     async fn wait_for<T>(
@@ -444,6 +460,34 @@ impl Fleet {
         s.read_to_string(&mut out).await.unwrap();
         out
     }
+}
+
+/// What an agent writes: its status for one assignment (server-side apply on /status).
+async fn report(client: &Client, node: &str, rollout: &str, index: &str, phase: &str, size: i64) {
+    let ens: Api<EdgeNode> = Api::all(client.clone());
+    let body = json!({
+        "apiVersion": "pollen.dev/v1alpha1",
+        "kind": "EdgeNode",
+        "status": {
+            "endpoint": "127.0.0.1:7400",
+            "assignments": [{
+                "rollout": format!("{NS}/{rollout}"),
+                "chunkIndex": index,
+                "phase": phase,
+                "verifiedBytes": size,
+                "totalBytes": size,
+                "bytesFromPeers": size * 3 / 4,
+                "bytesFromOrigin": size - size * 3 / 4,
+            }],
+        },
+    });
+    ens.patch_status(
+        node,
+        &PatchParams::apply(&format!("pollen-agent-{node}")).force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .expect("agent status written");
 }
 
 fn condition(ur: &UpdateRollout, t: &str) -> Option<(String, String)> {
@@ -657,5 +701,100 @@ async fn unsigned_and_wrong_key_artifacts_end_verified_false_with_zero_assignmen
             "{n} has no assignment at all"
         );
     }
+    fleet.stop_operator().await;
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A fleet of `POLLEN_E2E_SCALE_NODES` EdgeNodes (default 300): how long the operator takes to hand out
+/// assignments and to reach `Complete` once every node reports, on a real API server. Prints the
+/// figures; asserts only correctness (every node assigned, the first wave alone first, Complete).
+#[tokio::test]
+async fn a_large_fleet_is_assigned_wave_by_wave() {
+    let n: usize = std::env::var("POLLEN_E2E_SCALE_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let created = Instant::now();
+    let Some(mut fleet) = Fleet::start(n).await else {
+        return;
+    };
+    let setup = created.elapsed();
+    let payload: Vec<u8> = vec![42u8; 64 * 1024];
+    let size = payload.len() as i64;
+    let repo = fleet.repo(&format!("scale-{}", fleet.label));
+    let reference = fleet.publish(&repo, "1.0", payload, Some(&fleet.publisher)).await;
+    let name = format!("scale-{}", fleet.label);
+    let ur = rollout(
+        &name,
+        &reference,
+        "firmware/scale.bin",
+        &fleet.label,
+        vec![wave_percent(10), wave_percent(100)],
+    );
+    let urs = fleet.rollouts();
+    let applied = Instant::now();
+    retry_throttled(|| urs.create(&PP, &ur))
+        .await
+        .expect("rollout created");
+    let first = n.div_ceil(10);
+    let wave0 = fleet
+        .wait_for(
+            "the first wave's assignments",
+            Duration::from_secs(120),
+            async || {
+                let a = fleet.assignments(&name).await;
+                (a.len() >= first).then_some(a)
+            },
+        )
+        .await;
+    let t_wave0 = applied.elapsed();
+    assert_eq!(wave0.len(), first, "the first wave alone");
+    let index = wave0.values().next().unwrap().clone();
+    let wave0_nodes: Vec<String> = wave0.keys().cloned().collect();
+    let reported = Instant::now();
+    fleet
+        .report_all(&wave0_nodes, &name, &index, "Installed", size)
+        .await;
+    let t_reports0 = reported.elapsed();
+    let mark = Instant::now();
+    fleet
+        .wait_for("every node's assignment", Duration::from_secs(300), async || {
+            (fleet.assignments(&name).await.len() == n).then_some(())
+        })
+        .await;
+    let t_rest = mark.elapsed();
+    let rest: Vec<String> = fleet
+        .nodes
+        .iter()
+        .filter(|x| !wave0.contains_key(*x))
+        .cloned()
+        .collect();
+    fleet.report_all(&rest, &name, &index, "Installed", size).await;
+    let mark = Instant::now();
+    fleet
+        .wait_for("Complete", Duration::from_secs(120), async || {
+            let ur = fleet.rollouts().get(&name).await.ok()?;
+            (condition(&ur, types::COMPLETE).map(|c| c.0).as_deref() == Some("True")).then_some(())
+        })
+        .await;
+    let t_complete = mark.elapsed();
+    let st = fleet.rollouts().get(&name).await.unwrap().status.unwrap();
+    assert_eq!(st.progress, Some(format!("{n}/{n}")));
+    let m = fleet.metrics().await;
+    let count = metric(&m, "pollen_operator_reconcile_duration_seconds_count").unwrap_or(0.0);
+    let sum = metric(&m, "pollen_operator_reconcile_duration_seconds_sum").unwrap_or(0.0);
+    eprintln!(
+        "scale: {n} EdgeNodes (setup {setup:?}); first wave ({first}) assigned {t_wave0:?} after apply; \
+         {first} status reports took {t_reports0:?}; the other {} assigned {t_rest:?} after those reports; \
+         Complete {t_complete:?} after the last reports; {count} reconciles, mean {:.1} ms",
+        n - first,
+        if count > 0.0 { sum / count * 1000.0 } else { 0.0 }
+    );
     fleet.stop_operator().await;
 }
