@@ -118,6 +118,9 @@ pub async fn register(
     let obj = serde_json::json!({
         "apiVersion": "pollen.dev/v1alpha1", "kind": "EdgeNode",
         "metadata": { "name": cfg.node_name, "labels": labels },
+        // `spec` is required by the schema. An empty object claims no assignment entry, so
+        // server-side apply leaves the operator's assignments alone.
+        "spec": {},
     });
     api.patch(&cfg.node_name, &pp, &Patch::Apply(&obj))
         .await
@@ -338,7 +341,11 @@ mod tests {
             assert_eq!(body["metadata"]["labels"]["role"], "gateway");
             assert_eq!(body["metadata"]["labels"]["pollen.dev/site"], "berlin");
             assert_eq!(body["metadata"]["labels"]["pollen.dev/node-name"], "gw-7");
-            assert!(body.get("spec").is_none(), "the agent must never write spec");
+            assert_eq!(
+                body["spec"],
+                serde_json::json!({}),
+                "the agent must never write assignments"
+            );
             let en = EdgeNode::new("gw-7", Default::default());
             send.send_response(
                 Response::builder()
