@@ -17,6 +17,10 @@
 //!
 //! Deleting a rollout runs the finalizer: its assignments are removed, installed versions stay.
 //!
+//! Nodes that join later: while the rollout runs, or after it completed, a node selected into a wave
+//! that has started gets its assignment (the fleet converges; `progress` shows it). A `Failed`
+//! rollout hands out nothing new. A verification failure writes nothing at all, not even removals.
+//!
 //! Non-goals: no registry or crypto here ([`crate::pipeline`]), no HTTP ([`crate::http`]).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -208,11 +212,15 @@ fn key_of(ur: &UpdateRollout) -> String {
 }
 
 /// The fingerprint of everything the chunk index depends on.
+///
+/// The director public key is part of it (a rotated director key needs a re-signed index); the
+/// publisher keys are not: editing the publisher list does not restart a rollout. The nodes verify
+/// the publisher signature against the TrustPolicy themselves before they install.
 fn fingerprint(ur: &UpdateRollout, tp: &TrustPolicy) -> String {
     let v = json!({
         "artifact": ur.spec.artifact.reference,
         "trustPolicy": ur.spec.trust_policy,
-        "trust": tp.spec,
+        "director": tp.spec.director.public_key,
         "install": ur.spec.install,
         "chunkSize": ur.spec.transfer.chunk_size_bytes,
     });
@@ -425,7 +433,12 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
                 st.indexed_for = Some(fp.clone());
                 return settle(ctx, ur, &prev, st, Action::await_change()).await;
             }
-            Err(Stop::Invalid) => return settle(ctx, ur, &prev, st, Action::await_change()).await,
+            Err(Stop::Invalid) => {
+                st.indexed_for = Some(fp.clone());
+                st.chunk_index = None;
+                st.sequence = None;
+                return settle(ctx, ur, &prev, st, Action::await_change()).await;
+            }
             Err(Stop::Retry(e)) => {
                 settle(ctx, ur, &prev, st, Action::await_change()).await?;
                 return Err(Error::Pipeline(e));
@@ -586,6 +599,11 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
     let mut writes = Vec::new();
     for n in &all_nodes {
         let name = n.name_any();
+        // A failed rollout hands out nothing new (nodes joining a started wave included); it only
+        // takes assignments away from quarantined nodes.
+        if decision.phase == RolloutPhase::Failed && !quarantined(n) {
+            continue;
+        }
         let desired = plan
             .wave_of
             .get(&name)
@@ -1290,6 +1308,74 @@ mod tests {
         h.step("r").await.unwrap();
         assert_eq!(h.w().status("r").phase, RolloutPhase::Failed);
         assert_eq!(h.w().assigned("r").len(), 1);
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_rollout_assigns_no_node_that_joins_later() {
+        let ur = UpdateRollout::test("r").finalized().waves(vec![]);
+        let h = Harness::new(world_with(3, vec![ur]), ScriptedPipeline::signed());
+        h.step("r").await.unwrap();
+        assert_eq!(h.w().assigned("r").len(), 3);
+        h.w().report("gw-01", "r", AssignmentPhase::Failed);
+        h.step("r").await.unwrap();
+        assert_eq!(h.w().status("r").phase, RolloutPhase::Failed);
+        let writes = h.w().edge_node_writes();
+        h.w().nodes.insert("gw-99".into(), edge_node("gw-99"));
+        h.step("r").await.unwrap();
+        assert!(!h.w().assigned("r").contains_key("gw-99"));
+        assert_eq!(h.w().edge_node_writes(), writes, "nothing written after the halt");
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn a_node_joining_a_running_wave_is_assigned_and_counted() {
+        let ur = UpdateRollout::test("r").finalized().waves(vec![]);
+        let h = Harness::new(world_with(2, vec![ur]), ScriptedPipeline::signed());
+        h.step("r").await.unwrap();
+        h.w().nodes.insert("gw-99".into(), edge_node("gw-99"));
+        h.step("r").await.unwrap();
+        assert!(h.w().assigned("r").contains_key("gw-99"));
+        assert_eq!(h.w().status("r").nodes.targeted, 3);
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn editing_publishers_keeps_the_index_but_a_new_director_key_re_signs() {
+        let pipeline = ScriptedPipeline::signed();
+        let h = Harness::new(
+            world_with(3, vec![UpdateRollout::test("r").finalized()]),
+            pipeline.clone(),
+        );
+        h.step("r").await.unwrap();
+        let index = h.w().status("r").chunk_index;
+        h.w()
+            .policies
+            .get_mut("fleet-default")
+            .unwrap()
+            .spec
+            .publishers
+            .push(pollen_crds::Publisher {
+                name: "second-team".into(),
+                public_key: FOREIGN_KEY.into(),
+            });
+        h.step("r").await.unwrap();
+        assert_eq!(h.w().status("r").chunk_index, index);
+        assert_eq!(pipeline.calls().len(), 3, "no registry work for a publisher edit");
+        h.w()
+            .policies
+            .get_mut("fleet-default")
+            .unwrap()
+            .spec
+            .director
+            .public_key = FOREIGN_KEY.into();
+        h.step("r").await.unwrap();
+        assert_ne!(
+            h.w().status("r").chunk_index,
+            index,
+            "a new director key means a re-signed index"
+        );
+        assert_eq!(pipeline.calls().len(), 6);
         h.finish().await;
     }
 
