@@ -649,7 +649,6 @@ async fn index_pointing_at_another_payload_is_refused() {
         &r,
         &pb.manifest_digest,
         &pm_b,
-        None,
         index_a,
         &env.director,
     )

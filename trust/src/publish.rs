@@ -282,16 +282,7 @@ pub async fn create_index(
             actual_size: index.payload.size,
         });
     }
-    push_index(
-        reg,
-        &pref,
-        &pdigest,
-        &pbytes,
-        pm.artifact_type.as_deref(),
-        index,
-        director,
-    )
-    .await
+    push_index(reg, &pref, &pdigest, &pbytes, index, director).await
 }
 
 /// Pushes an already built `index` for the payload manifest `payload_digest` (whose bytes are
@@ -301,7 +292,6 @@ pub async fn push_index(
     repo: &Reference,
     payload_digest: &str,
     payload_manifest: &[u8],
-    payload_artifact_type: Option<&str>,
     index: ChunkIndex,
     director: &SigningKey,
 ) -> Result<PublishedIndex, PublishError> {
@@ -325,15 +315,7 @@ pub async fn push_index(
         OCI_MANIFEST_MEDIA_TYPE,
     )
     .await?;
-    add_referrer(
-        reg,
-        repo,
-        payload_digest,
-        &manifest,
-        &bytes,
-        payload_artifact_type,
-    )
-    .await?;
+    add_referrer(reg, repo, payload_digest, &manifest, &bytes).await?;
     cosign::sign(reg, repo, &digest, director).await?;
     Ok(PublishedIndex {
         reference: format!("{}/{}@{}", repo.registry(), repo.repository(), digest),
@@ -349,7 +331,6 @@ async fn add_referrer(
     payload_digest: &str,
     manifest: &Manifest,
     bytes: &[u8],
-    _payload_artifact_type: Option<&str>,
 ) -> Result<(), PublishError> {
     let tag_ref = at_tag(repo, &oci::referrers_tag(payload_digest));
     let mut list = match reg.pull_manifest_opt(&tag_ref).await? {

@@ -291,7 +291,8 @@ impl Registry {
         Ok(digest)
     }
 
-    /// Pushes a small blob held in memory (skipped if the registry has it).
+    /// Pushes a small blob held in memory (skipped if the registry has it). The returned descriptor has an
+    /// empty media type: the caller names it.
     pub async fn push_blob(&self, r: &Reference, bytes: Vec<u8>) -> Result<Descriptor, RegistryError> {
         self.authenticate(r, RegistryOperation::Push).await?;
         let digest = oci::sha256_digest(&bytes);
