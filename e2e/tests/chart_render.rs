@@ -357,7 +357,7 @@ fn edge_node_daemonset_fits_small_devices_and_knows_its_node() {
         node_env["valueFrom"]["fieldRef"]["fieldPath"],
         Value::from("spec.nodeName")
     );
-    assert!(args_of(c).contains(&"--name=$(NODE_NAME)".to_string()));
+    assert!(args_of(c).contains(&"--node-name=$(NODE_NAME)".to_string()));
     let quic = seq(&c["ports"])
         .iter()
         .find(|p| p["name"] == "quic")
@@ -369,7 +369,7 @@ fn edge_node_daemonset_fits_small_devices_and_knows_its_node() {
         .iter()
         .find(|v| v["name"] == "data")
         .expect("data volume");
-    assert_eq!(data["hostPath"]["path"], Value::from("/var/lib/pollen"));
+    assert_eq!(data["hostPath"]["path"], Value::from("/var/lib/pollen/data"));
     // The agents get the CA certificate from a ConfigMap: a kubelet can read every Secret its pods
     // mount, and no edge device may hold the fleet CA key.
     for v in seq(&pod["volumes"]) {
@@ -684,7 +684,7 @@ fn chart_flags_exist_in_the_binaries() {
     let lines = chart_command_lines(&helm);
     assert!(lines["pollen-operator"].1.contains("--leader-election"));
     assert_eq!(lines["pollen-edge-node"].0, ["agent"]);
-    assert!(lines["pollen-edge-node"].1.contains("--name"));
+    assert!(lines["pollen-edge-node"].1.contains("--node-name"));
     for (bin, (sub, wanted)) in lines {
         let path = root().join("target/debug").join(bin);
         if !path.is_file() {
