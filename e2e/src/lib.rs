@@ -2,6 +2,7 @@
 //! lab and benchmarks.
 
 pub mod apiserver;
+pub mod fleet;
 pub mod lab;
 pub mod registry;
 pub mod tools;

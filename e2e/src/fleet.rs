@@ -1,0 +1,416 @@
+//! A whole Pollen fleet on one machine, every part real: a Kubernetes API server (etcd +
+//! crd-apiserver, or the cluster of `POLLEN_E2E_KUBECONFIG`), Debian's docker-registry, the
+//! `pollen-operator` binary and N `pollen-edge-node agent` processes on 127.0.0.1, with a
+//! throwaway fleet CA, publisher key and director key.
+//!
+//! Used by the fleet test (`tests/fleet_apiserver.rs`) and by the demo (`pollen-demo`).
+//! Non-goals: network shaping (the lab in [`crate::lab`] does that), multi-host fleets.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{Api, PostParams};
+use pollen_crds::rollout::{ArtifactSource, InstallSettings};
+use pollen_crds::{
+    DirectorKey, EdgeNode, Publisher, RolloutStrategy, TransferSettings, TrustPolicy, TrustPolicySpec,
+    UpdateRollout, UpdateRolloutSpec, Wave,
+};
+use pollen_trust::keys::SigningKey;
+use pollen_trust::publish::{self, PublishOptions};
+use pollen_trust::registry::{Registry as TrustRegistry, RegistryOptions, parse_reference};
+
+use crate::apiserver::{ApiServer, retry_throttled};
+use crate::registry::Registry;
+
+/// The CRDs, as generated into the repository.
+pub const CRDS: &str = include_str!("../../crds/pollen.dev.yaml");
+const PASSWORD: &str = "pollen-local-fleet-director";
+/// The label every fleet node carries, and the selector rollouts use.
+pub const ROLE: (&str, &str) = ("role", "gateway");
+
+/// Builds the operator, the edge node and the kubectl plugin into this workspace's target directory
+/// (`release` picks the profile); returns the folder holding the binaries.
+pub fn build_binaries(release: bool) -> anyhow::Result<PathBuf> {
+    let root = crate::tools::workspace_root();
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args([
+        "build",
+        "--locked",
+        "-p",
+        "pollen-operator",
+        "-p",
+        "pollen-edge-node",
+        "-p",
+        "kubectl-pollen",
+    ]);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.current_dir(&root).status().context("run cargo build")?;
+    if !status.success() {
+        bail!("building pollen-operator, pollen-edge-node and kubectl-pollen failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Ok(target.join(if release { "release" } else { "debug" }))
+}
+
+/// A deterministic pseudo-random payload of `n` bytes.
+pub fn payload(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x243f_6a88_85a3_08d3;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
+
+fn free_udp() -> anyhow::Result<SocketAddr> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
+}
+fn free_tcp() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// A child process with its log file; killed on drop.
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running local fleet. Dropping it stops every process and the servers.
+pub struct LocalFleet {
+    /// The API server.
+    pub api: ApiServer,
+    /// A client of it.
+    pub client: kube::Client,
+    /// The registry (the origin).
+    pub registry: Registry,
+    /// Each node's install root, by node name.
+    pub install_roots: BTreeMap<String, PathBuf>,
+    /// The folder holding keys, certificates, node data and logs.
+    pub dir: PathBuf,
+    publisher: SigningKey,
+    procs: Vec<Proc>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// How to build a [`LocalFleet`].
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    /// Number of edge nodes.
+    pub nodes: usize,
+    /// Where the binaries are (see [`build_binaries`]).
+    pub bin_dir: PathBuf,
+    /// Keep files here instead of a temporary folder removed on drop.
+    pub dir: Option<PathBuf>,
+    /// `RUST_LOG` of the processes.
+    pub log: String,
+}
+
+impl LocalFleet {
+    /// Starts the API server (applying Pollen's CRDs), the registry, a TrustPolicy named `fleet`,
+    /// `nodes` agents and the operator; waits until every node has registered its endpoint.
+    /// `step` is told what happens, for people watching.
+    pub async fn start(opts: FleetOptions, step: impl Fn(&str)) -> anyhow::Result<Self> {
+        let (tmp, dir) = match &opts.dir {
+            Some(d) => {
+                std::fs::create_dir_all(d)?;
+                (None, d.clone())
+            }
+            None => {
+                let t = tempfile::tempdir()?;
+                let p = t.path().to_path_buf();
+                (Some(t), p)
+            }
+        };
+        step("starting the Kubernetes API server (etcd + crd-apiserver)");
+        let api = ApiServer::from_env().await.context("API server")?;
+        api.apply_crds_yaml(CRDS).await.context("apply Pollen's CRDs")?;
+        let client = api.client().await.context("API client")?;
+        step("starting the OCI registry (docker-registry on 127.0.0.1)");
+        let registry = Registry::start().await.context("registry")?;
+
+        step("making the publisher key, the director key and the fleet CA");
+        let publisher = SigningKey::generate()?;
+        let director = SigningKey::generate()?;
+        let director_file = dir.join("director.key");
+        std::fs::write(&director_file, director.to_encrypted_pem(PASSWORD.as_bytes())?)?;
+        let policies: Api<TrustPolicy> = Api::all(client.clone());
+        let tp = TrustPolicy::new(
+            "fleet",
+            TrustPolicySpec {
+                publishers: vec![Publisher {
+                    name: "release".into(),
+                    public_key: publisher.public_key()?.pem().to_string(),
+                }],
+                director: DirectorKey {
+                    public_key: director.public_key()?.pem().to_string(),
+                },
+            },
+        );
+        let pp = PostParams::default();
+        retry_throttled(|| policies.create(&pp, &tp))
+            .await
+            .context("create TrustPolicy")?;
+        let ca = FleetCa::new()?;
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, ca.cert_pem())?;
+
+        let mut fleet = LocalFleet {
+            api,
+            client,
+            registry,
+            install_roots: BTreeMap::new(),
+            dir: dir.clone(),
+            publisher,
+            procs: Vec::new(),
+            _tmp: tmp,
+        };
+        step(&format!(
+            "starting {} edge-node agents (QUIC with mutual TLS on 127.0.0.1)",
+            opts.nodes
+        ));
+        for i in 0..opts.nodes {
+            let name = format!("gw-{i}");
+            let ndir = dir.join(&name);
+            std::fs::create_dir_all(&ndir)?;
+            let (cert, key) = ca.issue(&name, &ndir)?;
+            let install_root = ndir.join("install");
+            let mut cmd = Command::new(opts.bin_dir.join("pollen-edge-node"));
+            cmd.arg("agent")
+                .args(["--node-name", &name, "--site", "lab"])
+                .arg("--listen")
+                .arg(free_udp()?.to_string())
+                .arg("--cert")
+                .arg(&cert)
+                .arg("--key")
+                .arg(&key)
+                .arg("--ca")
+                .arg(&ca_file)
+                .arg("--data-dir")
+                .arg(ndir.join("data"))
+                .arg("--install-root")
+                .arg(&install_root)
+                .arg("--metrics")
+                .arg(free_tcp()?.to_string())
+                .arg("--insecure-registry")
+                .args([
+                    "--label",
+                    &format!("{}={}", ROLE.0, ROLE.1),
+                    "--status-interval",
+                    "1",
+                ]);
+            fleet.spawn(&name, cmd, &opts.log)?;
+            fleet.install_roots.insert(name, install_root);
+        }
+        step("starting the operator");
+        let mut op = Command::new(opts.bin_dir.join("pollen-operator"));
+        op.arg("--director-key")
+            .arg(&director_file)
+            .env("POLLEN_DIRECTOR_KEY_PASSWORD", PASSWORD)
+            .arg(format!("--insecure-registry={}", fleet.registry.host()))
+            .arg("--leader-election=false")
+            .arg("--metrics-addr")
+            .arg(free_tcp()?.to_string());
+        fleet.spawn("operator", op, &opts.log)?;
+
+        let nodes: Api<EdgeNode> = Api::all(fleet.client.clone());
+        let start = Instant::now();
+        loop {
+            let registered = nodes
+                .list(&Default::default())
+                .await
+                .map(|l| {
+                    l.items
+                        .iter()
+                        .filter(|n| n.status.as_ref().and_then(|s| s.endpoint.as_ref()).is_some())
+                        .count()
+                })
+                .unwrap_or(0);
+            if registered == opts.nodes {
+                break;
+            }
+            fleet.check_alive()?;
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!(
+                    "only {registered} of {} EdgeNodes registered within 60 s\n{}",
+                    opts.nodes,
+                    fleet.logs_tail(20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        step(&format!("{} EdgeNodes registered", opts.nodes));
+        Ok(fleet)
+    }
+
+    fn spawn(&mut self, name: &str, mut cmd: Command, log_level: &str) -> anyhow::Result<()> {
+        let log = self.dir.join(format!("{name}.log"));
+        let f = std::fs::File::create(&log)?;
+        cmd.stdout(Stdio::from(f.try_clone()?))
+            .stderr(Stdio::from(f))
+            .stdin(Stdio::null())
+            .env("RUST_LOG", log_level)
+            .env("NO_COLOR", "1")
+            .env("KUBECONFIG", self.api.kubeconfig_path());
+        let child = cmd.spawn().with_context(|| format!("spawn {name}"))?;
+        self.procs.push(Proc {
+            name: name.to_string(),
+            child,
+            log,
+        });
+        Ok(())
+    }
+
+    /// Fails when a fleet process has exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        for p in &mut self.procs {
+            if let Some(status) = p.child.try_wait()? {
+                bail!("{} exited ({status})\n{}", p.name, tail(&p.log, 20));
+            }
+        }
+        Ok(())
+    }
+
+    /// The last `n` lines of every process log, for failure messages.
+    pub fn logs_tail(&self, n: usize) -> String {
+        self.procs
+            .iter()
+            .map(|p| format!("---- {} ----\n{}", p.name, tail(&p.log, n)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Publishes `bytes` as `fleet/<repo>:<tag>` signed by the fleet's publisher key; returns the reference.
+    pub async fn publish(
+        &self,
+        repo: &str,
+        tag: &str,
+        file_name: &str,
+        bytes: Vec<u8>,
+    ) -> anyhow::Result<String> {
+        let reg = TrustRegistry::new(&RegistryOptions {
+            insecure: true,
+            docker_config: None,
+        })?;
+        let reference = format!("{}/fleet/{repo}:{tag}", self.registry.host());
+        let target = parse_reference(&reference)?;
+        publish::publish_bytes(
+            &reg,
+            &target,
+            file_name,
+            bytes,
+            &self.publisher,
+            &PublishOptions::default(),
+        )
+        .await?;
+        Ok(reference)
+    }
+
+    /// The file a node installed for `target_path` (its `current` version).
+    pub fn installed_file(&self, node: &str, target_path: &str) -> PathBuf {
+        let file = Path::new(target_path)
+            .file_name()
+            .expect("target path names a file");
+        self.install_roots[node]
+            .join(target_path)
+            .join("current")
+            .join(file)
+    }
+}
+
+/// An UpdateRollout of `artifact` to every fleet node, in `waves`, installing at `target_path`.
+pub fn rollout(name: &str, artifact: &str, target_path: &str, waves: Vec<Wave>) -> UpdateRollout {
+    UpdateRollout::new(
+        name,
+        UpdateRolloutSpec {
+            artifact: ArtifactSource {
+                reference: artifact.to_string(),
+                pull_secret: None,
+            },
+            trust_policy: "fleet".into(),
+            selector: LabelSelector {
+                match_labels: Some(BTreeMap::from([(ROLE.0.to_string(), ROLE.1.to_string())])),
+                ..Default::default()
+            },
+            strategy: RolloutStrategy {
+                waves,
+                ..Default::default()
+            },
+            transfer: TransferSettings::default(),
+            install: InstallSettings {
+                target_path: target_path.into(),
+                keep_versions: 2,
+                activation_window: None,
+            },
+        },
+    )
+}
+
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("  ")).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A throwaway fleet CA issuing node certificates (rcgen).
+struct FleetCa {
+    cert_pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl FleetCa {
+    fn new() -> anyhow::Result<Self> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let key = KeyPair::generate()?;
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.distinguished_name
+            .push(DnType::CommonName, "pollen local fleet CA");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = p.self_signed(&key)?;
+        Ok(FleetCa {
+            cert_pem: cert.pem(),
+            issuer: rcgen::Issuer::new(p, key),
+        })
+    }
+
+    fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// Issues a node certificate (DNS SAN and CN = the node name) into `dir`; returns (cert, key) paths.
+    fn issue(&self, node: &str, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+        let key = KeyPair::generate()?;
+        let mut p = CertificateParams::new(vec![node.to_owned()])?;
+        p.distinguished_name.push(DnType::CommonName, node);
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = p.signed_by(&key, &self.issuer)?;
+        let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&c, cert.pem())?;
+        std::fs::write(&k, key.serialize_pem())?;
+        Ok((c, k))
+    }
+}
