@@ -1284,6 +1284,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn phase_changes_are_published_as_events_where_the_api_exists() {
+        let (ctx, verifier, _) = test_context_with_events(ScriptedPipeline::wrong_key());
+        let world = Arc::new(Mutex::new(world_with(
+            2,
+            vec![UpdateRollout::test("r").finalized()],
+        )));
+        let server = verifier.run(Scenario::World(world.clone()));
+        let ur = world.lock().unwrap().rollout("r");
+        reconcile(Arc::new(ur), ctx.clone()).await.unwrap();
+        {
+            let w = world.lock().unwrap();
+            let events: Vec<&Recorded> = w.log.iter().filter(|r| r.path.contains("/events")).collect();
+            assert_eq!(events.len(), 1, "one event for the phase change");
+            let ev = &events[0].body;
+            assert_eq!(
+                events[0].path,
+                format!("/apis/events.k8s.io/v1/namespaces/{NS}/events")
+            );
+            assert_eq!(ev["type"], "Warning");
+            assert_eq!(ev["reason"], "Failed");
+            assert!(ev["note"].as_str().unwrap().contains("Verified"), "{ev}");
+            assert_eq!(ev["regarding"]["name"], "r");
+            assert_eq!(w.edge_node_writes(), 0);
+        }
+        drop(ctx);
+        timeout_after_1s(server).await;
+    }
+
+    #[tokio::test]
     async fn a_failed_canary_halts_the_rollout() {
         let h = Harness::new(
             world_with(6, vec![UpdateRollout::test("r").finalized()]),

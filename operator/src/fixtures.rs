@@ -467,6 +467,9 @@ impl World {
                 }
                 (StatusCode::OK, serde_json::to_value(&*ur).unwrap())
             }
+            ("POST", ["apis", "events.k8s.io", "v1", "namespaces", _, "events"]) => {
+                (StatusCode::CREATED, body.clone())
+            }
             _ => {
                 self.unexpected.push(format!("{method} {path}"));
                 not_found(path)
@@ -572,6 +575,19 @@ pub fn test_context(pipeline: Arc<dyn ArtifactPipeline>) -> (Arc<Context>, ApiSe
         caches: std::sync::OnceLock::new(),
     };
     (Arc::new(ctx), ApiServerVerifier(handle), clock)
+}
+
+/// As [`test_context`], with an Events recorder (the cluster serves `events.k8s.io/v1`).
+pub fn test_context_with_events(
+    pipeline: Arc<dyn ArtifactPipeline>,
+) -> (Arc<Context>, ApiServerVerifier, TestClock) {
+    let (ctx, verifier, clock) = test_context(pipeline);
+    let mut ctx = Arc::into_inner(ctx).expect("sole owner");
+    ctx.recorder = Some(kube::runtime::events::Recorder::new(
+        ctx.client.clone(),
+        "pollen-operator".into(),
+    ));
+    (Arc::new(ctx), verifier, clock)
 }
 
 /// Wait for the mocked server task, failing the test after a second.
