@@ -19,7 +19,7 @@ test: deps
 
 ## Bring up a local fleet and roll out a signed update (see README).
 demo: deps
-	bash e2e/tools/demo.sh
+	bash e2e/tools/demo.sh $(DEMO_ARGS)
 
 ## Regenerate the CRD YAML from the Rust types.
 crds:
