@@ -1,0 +1,314 @@
+//! The agent's [`AssignmentRunner`](super::AssignmentRunner) over the real swarm.
+//!
+//! For one assignment: read the TrustPolicy the operator named, verify the index (director and
+//! publisher signatures, payload digest, sequence), find peers among the EdgeNodes that carry the
+//! same rollout, then run the standalone pipeline (swarm → whole-payload check → atomic install)
+//! and keep seeding so that later waves can fetch from this node. Progress comes from the
+//! engine's metrics; `Installed` is reported once the install root's `current` link points at
+//! the new version.
+//!
+//! One engine runs at a time: it owns the node's single QUIC endpoint, which peers learn from
+//! the EdgeNode status. The agent stops a finished (seeding) assignment when a new one arrives.
+//! Non-goals: several concurrent swarms per node.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ListParams};
+use pollen_crds::{Assignment, AssignmentPhase, AssignmentStatus, EdgeNode, InstalledVersion, TrustPolicy};
+use pollen_trust::keys::PublicKey;
+use pollen_trust::registry::{Registry, RegistryOptions};
+use pollen_trust::verify::{self, VerifyContext};
+use tokio::sync::{Mutex, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::install::Installer;
+use crate::metrics::{IndexLabel, Metrics, SourceLabel};
+use crate::standalone::{self, Budget, StandaloneOptions};
+
+/// What the runner needs besides the assignment.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// This node's name (its certificate names it too).
+    pub node_name: String,
+    /// Site label.
+    pub site: String,
+    /// QUIC listen address.
+    pub listen: SocketAddr,
+    /// Node certificate, key and fleet CA (PEM files).
+    pub cert: PathBuf,
+    /// Node private key.
+    pub key: PathBuf,
+    /// Fleet CA certificate.
+    pub ca: PathBuf,
+    /// Chunk stores and key material live here.
+    pub data_dir: PathBuf,
+    /// Installed versions live here, one subdirectory per target path.
+    pub install_root: PathBuf,
+    /// Reach the registry over plain HTTP.
+    pub insecure_registry: bool,
+    /// Registry credentials.
+    pub docker_config: Option<PathBuf>,
+    /// Per-node rate limits in bytes per second.
+    pub upload_limit: Option<u64>,
+    /// Per-node download limit.
+    pub download_limit: Option<u64>,
+}
+
+/// Runs assignments through the swarm engine.
+pub struct SwarmRunner {
+    client: kube::Client,
+    cfg: RunnerConfig,
+    metrics: Arc<Metrics>,
+    engine: Arc<Mutex<()>>,
+}
+
+impl SwarmRunner {
+    /// A runner reporting into the process-wide `metrics` (served on `/metrics`).
+    pub fn new(client: kube::Client, cfg: RunnerConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            client,
+            cfg,
+            metrics,
+            engine: Arc::new(Mutex::new(())),
+        }
+    }
+}
+
+/// The install directory of one target path: the target's parent under the install root.
+fn target_root(install_root: &std::path::Path, target_path: &str) -> PathBuf {
+    let dir = std::path::Path::new(target_path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty());
+    let name = std::path::Path::new(target_path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
+    let mut root = install_root.to_path_buf();
+    if let Some(d) = dir {
+        root.push(d);
+    }
+    root.push(name.unwrap_or_else(|| "payload".into()));
+    root
+}
+
+fn short(s: &str) -> String {
+    hex::encode(&blake3::hash(s.as_bytes()).as_bytes()[..8])
+}
+
+impl super::AssignmentRunner for SwarmRunner {
+    fn run(
+        &self,
+        a: Assignment,
+        progress: watch::Sender<AssignmentStatus>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'static, Option<InstalledVersion>> {
+        let client = self.client.clone();
+        let cfg = self.cfg.clone();
+        let metrics = self.metrics.clone();
+        let engine = self.engine.clone();
+        Box::pin(async move {
+            let fail = |msg: String| {
+                warn!(rollout = %a.rollout, error = %msg, "assignment failed");
+                progress.send_modify(|s| {
+                    s.phase = AssignmentPhase::Failed;
+                    s.last_error = Some(msg);
+                    s.updated_at = Some(Time(jiff::Timestamp::now()));
+                });
+                None
+            };
+            progress.send_modify(|s| s.phase = AssignmentPhase::Verifying);
+
+            // Trust material from the named TrustPolicy, written where the pipeline reads it.
+            let tp = match Api::<TrustPolicy>::all(client.clone()).get(&a.trust_policy).await {
+                Ok(tp) => tp,
+                Err(e) => return fail(format!("TrustPolicy {}: {e}", a.trust_policy)),
+            };
+            let keys_dir = cfg.data_dir.join("keys").join(short(&a.rollout));
+            let mut publisher_keys = Vec::new();
+            let write = |name: String, pem: &str| -> Result<PathBuf, String> {
+                std::fs::create_dir_all(&keys_dir).map_err(|e| format!("{}: {e}", keys_dir.display()))?;
+                let p = keys_dir.join(name);
+                std::fs::write(&p, pem).map_err(|e| format!("{}: {e}", p.display()))?;
+                Ok(p)
+            };
+            for (i, p) in tp.spec.publishers.iter().enumerate() {
+                match write(format!("publisher-{i}.pem"), &p.public_key) {
+                    Ok(path) => publisher_keys.push(path),
+                    Err(e) => return fail(e),
+                }
+            }
+            let director_key = match write("director.pem".into(), &tp.spec.director.public_key) {
+                Ok(p) => p,
+                Err(e) => return fail(e),
+            };
+
+            // Verify up front, so a bad signature is reported as such before any byte moves.
+            let policy = verify::TrustPolicy {
+                publisher_keys: match publisher_keys.iter().map(|p| PublicKey::from_file(p)).collect() {
+                    Ok(k) => k,
+                    Err(e) => return fail(format!("publisher key: {e}")),
+                },
+                director_key: match PublicKey::from_file(&director_key) {
+                    Ok(k) => k,
+                    Err(e) => return fail(format!("director key: {e}")),
+                },
+            };
+            let reg = match Registry::new(&RegistryOptions {
+                insecure: cfg.insecure_registry,
+                docker_config: cfg.docker_config.clone(),
+            }) {
+                Ok(r) => r,
+                Err(e) => return fail(format!("registry: {e}")),
+            };
+            let index = match verify::verify(&reg, &a.chunk_index, &policy, &VerifyContext::now()).await {
+                Ok(ix) => ix,
+                Err(e) => return fail(format!("verification failed: {e}")),
+            };
+            let size = index.payload.size;
+            let index_label = IndexLabel {
+                index: hex::encode(index.id()),
+            };
+            let version = format!(
+                "{:020}-{}",
+                index.sequence,
+                &hex::encode(index.payload.digest)[..12]
+            );
+            progress.send_modify(|s| {
+                s.total_bytes = size as i64;
+                s.phase = AssignmentPhase::Downloading;
+            });
+
+            // Peers: the endpoints of other EdgeNodes carrying this rollout; peer exchange finds more.
+            let peers: Vec<SocketAddr> = match Api::<EdgeNode>::all(client.clone())
+                .list(&ListParams::default())
+                .await
+            {
+                Ok(list) => list
+                    .items
+                    .into_iter()
+                    .filter(|en| en.metadata.name.as_deref() != Some(cfg.node_name.as_str()))
+                    .filter(|en| en.spec.assignments.iter().any(|x| x.rollout == a.rollout))
+                    .filter_map(|en| en.status?.endpoint?.parse().ok())
+                    .collect(),
+                Err(e) => {
+                    warn!(error = %e, "cannot list EdgeNodes; relying on peer exchange and the origin");
+                    Vec::new()
+                }
+            };
+            info!(rollout = %a.rollout, peers = peers.len(), "peers found");
+
+            // One engine at a time: wait for the endpoint, or give up when cancelled.
+            let _engine = tokio::select! {
+                g = engine.clone().lock_owned() => g,
+                _ = cancel.cancelled() => return None,
+            };
+            let install_root = target_root(&cfg.install_root, &a.target_path);
+            let opts = StandaloneOptions {
+                name: Some(cfg.node_name.clone()),
+                site: cfg.site.clone(),
+                listen: cfg.listen,
+                cert: cfg.cert.clone(),
+                key: cfg.key.clone(),
+                ca: cfg.ca.clone(),
+                peers,
+                index: a.chunk_index.clone(),
+                publisher_keys,
+                director_key,
+                insecure_registry: cfg.insecure_registry,
+                docker_config: cfg.docker_config.clone(),
+                data_dir: cfg.data_dir.join("chunks").join(short(&a.chunk_index)),
+                install_root: install_root.clone(),
+                metrics: None,
+                upload_limit: cfg.upload_limit,
+                download_limit: cfg.download_limit,
+                origin_budget: Budget::OneCopy,
+                no_origin: false,
+                seed: None,
+                seed_for: None,
+            };
+            let peer_base = metrics
+                .received_bytes
+                .get_or_create(&SourceLabel { source: "peer" })
+                .get();
+            let origin_base = metrics
+                .received_bytes
+                .get_or_create(&SourceLabel { source: "origin" })
+                .get();
+            let run = standalone::run_with_metrics(opts, metrics.clone(), cancel.clone());
+            tokio::pin!(run);
+            let installer = Installer::new(&install_root, 0);
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut installed_reported = false;
+            let result = loop {
+                tokio::select! {
+                    r = &mut run => break r,
+                    _ = tick.tick() => {
+                        let frac = metrics.progress.get_or_create(&index_label).get();
+                        let from_peers = metrics.received_bytes.get_or_create(&SourceLabel { source: "peer" }).get() - peer_base;
+                        let from_origin = metrics.received_bytes.get_or_create(&SourceLabel { source: "origin" }).get() - origin_base;
+                        let done = installer.current().as_deref() == Some(version.as_str());
+                        progress.send_modify(|s| {
+                            s.verified_bytes = ((frac * size as f64) as i64).min(size as i64);
+                            s.bytes_from_peers = from_peers as i64;
+                            s.bytes_from_origin = from_origin as i64;
+                            if done && !installed_reported {
+                                s.phase = AssignmentPhase::Installed;
+                                s.verified_bytes = size as i64;
+                                s.updated_at = Some(Time(jiff::Timestamp::now()));
+                            } else if frac >= 1.0 && !done {
+                                s.phase = AssignmentPhase::Installing;
+                            }
+                        });
+                        if done && !installed_reported {
+                            installed_reported = true;
+                            info!(rollout = %a.rollout, %version, "installed; seeding for later waves");
+                        }
+                    }
+                }
+            };
+            match result {
+                Ok(outcome) => {
+                    progress.send_modify(|s| {
+                        s.phase = AssignmentPhase::Installed;
+                        s.verified_bytes = size as i64;
+                    });
+                    Some(InstalledVersion {
+                        target_path: a.target_path.clone(),
+                        digest: index.payload.oci_digest(),
+                        rollout: Some(a.rollout.clone()),
+                        current: true,
+                        installed_at: Some(Time(jiff::Timestamp::now())),
+                    })
+                    .filter(|_| outcome.version == version)
+                }
+                Err(e) if cancel.is_cancelled() && !installed_reported => {
+                    info!(rollout = %a.rollout, error = %e, "assignment cancelled");
+                    None
+                }
+                Err(e) => fail(e.to_string()),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::target_root;
+    use std::path::Path;
+
+    #[test]
+    fn each_target_path_gets_its_own_install_directory() {
+        let root = Path::new("/var/lib/pollen/install");
+        assert_eq!(
+            target_root(root, "firmware/gateway.bin"),
+            root.join("firmware/gateway.bin")
+        );
+        assert_eq!(target_root(root, "model.onnx"), root.join("model.onnx"));
+        assert_ne!(target_root(root, "a/x.bin"), target_root(root, "b/x.bin"));
+    }
+}
