@@ -279,6 +279,8 @@ fn operator_deployment_has_leader_election_probes_and_mounted_keys() {
         "--director-key=/etc/pollen/director/cosign.key",
         "--fleet-ca-cert=/etc/pollen/fleet-ca/tls.crt",
         "--fleet-ca-key=/etc/pollen/fleet-ca/tls.key",
+        "--signer-name=pollen.dev/edge-peer",
+        "--certificate-lifetime=24h",
     ] {
         assert!(
             args.iter().any(|a| a == want),
@@ -537,6 +539,10 @@ fn schema_and_guards_reject_bad_values_with_a_clear_message() {
         (&["--set", "image.tag=latest"], "image.tag"),
         (&["--set", "edgeNode.quicPort=70000"], "edgeNode.quicPort"),
         (&["--set", "edgeNode.dataDir=relative/path"], "edgeNode.dataDir"),
+        (
+            &["--set", "operator.certificateLifetime=1day"],
+            "operator.certificateLifetime",
+        ),
         (
             &["--set", "operator.leaderElection.leaseDurationSeconds=1"],
             "operator.leaderElection.leaseDurationSeconds",
