@@ -7,9 +7,9 @@
 //! answers, so it sits verifying its chunk index with its metrics server up; that is enough to see the
 //! metric families it registers. The operator needs the CRDs, which the test API server serves.
 //!
-//! Needs the built binaries (`cargo build -p pollen-operator -p pollen-edge-node`), crd-apiserver and
-//! etcd (`e2e/tools/build-apiserver.sh`) and cosign (`e2e/tools/install-deps.sh`); without them the test
-//! fails in CI and reports itself skipped elsewhere.
+//! Builds the binaries first (`pollen_e2e::fleet::build_binaries`). The operator's test needs
+//! crd-apiserver and etcd (`e2e/tools/build-apiserver.sh`), kubectl and cosign
+//! (`e2e/tools/install-deps.sh`); without them it fails in CI and reports itself skipped elsewhere.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -25,17 +25,10 @@ fn root() -> PathBuf {
     tools::workspace_root()
 }
 
-/// A built binary of this workspace, or `None` after the CI-aware skip/panic.
-fn built(name: &str) -> Option<PathBuf> {
-    let p = root().join("target/debug").join(name);
-    if p.is_file() {
-        return Some(p);
-    }
-    if tools::in_ci() {
-        panic!("{name} is not built; CI must build it (cargo build -p {name}) before this test");
-    }
-    eprintln!("skipped: {name} is not built (cargo build -p {name})");
-    None
+/// The operator's and the edge node's binaries, built (or found up to date) in this workspace's target
+/// directory by the e2e harness.
+fn binaries() -> PathBuf {
+    pollen_e2e::fleet::build_binaries(false).expect("cargo build of pollen-operator and pollen-edge-node")
 }
 
 /// `deploy/metrics-used.txt`: metric family (as registered) -> whether it has labels, for one exposer.
@@ -177,9 +170,7 @@ fn node_identity(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 
 #[test]
 fn edge_node_serves_every_metric_the_assets_use() {
-    let Some(bin) = built("pollen-edge-node") else {
-        return;
-    };
+    let bin = binaries().join("pollen-edge-node");
     let dir = tempfile::tempdir().unwrap();
     let (cert, key, ca) = node_identity(dir.path());
     let publisher = write(
@@ -264,9 +255,7 @@ fn edge_node_serves_every_metric_the_assets_use() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_serves_every_metric_the_assets_use() {
-    let Some(bin) = built("pollen-operator") else {
-        return;
-    };
+    let bin = binaries().join("pollen-operator");
     let Some([cosign, kubectl, _, _]) = tools::require_all(["cosign", "kubectl", "crd-apiserver", "etcd"])
     else {
         return;

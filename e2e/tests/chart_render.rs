@@ -679,8 +679,8 @@ fn chart_command_lines(helm: &Path) -> BTreeMap<&'static str, (Vec<String>, BTre
     out
 }
 
-/// The chart's flags must exist in the binaries' command lines. A binary that is not built, or has no
-/// command line (or no such subcommand) yet, is reported and skipped; once it has one, every flag the
+/// The chart's flags must exist in the binaries' command lines (built first). A binary without a
+/// command line (or without the subcommand) is reported and skipped; once it has one, every flag the
 /// chart passes must appear in its `--help`.
 #[test]
 fn chart_flags_exist_in_the_binaries() {
@@ -688,17 +688,13 @@ fn chart_flags_exist_in_the_binaries() {
         return;
     };
     let lines = chart_command_lines(&helm);
+    let bins = pollen_e2e::fleet::build_binaries(false).expect("cargo build of the binaries");
     assert!(lines["pollen-operator"].1.contains("--leader-election"));
     assert_eq!(lines["pollen-edge-node"].0, ["agent"]);
     assert!(lines["pollen-edge-node"].1.contains("--node-name"));
     for (bin, (sub, wanted)) in lines {
-        let path = root().join("target/debug").join(bin);
-        if !path.is_file() {
-            eprintln!(
-                "skipped: {bin} is not built (cargo build -p {bin}); the chart passes {sub:?} {wanted:?}"
-            );
-            continue;
-        }
+        let path = bins.join(bin);
+        assert!(path.is_file(), "{} missing after the build", path.display());
         let out = Command::new(&path)
             .args(&sub)
             .arg("--help")
