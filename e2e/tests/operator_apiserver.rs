@@ -449,11 +449,15 @@ impl Fleet {
     }
 
     async fn metrics(&self) -> String {
+        self.http_get("/metrics").await
+    }
+
+    async fn http_get(&self, path: &str) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(self.metrics_addr)
             .await
             .expect("metrics endpoint");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
             .await
             .unwrap();
         let mut out = String::new();
@@ -532,7 +536,19 @@ async fn a_rollout_goes_canary_first_then_the_fleet_until_complete() {
     let to_canary = applied.elapsed();
     assert_eq!(canary.len(), 1, "exactly one canary: {canary:?}");
     let (canary_node, index) = canary.into_iter().next().unwrap();
-    let ur = fleet.rollouts().get(&name).await.unwrap();
+    // The status is written after the assignments, in the same reconcile.
+    let ur = fleet
+        .wait_for(
+            "the status naming the index",
+            Duration::from_secs(10),
+            async || {
+                let ur = fleet.rollouts().get(&name).await.ok()?;
+                let st = ur.status.as_ref()?;
+                (st.chunk_index.as_deref() == Some(index.as_str()) && st.current_wave == Some(0))
+                    .then_some(ur)
+            },
+        )
+        .await;
     assert_eq!(
         condition(&ur, types::VERIFIED),
         Some(("True".into(), reasons::SIGNATURE_VERIFIED.into()))
@@ -543,6 +559,17 @@ async fn a_rollout_goes_canary_first_then_the_fleet_until_complete() {
     assert_eq!(st.artifact_size, Some(size));
     assert_eq!(st.observed_generation, ur.metadata.generation);
     assert!(st.artifact_digest.as_deref().unwrap().contains("@sha256:"));
+
+    fleet
+        .wait_for("/readyz to answer 200", Duration::from_secs(20), async || {
+            fleet
+                .http_get("/readyz")
+                .await
+                .starts_with("HTTP/1.1 200")
+                .then_some(())
+        })
+        .await;
+    assert!(fleet.http_get("/healthz").await.starts_with("HTTP/1.1 200"));
 
     // The index the operator built and signed verifies like an edge node would verify it.
     let trust = verify::TrustPolicy {

@@ -994,10 +994,12 @@ pub async fn run(
     });
     let node_store = store.clone();
     let policy_store = store.clone();
-    let ready_store = store.clone();
     let diagnostics = ctx.diagnostics.clone();
+    // Readiness waits on the EdgeNode cache only. The controller's own store must not be awaited
+    // here: its readiness signal wakes a single waiter, and the controller itself waits on it.
+    // The rollouts were listed above, and the controller starts reconciling once its store synced.
     tokio::spawn(async move {
-        if ready_store.wait_until_ready().await.is_ok() && node_cache.wait_until_ready().await.is_ok() {
+        if node_cache.wait_until_ready().await.is_ok() {
             diagnostics.write().await.ready = true;
             info!("caches synced; ready");
         }
