@@ -55,6 +55,11 @@ pub struct EngineConfig {
     pub listen: SocketAddr,
     /// Static peers to dial.
     pub peers: Vec<SocketAddr>,
+    /// Names of the static peers, where known: they count in the origin ownership from the start, for
+    /// `member_wait`, even before their connections are up.
+    pub peer_names: Vec<String>,
+    /// How long expected members count before they connect.
+    pub member_wait: Duration,
     /// Certificate, key and fleet CA.
     pub tls: TlsIdentity,
     /// Where chunk stores live.
@@ -92,6 +97,8 @@ impl EngineConfig {
             site: "default".into(),
             listen,
             peers: Vec::new(),
+            peer_names: Vec::new(),
+            member_wait: Duration::from_secs(10),
             tls,
             data_dir,
             picker: PickerConfig::default(),
@@ -99,7 +106,7 @@ impl EngineConfig {
             upload_limit: None,
             download_limit: None,
             origin: true,
-            origin_grace: Duration::from_secs(2),
+            origin_grace: Duration::from_secs(3),
             max_connections: 64,
             upload_slots: 16,
             upload_slots_per_peer: 8,
@@ -239,6 +246,8 @@ impl Engine {
             cfg.picker.clone(),
             cfg.seed,
         );
+        let mut picker = picker;
+        picker.expect_members(&cfg.peer_names, cfg.member_wait);
         let endpoint = net::endpoint(cfg.listen, &cfg.tls, &cfg.transport)?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
@@ -1034,11 +1043,16 @@ impl Shared {
             .verification_failures
             .get_or_create(&PeerLabel { peer: name.into() })
             .inc();
-        self.metrics
-            .bans
-            .get_or_create(&PeerLabel { peer: name.into() })
-            .inc();
-        self.banned.lock().expect("banned").insert(name.to_owned());
+        // Count a ban once, even if several fetches from the peer fail at the same time.
+        if self.banned.lock().expect("banned").insert(name.to_owned()) {
+            self.metrics
+                .bans
+                .get_or_create(&PeerLabel { peer: name.into() })
+                .inc();
+        }
+        if let Some(p) = self.peers.lock().expect("peers").get(name) {
+            p.conn.close(protocol::CLOSE_REFUSED.into(), b"banned: bad chunk");
+        }
         self.banned_addrs
             .lock()
             .expect("banned")
@@ -1188,6 +1202,7 @@ impl Shared {
         }
         let range = self.index.chunk_range(c);
         let url = self.index.payload_location().blob_url();
+        debug!(node = %self.name, chunk = c, peers = self.peers.lock().expect("peers").len(), "origin fetch");
         self.metrics.origin_requests.inc();
         let mut resp = self
             .http

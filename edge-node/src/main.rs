@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use std::sync::Arc;
+
+use pollen_edge_node::metrics::Metrics;
 use pollen_edge_node::standalone::{self, Budget, StandaloneOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -59,10 +62,11 @@ struct StandaloneArgs {
     /// Fleet CA certificate (PEM); peers must present certificates it issued.
     #[arg(long)]
     ca: PathBuf,
-    /// A peer's QUIC address, ADDR:PORT or NAME@ADDR:PORT (the name is informative: identity always comes
-    /// from the peer's certificate); repeat for more. More are learned by peer exchange.
+    /// A peer's QUIC address, ADDR:PORT or NAME@ADDR:PORT; repeat for more. More are learned by peer
+    /// exchange. Identity always comes from the peer's certificate; a given name lets the origin-once rule
+    /// count that peer before its connection is up.
     #[arg(long = "peer", value_parser = parse_peer)]
-    peers: Vec<SocketAddr>,
+    peers: Vec<(Option<String>, SocketAddr)>,
     /// Pinned chunk-index reference, REGISTRY/REPO@sha256:HEX.
     #[arg(long)]
     index: String,
@@ -146,6 +150,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Standalone(a) => {
                 let shutdown = CancellationToken::new();
                 spawn_signal_handler(shutdown.clone());
+                let peer_names: Vec<String> = a.peers.iter().filter_map(|(n, _)| n.clone()).collect();
                 let opts = StandaloneOptions {
                     name: a.name,
                     site: a.site,
@@ -153,7 +158,7 @@ fn main() -> anyhow::Result<()> {
                     cert: a.cert,
                     key: a.key,
                     ca: a.ca,
-                    peers: a.peers,
+                    peers: a.peers.iter().map(|(_, a)| *a).collect(),
                     index: a.index,
                     publisher_keys: a.publisher_keys,
                     director_key: a.director_key,
@@ -173,7 +178,9 @@ fn main() -> anyhow::Result<()> {
                         a.seed_for.map(Duration::from_secs)
                     },
                 };
-                let out = standalone::run(opts, shutdown).await?;
+                let out =
+                    standalone::run_with_members(opts, peer_names, Arc::new(Metrics::default()), shutdown)
+                        .await?;
                 println!(
                     "installed {} version {} origin_bytes {} seconds {:.3}",
                     out.installed.display(),
@@ -187,10 +194,15 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-fn parse_peer(s: &str) -> Result<SocketAddr, String> {
-    let addr = s.rsplit_once('@').map_or(s, |(_, a)| a);
-    addr.parse()
-        .map_err(|e| format!("{s:?}: expected ADDR:PORT or NAME@ADDR:PORT ({e})"))
+fn parse_peer(s: &str) -> Result<(Option<String>, SocketAddr), String> {
+    let (name, addr) = match s.rsplit_once('@') {
+        Some((n, a)) if !n.is_empty() => (Some(n.to_owned()), a),
+        _ => (None, s),
+    };
+    let addr = addr
+        .parse()
+        .map_err(|e| format!("{s:?}: expected ADDR:PORT or NAME@ADDR:PORT ({e})"))?;
+    Ok((name, addr))
 }
 
 fn parse_budget(s: &str) -> Result<Budget, String> {

@@ -51,6 +51,9 @@ pub struct PickerConfig {
     pub min_pipeline: u32,
     /// Most requests in flight per peer.
     pub max_pipeline: u32,
+    /// Bytes kept in flight per peer at least, whatever the measured bandwidth-delay product (small
+    /// chunks on fast links would otherwise leave the pipe idle between requests).
+    pub min_inflight_bytes: u64,
     /// Most sources for one chunk in endgame.
     pub endgame_sources: usize,
     /// Most origin requests in flight.
@@ -67,6 +70,7 @@ impl Default for PickerConfig {
             random_first: 4,
             min_pipeline: 2,
             max_pipeline: 32,
+            min_inflight_bytes: 1024 * 1024,
             endgame_sources: 2,
             origin_concurrency: 4,
             origin_budget: None,
@@ -102,6 +106,8 @@ pub struct Picker {
     peers: BTreeMap<PeerId, PeerState>,
     rng: StdRng,
     last_progress: Duration,
+    expected: Vec<String>,
+    expect_until: Duration,
 }
 
 /// 64-bit rendezvous (highest random weight) score of `node` for `chunk`.
@@ -140,6 +146,8 @@ impl Picker {
             peers: BTreeMap::new(),
             rng: StdRng::seed_from_u64(seed),
             last_progress: Duration::ZERO,
+            expected: Vec::new(),
+            expect_until: Duration::ZERO,
         }
     }
 
@@ -184,6 +192,14 @@ impl Picker {
     /// Requests in flight to a peer.
     pub fn peer_inflight(&self, id: PeerId) -> u32 {
         self.peers.get(&id).map_or(0, |p| p.inflight)
+    }
+
+    /// Names of fleet members expected to join (static peers with known names). Until `until`, each one
+    /// that is not connected yet counts in the origin ownership as a node holding nothing, so that nodes
+    /// whose connections are still forming compute the same owners.
+    pub fn expect_members(&mut self, names: &[String], until: Duration) {
+        self.expected = names.iter().filter(|n| **n != self.name).cloned().collect();
+        self.expect_until = until;
     }
 
     /// Registers a connected peer with its node name and whether it is in this node's site.
@@ -279,11 +295,12 @@ impl Picker {
         }
     }
 
-    /// How many requests a peer should have in flight: its bandwidth-delay product in chunks, plus one.
+    /// How many requests a peer should have in flight: its bandwidth-delay product (at least
+    /// `min_inflight_bytes`) in chunks, plus one, clamped.
     pub fn pipeline_target(&self, id: PeerId) -> u32 {
         let Some(p) = self.peers.get(&id) else { return 0 };
-        let bdp_chunks = p.rate * p.rtt.as_secs_f64() / f64::from(self.chunk_size.max(1));
-        let t = bdp_chunks.ceil() as u32 + 1;
+        let bdp = (p.rate * p.rtt.as_secs_f64()).max(self.cfg.min_inflight_bytes as f64);
+        let t = (bdp / f64::from(self.chunk_size.max(1))).ceil() as u32 + 1;
         t.clamp(self.cfg.min_pipeline, self.cfg.max_pipeline)
     }
 
@@ -301,13 +318,34 @@ impl Picker {
     /// it (all of them, or only same-site ones).
     fn owns(&self, c: u32, same_site_only: bool) -> bool {
         let mine = hrw(&self.name, c);
+        let beats = |name: &str| {
+            let s = hrw(name, c);
+            s > mine || (s == mine && name < self.name.as_str())
+        };
         !self
             .peers
             .values()
             .filter(|p| !p.have.get(c) && (!same_site_only || p.same_site))
-            .any(|p| {
-                let s = hrw(&p.name, c);
-                s > mine || (s == mine && p.name < self.name)
+            .any(|p| beats(&p.name))
+    }
+
+    /// Origin ownership: [`Picker::owns`] over the connected peers, plus expected members not yet
+    /// connected while `now` is before the expectation deadline.
+    fn owns_origin(&self, c: u32, now: Duration) -> bool {
+        if !self.owns(c, false) {
+            return false;
+        }
+        if now >= self.expect_until {
+            return true;
+        }
+        let mine = hrw(&self.name, c);
+        !self
+            .expected
+            .iter()
+            .filter(|n| !self.peers.values().any(|p| &p.name == *n))
+            .any(|n| {
+                let s = hrw(n, c);
+                s > mine || (s == mine && n.as_str() < self.name.as_str())
             })
     }
 
@@ -409,7 +447,7 @@ impl Picker {
             if !self.wanted(c) || self.availability[c as usize] > 0 {
                 continue;
             }
-            if !stalled && (self.someone_fetching(c, false) || !self.owns(c, false)) {
+            if !stalled && (self.someone_fetching(c, false) || !self.owns_origin(c, now)) {
                 continue;
             }
             cands.push((self.rng.random(), c));

@@ -177,6 +177,17 @@ pub async fn run_with_metrics(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<Outcome, StandaloneError> {
+    run_with_members(opts, Vec::new(), metrics, shutdown).await
+}
+
+/// [`run_with_metrics`] with the names of the static peers (from `--peer NAME@ADDR`): they count in the
+/// origin-once ownership from the start, before their connections are up.
+pub async fn run_with_members(
+    opts: StandaloneOptions,
+    peer_names: Vec<String>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<Outcome, StandaloneError> {
     let tls = TlsIdentity::load(&opts.cert, &opts.key, &opts.ca)?;
     if let Some(flag) = &opts.name
         && flag != tls.name()
@@ -226,6 +237,7 @@ pub async fn run_with_metrics(
     let mut cfg = EngineConfig::new(tls, opts.listen, opts.data_dir.clone());
     cfg.site = opts.site.clone();
     cfg.peers = opts.peers.clone();
+    cfg.peer_names = peer_names;
     cfg.upload_limit = opts.upload_limit;
     cfg.download_limit = opts.download_limit;
     cfg.origin = !opts.no_origin;

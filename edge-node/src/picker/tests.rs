@@ -7,6 +7,7 @@ const MS: Duration = Duration::from_millis(1);
 fn cfg() -> PickerConfig {
     PickerConfig {
         origin_concurrency: 64,
+        min_inflight_bytes: 0,
         ..PickerConfig::default()
     }
 }
@@ -111,6 +112,14 @@ fn pipeline_follows_the_bandwidth_delay_product() {
     p.add_peer(2, "b", true);
     p.set_rtt(2, Duration::from_millis(1));
     assert_eq!(p.pipeline_target(2), 2);
+    // The floor of bytes in flight holds for small chunks.
+    let floor = PickerConfig {
+        min_inflight_bytes: 1024 * 1024,
+        ..cfg()
+    };
+    let mut q = Picker::new("me", 64 * 1024, 1000 * 64 * 1024, Bitfield::new(n), floor, 1);
+    q.add_peer(1, "a", true);
+    assert_eq!(q.pipeline_target(1), 17, "1 MiB of 64 KiB chunks, plus one");
     // The cap holds.
     p.set_rtt(1, Duration::from_secs(10));
     assert_eq!(p.pipeline_target(1), 32);
@@ -138,6 +147,23 @@ fn origin_only_for_chunks_no_peer_has_and_split_between_owners() {
     c.add_peer(1, "node-d", true);
     c.peer_have_map(1, &Bitfield::full(n), MS);
     assert!(c.pick_for_origin(MS).is_empty());
+}
+
+#[test]
+fn expected_members_take_their_share_before_they_connect() {
+    let n = 64;
+    let names = vec!["node-a".to_string(), "node-b".to_string()];
+    let mut a = Picker::new("node-a", 1024, 64 * 1024, Bitfield::new(n), cfg(), 1);
+    a.expect_members(&names, Duration::from_secs(10));
+    // Alone but expecting node-b: only node-a's rendezvous share.
+    let mine = a.pick_for_origin(MS);
+    let expected: Vec<u32> = (0..n).filter(|&c| hrw("node-a", c) > hrw("node-b", c)).collect();
+    let mut got = mine.clone();
+    got.sort();
+    assert_eq!(got, expected);
+    // After the deadline an absent member no longer holds chunks back.
+    let rest = a.pick_for_origin(Duration::from_secs(11));
+    assert_eq!(rest.len() + mine.len(), n as usize);
 }
 
 #[test]
