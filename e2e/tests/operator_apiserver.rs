@@ -825,3 +825,42 @@ async fn a_large_fleet_is_assigned_wave_by_wave() {
     );
     fleet.stop_operator().await;
 }
+
+/// With leader election on and no Leases served (the CRD-only server), the operator stops with a
+/// clear error instead of running unguarded; only `--leader-election-optional` lets it run.
+#[tokio::test]
+async fn without_leases_leader_election_fails_clearly_unless_optional() {
+    if !apiserver_available() {
+        return;
+    }
+    install_provider();
+    let (server, client) = start_apiserver().await;
+    if !server.is_local() {
+        eprintln!("skip: a real cluster serves Leases; this checks the CRD-only server");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("director.key");
+    let director = SigningKey::generate().unwrap();
+    std::fs::write(&key_path, director.to_encrypted_pem(PASSWORD.as_bytes()).unwrap()).unwrap();
+    let cli = Cli::parse_from([
+        "pollen-operator".to_string(),
+        format!("--director-key={}", key_path.display()),
+        format!("--director-key-password={PASSWORD}"),
+        "--metrics-addr=127.0.0.1:0".to_string(),
+    ]);
+    assert!(cli.options.leader_election, "leader election is on by default");
+    let res = tokio::time::timeout(
+        Duration::from_secs(20),
+        pollen_operator::app::run(cli.options, client, std::future::pending()),
+    )
+    .await
+    .expect("fails fast");
+    match res {
+        Err(e @ pollen_operator::app::AppError::LeasesNotServed) => {
+            let msg = e.to_string();
+            assert!(msg.contains("--leader-election-optional"), "{msg}");
+        }
+        other => panic!("expected LeasesNotServed, got {other:?}"),
+    }
+}
