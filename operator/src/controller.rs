@@ -1599,6 +1599,61 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_failed_index_push_holds_in_indexing_then_recovers() {
+        let pipeline = ScriptedPipeline::signed();
+        pipeline
+            .index_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let h = Harness::new(
+            world_with(3, vec![UpdateRollout::test("r").finalized()]),
+            pipeline.clone(),
+        );
+        let err = h.step("r").await.unwrap_err();
+        assert!(err.to_string().contains("index push refused"), "{err}");
+        {
+            let w = h.w();
+            let st = w.status("r");
+            assert_eq!(st.phase, RolloutPhase::Indexing);
+            assert_eq!(cond(&st, types::VERIFIED).status, "True");
+            assert_eq!(cond(&st, types::INDEXED).reason, reasons::REGISTRY_UNAVAILABLE);
+            assert_eq!(w.edge_node_writes(), 0);
+        }
+        pipeline
+            .index_down
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        h.step("r").await.unwrap();
+        assert_eq!(h.w().status("r").phase, RolloutPhase::Distributing);
+        assert_eq!(cond(&h.w().status("r"), types::INDEXED).status, "True");
+        assert_eq!(h.w().assigned("r").len(), 1);
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn a_selector_matching_nothing_waits_in_pending() {
+        let mut ur = UpdateRollout::test("r").finalized();
+        ur.spec.selector.match_labels = Some(BTreeMap::from([("role".into(), "camera".into())]));
+        let h = Harness::new(world_with(3, vec![ur]), ScriptedPipeline::signed());
+        let action = h.step("r").await.unwrap();
+        assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+        {
+            let w = h.w();
+            let st = w.status("r");
+            assert_eq!(st.phase, RolloutPhase::Pending);
+            assert_eq!(cond(&st, types::PROGRESSING).reason, reasons::NO_TARGETS);
+            assert_eq!(cond(&st, types::COMPLETE).status, "False");
+            assert_eq!(w.edge_node_writes(), 0);
+        }
+        // A matching node appears: the rollout starts.
+        let mut cam = edge_node("cam-1");
+        cam.labels_mut().insert("role".into(), "camera".into());
+        h.w().nodes.insert("cam-1".into(), cam);
+        h.step("r").await.unwrap();
+        assert_eq!(h.w().status("r").phase, RolloutPhase::Distributing);
+        assert_eq!(h.w().assigned("r").len(), 1);
+        h.finish().await;
+    }
+
+    #[tokio::test]
     async fn a_new_artifact_supersedes_the_old_assignments() {
         let h = Harness::new(
             world_with(5, vec![UpdateRollout::test("r").finalized()]),

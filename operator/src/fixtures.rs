@@ -153,6 +153,8 @@ pub struct ScriptedPipeline {
     pub signed_by: Option<String>,
     /// Fail every call as if the registry were down.
     pub registry_down: bool,
+    /// Fail index pushes (until cleared) as if the registry refused them.
+    pub index_down: std::sync::atomic::AtomicBool,
     /// The calls made, in order (`resolve`, `verify`, `index`).
     pub calls: Mutex<Vec<&'static str>>,
 }
@@ -164,6 +166,7 @@ impl ScriptedPipeline {
             signed_by: Some(TRUSTED_KEY.into()),
             registry_down: false,
             calls: Mutex::default(),
+            index_down: Default::default(),
         })
     }
     /// Artifacts without a signature.
@@ -172,6 +175,7 @@ impl ScriptedPipeline {
             signed_by: None,
             registry_down: false,
             calls: Mutex::default(),
+            index_down: Default::default(),
         })
     }
     /// Artifacts signed by a key the policy does not trust.
@@ -180,6 +184,7 @@ impl ScriptedPipeline {
             signed_by: Some(FOREIGN_KEY.into()),
             registry_down: false,
             calls: Mutex::default(),
+            index_down: Default::default(),
         })
     }
     /// A registry that refuses every request.
@@ -188,6 +193,7 @@ impl ScriptedPipeline {
             signed_by: None,
             registry_down: true,
             calls: Mutex::default(),
+            index_down: Default::default(),
         })
     }
     /// The calls made so far.
@@ -239,6 +245,9 @@ impl ArtifactPipeline for ScriptedPipeline {
     ) -> BoxFuture<'a, Result<IndexedArtifact, PipelineError>> {
         Box::pin(async move {
             self.calls.lock().unwrap().push("index");
+            if self.index_down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(PipelineError::Unavailable("index push refused".into()));
+            }
             let repo = request.artifact.reference.split('@').next().unwrap();
             let h = Self::hash(&format!(
                 "{}{}{}",
