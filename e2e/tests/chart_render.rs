@@ -751,3 +751,92 @@ async fn chart_crds_apply_to_a_real_api_server() {
         ]
     );
 }
+
+/// Every rendered object of a built-in kind survives a round trip through the Kubernetes API types
+/// (k8s-openapi, v1.33): a misspelt or misplaced field would be dropped by the typed parse, so the
+/// round trip differs and the test names the path. This stands in for a schema validator (kubeconform
+/// is not available from the package registries).
+#[test]
+fn rendered_objects_match_the_kubernetes_api_types() {
+    use k8s_openapi::api::{admissionregistration, apps, core, policy, rbac};
+    let Some(helm) = tools::require("helm") else {
+        return;
+    };
+
+    fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(
+        doc: &serde_json::Value,
+    ) -> serde_json::Value {
+        let typed: T = serde_json::from_value(doc.clone()).expect("parses as its API type");
+        serde_json::to_value(typed).unwrap()
+    }
+
+    fn first_difference(path: &str, a: &serde_json::Value, b: &serde_json::Value) -> Option<String> {
+        use serde_json::Value as J;
+        match (a, b) {
+            (J::Object(x), J::Object(y)) => {
+                for (k, v) in x {
+                    match y.get(k) {
+                        Some(w) => {
+                            if let Some(d) = first_difference(&format!("{path}.{k}"), v, w) {
+                                return Some(d);
+                            }
+                        }
+                        None => return Some(format!("{path}.{k} is not a field of the API type")),
+                    }
+                }
+                y.keys()
+                    .find(|k| !x.contains_key(*k))
+                    .map(|k| format!("{path}.{k} appeared in the round trip"))
+            }
+            (J::Array(x), J::Array(y)) if x.len() == y.len() => x
+                .iter()
+                .zip(y)
+                .enumerate()
+                .find_map(|(i, (v, w))| first_difference(&format!("{path}[{i}]"), v, w)),
+            _ if a == b => None,
+            _ => Some(format!("{path}: {a} became {b}")),
+        }
+    }
+
+    let mut checked = 0;
+    for v in variants() {
+        for doc in render_variant(&helm, &v) {
+            let json = serde_json::to_value(&doc).unwrap();
+            let back = match (json["apiVersion"].as_str().unwrap_or(""), kind(&doc)) {
+                ("apps/v1", "Deployment") => round_trip::<apps::v1::Deployment>(&json),
+                ("apps/v1", "DaemonSet") => round_trip::<apps::v1::DaemonSet>(&json),
+                ("v1", "Service") => round_trip::<core::v1::Service>(&json),
+                ("v1", "ServiceAccount") => round_trip::<core::v1::ServiceAccount>(&json),
+                ("v1", "ConfigMap") => round_trip::<core::v1::ConfigMap>(&json),
+                ("v1", "Secret") => round_trip::<core::v1::Secret>(&json),
+                ("v1", "Pod") => round_trip::<core::v1::Pod>(&json),
+                ("policy/v1", "PodDisruptionBudget") => round_trip::<policy::v1::PodDisruptionBudget>(&json),
+                ("rbac.authorization.k8s.io/v1", "ClusterRole") => round_trip::<rbac::v1::ClusterRole>(&json),
+                ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+                    round_trip::<rbac::v1::ClusterRoleBinding>(&json)
+                }
+                ("rbac.authorization.k8s.io/v1", "Role") => round_trip::<rbac::v1::Role>(&json),
+                ("rbac.authorization.k8s.io/v1", "RoleBinding") => round_trip::<rbac::v1::RoleBinding>(&json),
+                ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy") => {
+                    round_trip::<admissionregistration::v1::ValidatingAdmissionPolicy>(&json)
+                }
+                ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding") => {
+                    round_trip::<admissionregistration::v1::ValidatingAdmissionPolicyBinding>(&json)
+                }
+                // prometheus-operator and cert-manager kinds: not in k8s-openapi.
+                (_, "ServiceMonitor" | "PodMonitor" | "PrometheusRule" | "Issuer" | "Certificate") => {
+                    continue;
+                }
+                (api, k) => panic!(
+                    "{}: rendered {api} {k}, which this test does not know",
+                    variant_name(&v)
+                ),
+            };
+            if let Some(d) = first_difference(&format!("{}/{}", kind(&doc), name(&doc)), &json, &back) {
+                panic!("{}: {d}", variant_name(&v));
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 50, "only {checked} objects checked");
+}
