@@ -840,3 +840,79 @@ fn rendered_objects_match_the_kubernetes_api_types() {
     }
     assert!(checked > 50, "only {checked} objects checked");
 }
+
+/// Copies `src` into `dst` recursively.
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+/// `NOTES.txt` tells the user what to do next. `helm template` does not render notes, and the CRD-only
+/// API server cannot take a `helm install --dry-run` (it serves no core kinds), so a scratch copy of the
+/// chart renders the notes through `tpl` into a ConfigMap.
+#[test]
+fn notes_tell_the_user_what_to_do_next() {
+    let Some(helm) = tools::require("helm") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let chart = dir.path().join("pollen");
+    copy_dir(&chart_dir(), &chart);
+    std::fs::copy(chart.join("templates/NOTES.txt"), chart.join("files/notes.txt")).unwrap();
+    std::fs::write(
+        chart.join("templates/zz-notes.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: |\n{{ tpl (.Files.Get \"files/notes.txt\") . | indent 4 }}\n",
+    )
+    .unwrap();
+    let notes = |args: &[&str]| -> String {
+        let out = Command::new(&helm)
+            .args(["template", "pollen"])
+            .arg(&chart)
+            .args([
+                "--namespace",
+                "pollen-system",
+                "--show-only",
+                "templates/zz-notes.yaml",
+            ])
+            .args(args)
+            .output()
+            .expect("helm runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let doc: Value = serde_yaml::from_slice(&out.stdout).unwrap();
+        doc["data"]["notes"].as_str().unwrap().to_string()
+    };
+    let default = notes(&[]);
+    for want in [
+        "kubectl -n pollen-system rollout status deployment/pollen-operator",
+        "helm test pollen -n pollen-system",
+        "kubectl label node <node> pollen.dev/edge=true",
+        "/var/lib/pollen/identity/tls.crt",
+        "get secret pollen-director",
+        "kubectl pollen status <rollout> --watch",
+        "Back it up",
+        "metrics.serviceMonitor.enabled",
+    ] {
+        assert!(default.contains(want), "NOTES lack {want:?}:\n{default}");
+    }
+    let monitored = notes(&[
+        "--values",
+        chart_dir().join("ci/monitoring-values.yaml").to_str().unwrap(),
+    ]);
+    assert!(
+        !monitored.contains("metrics.serviceMonitor.enabled"),
+        "{monitored}"
+    );
+    let given_ca = notes(&[
+        "--values",
+        chart_dir().join("ci/existing-ca-values.yaml").to_str().unwrap(),
+    ]);
+    assert!(!given_ca.contains("Back it up"), "{given_ca}");
+}
