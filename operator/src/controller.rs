@@ -91,6 +91,9 @@ pub struct Config {
     pub error_backoff: Duration,
     /// How often a rollout blocked by a conflict or without targets is looked at again.
     pub blocked_retry: Duration,
+    /// How often an artifact that failed verification is checked again (it may have been signed
+    /// since; a spec change checks at once).
+    pub verify_retry: Duration,
 }
 
 impl Default for Config {
@@ -99,6 +102,7 @@ impl Default for Config {
             resync: Duration::from_secs(15),
             error_backoff: Duration::from_secs(15),
             blocked_retry: Duration::from_secs(30),
+            verify_retry: Duration::from_secs(300),
         }
     }
 }
@@ -147,6 +151,9 @@ pub struct Context {
     pub clock: Clock,
     /// The watch caches, once [`run`] set them up; without them a reconcile lists from the API.
     pub caches: std::sync::OnceLock<Caches>,
+    /// When each rollout (`namespace/name`) last had its artifact verified, for the retry of failed
+    /// verifications. In memory: a restarted operator checks a failed artifact once more.
+    pub verify_attempts: std::sync::Mutex<BTreeMap<String, Timestamp>>,
 }
 
 impl Context {
@@ -179,6 +186,7 @@ impl Context {
             pipeline,
             clock: Arc::new(Timestamp::now),
             caches: std::sync::OnceLock::new(),
+            verify_attempts: std::sync::Mutex::default(),
         }
     }
 }
@@ -423,7 +431,24 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
     // Resolve, Verify, Index: only when what the index depends on changed.
     let fp = fingerprint(ur, &tp);
     let mut fresh_index = false;
-    if st.indexed_for.as_deref() != Some(fp.as_str()) {
+    let verification_failed = st.indexed_for.as_deref() == Some(fp.as_str())
+        && st.chunk_index.is_none()
+        && st.conditions.iter().any(|c| {
+            c.type_ == types::VERIFIED
+                && c.status == "False"
+                && (c.reason == reasons::UNSIGNED || c.reason == reasons::UNTRUSTED_SIGNATURE)
+        });
+    let verify_due = verification_failed && {
+        let attempts = ctx.verify_attempts.lock().expect("verify attempts lock");
+        attempts.get(&key).is_none_or(|t| {
+            Duration::try_from(now.duration_since(*t)).unwrap_or(Duration::ZERO) >= ctx.config.verify_retry
+        })
+    };
+    if st.indexed_for.as_deref() != Some(fp.as_str()) || verify_due {
+        ctx.verify_attempts
+            .lock()
+            .expect("verify attempts lock")
+            .insert(key.clone(), now);
         match prepare(ctx, ur, &uid, &tp, &mut st, now).await {
             Ok(()) => {
                 st.indexed_for = Some(fp.clone());
@@ -431,7 +456,7 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
             }
             Err(Stop::Verification) => {
                 st.indexed_for = Some(fp.clone());
-                return settle(ctx, ur, &prev, st, Action::await_change()).await;
+                return settle(ctx, ur, &prev, st, Action::requeue(ctx.config.verify_retry)).await;
             }
             Err(Stop::Invalid) => {
                 st.indexed_for = Some(fp.clone());
@@ -446,9 +471,15 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
         }
     }
     let Some(chunk_index) = st.chunk_index.clone() else {
-        // Verification failed for this very spec: nothing to do until it changes.
+        // Verification (or resolution) failed for this very spec: nothing to do until it changes
+        // or the verification retry is due.
         st.phase = RolloutPhase::Failed;
-        return settle(ctx, ur, &prev, st, Action::await_change()).await;
+        let action = if verification_failed {
+            Action::requeue(ctx.config.verify_retry)
+        } else {
+            Action::await_change()
+        };
+        return settle(ctx, ur, &prev, st, action).await;
     };
 
     // Plan: the selected nodes, the conflict check, the waves.
@@ -749,6 +780,7 @@ async fn prepare(
             now,
         ),
         Err(e @ (PipelineError::Unsigned | PipelineError::Untrusted(_))) => {
+            drop_condition(st, types::FAILED);
             let reason = if matches!(e, PipelineError::Unsigned) {
                 reasons::UNSIGNED
             } else {
@@ -1272,6 +1304,38 @@ mod tests {
         h.step("r").await.unwrap();
         assert_eq!(pipeline.calls().len(), 2);
         assert_eq!(h.w().edge_node_writes(), 0);
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn an_artifact_signed_after_the_rollout_was_applied_is_picked_up_on_the_retry() {
+        let pipeline = ScriptedPipeline::unsigned();
+        let h = Harness::new(
+            world_with(3, vec![UpdateRollout::test("r").finalized()]),
+            pipeline.clone(),
+        );
+        let action = h.step("r").await.unwrap();
+        assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+        assert_eq!(
+            cond(&h.w().status("r"), types::VERIFIED).reason,
+            reasons::UNSIGNED
+        );
+        // The publisher signs it now.
+        *pipeline.signed_by.lock().unwrap() = Some(TRUSTED_KEY.into());
+        h.clock.advance(Duration::from_secs(299));
+        h.step("r").await.unwrap();
+        assert_eq!(
+            pipeline.calls(),
+            vec!["resolve", "verify"],
+            "not before the retry is due"
+        );
+        assert_eq!(h.w().edge_node_writes(), 0);
+        h.clock.advance(Duration::from_secs(1));
+        h.step("r").await.unwrap();
+        let st = h.w().status("r");
+        assert_eq!(cond(&st, types::VERIFIED).status, "True");
+        assert_eq!(st.phase, RolloutPhase::Distributing);
+        assert_eq!(h.w().assigned("r").len(), 1);
         h.finish().await;
     }
 

@@ -150,7 +150,7 @@ pub fn trust_policy() -> TrustPolicy {
 /// test says signed the artifact.
 pub struct ScriptedPipeline {
     /// The PEM of the key that signed the artifact; `None` for an unsigned artifact.
-    pub signed_by: Option<String>,
+    pub signed_by: Mutex<Option<String>>,
     /// Fail every call as if the registry were down.
     pub registry_down: bool,
     /// Fail index pushes (until cleared) as if the registry refused them.
@@ -163,7 +163,7 @@ impl ScriptedPipeline {
     /// Artifacts signed by the trusted key.
     pub fn signed() -> Arc<Self> {
         Arc::new(Self {
-            signed_by: Some(TRUSTED_KEY.into()),
+            signed_by: Mutex::new(Some(TRUSTED_KEY.into())),
             registry_down: false,
             calls: Mutex::default(),
             index_down: Default::default(),
@@ -172,7 +172,7 @@ impl ScriptedPipeline {
     /// Artifacts without a signature.
     pub fn unsigned() -> Arc<Self> {
         Arc::new(Self {
-            signed_by: None,
+            signed_by: Mutex::new(None),
             registry_down: false,
             calls: Mutex::default(),
             index_down: Default::default(),
@@ -181,7 +181,7 @@ impl ScriptedPipeline {
     /// Artifacts signed by a key the policy does not trust.
     pub fn wrong_key() -> Arc<Self> {
         Arc::new(Self {
-            signed_by: Some(FOREIGN_KEY.into()),
+            signed_by: Mutex::new(Some(FOREIGN_KEY.into())),
             registry_down: false,
             calls: Mutex::default(),
             index_down: Default::default(),
@@ -190,7 +190,7 @@ impl ScriptedPipeline {
     /// A registry that refuses every request.
     pub fn down() -> Arc<Self> {
         Arc::new(Self {
-            signed_by: None,
+            signed_by: Mutex::new(None),
             registry_down: true,
             calls: Mutex::default(),
             index_down: Default::default(),
@@ -229,12 +229,12 @@ impl ArtifactPipeline for ScriptedPipeline {
     ) -> BoxFuture<'a, Result<String, PipelineError>> {
         Box::pin(async move {
             self.calls.lock().unwrap().push("verify");
-            let Some(key) = &self.signed_by else {
+            let Some(key) = self.signed_by.lock().unwrap().clone() else {
                 return Err(PipelineError::Unsigned);
             };
             publishers
                 .iter()
-                .find(|p| &p.public_key == key)
+                .find(|p| p.public_key == key)
                 .map(|p| p.name.clone())
                 .ok_or_else(|| PipelineError::Untrusted("no publisher key of the policy verifies".into()))
         })
@@ -582,6 +582,7 @@ pub fn test_context(pipeline: Arc<dyn ArtifactPipeline>) -> (Arc<Context>, ApiSe
         pipeline,
         clock: Arc::new(move || *c.0.lock().unwrap()),
         caches: std::sync::OnceLock::new(),
+        verify_attempts: Mutex::default(),
     };
     (Arc::new(ctx), ApiServerVerifier(handle), clock)
 }
