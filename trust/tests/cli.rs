@@ -5,8 +5,9 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use pollen_e2e::registry::Registry;
-use pollen_e2e::tools;
+mod support;
+
+use support::{TestRegistry, require};
 
 const PASSWORD: &str = "cli-test-password";
 
@@ -81,12 +82,11 @@ fn keygen_refuses_to_overwrite() {
     assert_ne!(std::fs::read_to_string(dir.path().join("k.key")).unwrap(), key);
 }
 
-#[tokio::test]
-async fn publish_index_verify_from_the_command_line() {
-    if tools::require("docker-registry").is_none() {
+#[test]
+fn publish_index_verify_from_the_command_line() {
+    let Some(registry) = TestRegistry::start() else {
         return;
-    }
-    let registry = Registry::start().await.expect("registry starts");
+    };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("docker.json"), br#"{"auths":{}}"#).unwrap();
@@ -205,7 +205,7 @@ async fn publish_index_verify_from_the_command_line() {
     );
 
     // cosign accepts what the CLI signed with the key the CLI generated.
-    if let Some(cosign) = tools::require("cosign") {
+    if let Some(cosign) = require("cosign") {
         let home = d.join("home");
         std::fs::create_dir_all(&home).unwrap();
         let out = Command::new(cosign)
