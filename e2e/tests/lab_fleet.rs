@@ -131,6 +131,7 @@ fn eight_node_lab_shapes_links_and_measures_the_baseline() {
     );
     assert!(r.first_s.unwrap() <= r.median_s.unwrap() && r.median_s <= r.last_s);
     assert!(r.delay_cpu_s > 0.0, "the delay daemon handled the traffic");
+    assert_eq!(r.lab_drops, 0, "the delay queue never overflowed");
 
     drop(origin);
     drop(lab);

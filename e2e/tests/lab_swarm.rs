@@ -99,4 +99,5 @@ fn eight_edge_nodes_install_a_signed_payload_through_the_lab() {
         "faster than physics: {last} s"
     );
     assert!(s.node_cpu_s > 0.0);
+    assert_eq!(s.lab_drops, 0, "the lab's delay queue never overflowed");
 }

@@ -269,6 +269,10 @@ fn check_links(args: LabArgs) -> anyhow::Result<()> {
         ring.delay_cpu_s,
         ring.delay_cpu_s / ring.secs * 100.0
     );
+    println!(
+        "delay queue drops so far (loss beyond the spec): {}",
+        lab.delay_drops()?
+    );
     let idle0 = pollen_e2e::lab::baseline::delay_cpu(&lab);
     std::thread::sleep(Duration::from_secs(5));
     println!(

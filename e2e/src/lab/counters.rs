@@ -69,6 +69,8 @@ pub struct LabCounters {
     pub wan_out: Vec<u64>,
     /// Per site: bytes entering the site over its WAN hop (`w<k>b` tx).
     pub wan_in: Vec<u64>,
+    /// Packets the lab's delay queue dropped on overflow (loss beyond the spec's).
+    pub lab_drops: u64,
 }
 
 impl LabCounters {
@@ -91,6 +93,7 @@ impl LabCounters {
             wan_in: (0..sites)
                 .map(|k| get(format!("w{k}b")))
                 .collect::<Result<_, _>>()?,
+            lab_drops: lab.delay_drops()?,
         })
     }
 
@@ -101,6 +104,7 @@ impl LabCounters {
             origin_tx: self.origin_tx.saturating_sub(earlier.origin_tx),
             wan_out: sub(&self.wan_out, &earlier.wan_out),
             wan_in: sub(&self.wan_in, &earlier.wan_in),
+            lab_drops: self.lab_drops.saturating_sub(earlier.lab_drops),
         }
     }
 }
@@ -126,11 +130,13 @@ mod tests {
             origin_tx: 10,
             wan_out: vec![5, 7],
             wan_in: vec![1, 1],
+            lab_drops: 2,
         };
         let b = LabCounters {
             origin_tx: 25,
             wan_out: vec![9, 7],
             wan_in: vec![0, 4],
+            lab_drops: 7,
         };
         let d = b.since(&a);
         assert_eq!(
@@ -138,7 +144,8 @@ mod tests {
             LabCounters {
                 origin_tx: 15,
                 wan_out: vec![4, 0],
-                wan_in: vec![0, 3]
+                wan_in: vec![0, 3],
+                lab_drops: 5,
             }
         );
     }

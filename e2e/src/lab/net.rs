@@ -23,6 +23,9 @@ pub const NS_PREFIX: &str = "pl";
 /// The queue number the delay daemon binds in the bridge namespace.
 const DELAY_QUEUE: u16 = 0;
 
+/// SCHED_FIFO priority of the delay daemon.
+const DELAY_RT_PRIORITY: &str = "10";
+
 /// tbf's queue bound: packets wait at most this long before being dropped.
 const TBF_LATENCY: &str = "50ms";
 
@@ -295,8 +298,13 @@ impl Lab {
 
     fn start_delay(&mut self, bins: &LabBinaries) -> Result<(), LabError> {
         let one_way = self.spec.rtt / 2;
-        let mut child = command_in(&self.bridge_ns, &bins.delay.to_string_lossy())
+        // Real-time priority: the emulated network must not slow down (or drop packets from an
+        // overflowing queue socket) when the nodes under test saturate the CPUs.
+        let mut child = command_in(&self.bridge_ns, "chrt")
             .args([
+                "-f",
+                DELAY_RT_PRIORITY,
+                &bins.delay.to_string_lossy(),
                 "--queue",
                 &DELAY_QUEUE.to_string(),
                 "--delay-us",
@@ -373,6 +381,19 @@ impl Lab {
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
+    /// Packets the delay queue dropped so far because it overflowed (0 without delay). Such drops
+    /// are loss the spec did not ask for; a sound run has none.
+    pub fn delay_drops(&self) -> Result<u64, LabError> {
+        if self.delay.is_none() {
+            return Ok(0);
+        }
+        let text = run_in(&self.bridge_ns, "cat", &["/proc/net/netfilter/nfnetlink_queue"])?;
+        parse_queue_drops(&text, DELAY_QUEUE).ok_or_else(|| LabError::Parse {
+            what: "/proc/net/netfilter/nfnetlink_queue".into(),
+            detail: format!("no queue {DELAY_QUEUE} in {text:?}"),
+        })
+    }
+
     /// PID of the delay daemon, when delay is on.
     pub fn delay_pid(&self) -> Option<u32> {
         self.delay.as_ref().map(Child::id)
@@ -422,7 +443,24 @@ fn delete_ns(ns: &str) -> Result<(), LabError> {
     }
     // Give killed processes a moment to release the namespace.
     std::thread::sleep(Duration::from_millis(20));
-    run("ip", &["netns", "del", ns]).map(drop)
+    match run("ip", &["netns", "del", ns]) {
+        Ok(_) => Ok(()),
+        // Deleted meanwhile by someone else (a racing teardown): what we wanted.
+        Err(_) if !Path::new("/run/netns").join(ns).exists() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Parses `/proc/net/netfilter/nfnetlink_queue`: packets of queue `queue` that the kernel dropped
+/// because the queue or the daemon's socket was full (`queue_dropped + user_dropped`).
+pub fn parse_queue_drops(text: &str, queue: u16) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 7 || f[0].parse::<u16>().ok()? != queue {
+            return None;
+        }
+        Some(f[5].parse::<u64>().ok()? + f[6].parse::<u64>().ok()?)
+    })
 }
 
 /// Namespaces of labs: (name, creating PID).
@@ -445,13 +483,21 @@ pub fn lab_namespaces() -> Result<Vec<(String, u32)>, LabError> {
 pub fn cleanup_own() -> Result<Vec<String>, LabError> {
     let me = std::process::id();
     let mut removed = Vec::new();
+    let mut first_error = None;
     for (name, pid) in lab_namespaces()? {
         if pid == me {
-            delete_ns(&name)?;
-            removed.push(name);
+            match delete_ns(&name) {
+                Ok(()) => removed.push(name),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
         }
     }
-    Ok(removed)
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(removed),
+    }
 }
 
 /// Deletes lab namespaces whose creating process is gone (or all of them with `all`). Returns the
@@ -467,4 +513,18 @@ pub fn cleanup_leftovers(all: bool) -> Result<Vec<String>, LabError> {
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_drops_are_read_from_proc() {
+        let t = "    0  32566    12 1     0     3 211965  1691159  1\n    1  1 0 1 0 0 0 5 1\n";
+        assert_eq!(parse_queue_drops(t, 0), Some(211_968));
+        assert_eq!(parse_queue_drops(t, 1), Some(0));
+        assert_eq!(parse_queue_drops(t, 2), None);
+        assert_eq!(parse_queue_drops("garbage", 0), None);
+    }
 }

@@ -64,6 +64,8 @@ pub struct PhaseReport {
     pub node_cpu_s: f64,
     /// CPU seconds used by the lab's delay daemon during the phase.
     pub delay_cpu_s: f64,
+    /// Packets the lab dropped beyond the configured loss (delay queue overflow); 0 in a sound run.
+    pub lab_drops: u64,
     /// Per node.
     pub per_node: Vec<NodeResult>,
 }
@@ -124,6 +126,7 @@ pub fn phase_report(
             .collect(),
         node_cpu_s: nodes.iter().map(|n| n.cpu_s).sum(),
         delay_cpu_s,
+        lab_drops: traffic.lab_drops,
         per_node: nodes,
     }
 }
@@ -142,8 +145,18 @@ pub fn table(phases: &[PhaseReport], bounds: Bounds) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<9} {:>6} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>8} {:>8}  site WAN in/out ×",
-        "phase", "done", "first s", "median s", "last s", "/KR", "/once", "origin ×", "node cpu", "delay cpu",
+        "{:<9} {:>6} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>8} {:>9} {:>9}  site WAN in/out ×",
+        "phase",
+        "done",
+        "first s",
+        "median s",
+        "last s",
+        "/KR",
+        "/once",
+        "origin ×",
+        "node cpu",
+        "delay cpu",
+        "lab drops",
     );
     for p in phases {
         let wan: Vec<String> = p
@@ -153,7 +166,7 @@ pub fn table(phases: &[PhaseReport], bounds: Bounds) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "{:<9} {:>6} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8.3} {:>8.1} {:>8.1}  {}",
+            "{:<9} {:>6} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8.3} {:>8.1} {:>9.1} {:>9}  {}",
             p.phase,
             format!("{}/{}", p.completed, p.nodes),
             opt(p.first_s, 1),
@@ -164,6 +177,7 @@ pub fn table(phases: &[PhaseReport], bounds: Bounds) -> String {
             p.origin_copies,
             p.node_cpu_s,
             p.delay_cpu_s,
+            p.lab_drops,
             wan.join(" ")
         );
     }
@@ -197,6 +211,7 @@ mod tests {
             origin_tx: 2_100,
             wan_out: vec![100, 0],
             wan_in: vec![1_000, 1_050],
+            lab_drops: 3,
         };
         let r = phase_report(
             "swarm",
@@ -215,6 +230,7 @@ mod tests {
         assert!((r.origin_copies - 2.1).abs() < 1e-12);
         assert!((r.sites[1].in_copies - 1.05).abs() < 1e-12);
         assert!((r.node_cpu_s - 2.0).abs() < 1e-12);
+        assert_eq!(r.lab_drops, 3);
         let t = table(&[r], B);
         assert!(t.contains("swarm"), "{t}");
         assert!(t.contains("2.100"), "{t}");
