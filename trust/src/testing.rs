@@ -2,7 +2,7 @@
 //! other crates' tests go through the real signing and the real verifier instead of a bypass.
 //!
 //! [`Fixture::new`] builds everything in memory (payload manifest, cosign signatures, index manifest, index
-//! blob) and runs [`verify_evidence`]; [`publish_and_verify`] does the same against a real registry.
+//! blob) and runs [`verify::verify_evidence`]; [`publish_and_verify`] does the same against a real registry.
 //!
 //! Non-goals: anything for production use.
 
