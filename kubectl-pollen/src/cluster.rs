@@ -97,10 +97,14 @@ impl Cluster {
             })
     }
 
-    /// Every EdgeNode.
-    pub async fn edge_nodes(&self) -> Result<Vec<EdgeNode>, ClusterError> {
+    /// Every EdgeNode, or those matching a label `selector` (kubectl's `-l` syntax).
+    pub async fn edge_nodes(&self, selector: Option<&str>) -> Result<Vec<EdgeNode>, ClusterError> {
         let api: Api<EdgeNode> = Api::all(self.client.clone());
-        api.list(&ListParams::default())
+        let mut lp = ListParams::default();
+        if let Some(s) = selector {
+            lp = lp.labels(s);
+        }
+        api.list(&lp)
             .await
             .map(|l| l.items)
             .map_err(|source| ClusterError::Api {

@@ -75,6 +75,9 @@ enum Cmd {
     },
     /// List the EdgeNodes: site, endpoint, architecture, agent version, certificate, installed versions.
     Nodes {
+        /// Only EdgeNodes whose labels match this selector, e.g. `role=gateway,pollen.dev/site=hall-a`.
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
         /// Print the EdgeNodes as JSON or YAML instead.
         #[arg(short = 'o', long, value_enum)]
         output: Option<Format>,
@@ -88,7 +91,7 @@ async fn status_text(
     max_nodes: usize,
 ) -> anyhow::Result<(String, RolloutPhase)> {
     let ur = cluster.rollout(name).await?;
-    let nodes = cluster.edge_nodes().await?;
+    let nodes = cluster.edge_nodes(None).await?;
     let phase = ur.status.as_ref().map(|s| s.phase).unwrap_or_default();
     let key = render::rollout_key(&ur);
     let text = match output {
@@ -194,8 +197,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cluster.delete_rollout(&rollout).await?;
             println!("{}", actions::done_message(Action::Abort, &key));
         }
-        Cmd::Nodes { output } => {
-            let nodes = cluster.edge_nodes().await?;
+        Cmd::Nodes { selector, output } => {
+            let nodes = cluster.edge_nodes(selector.as_deref()).await?;
             let text = match output {
                 Some(f) => {
                     let items = nodes.iter().map(output::object).collect::<Result<Vec<_>, _>>()?;

@@ -150,6 +150,23 @@ async fn plugin_shows_and_steers_a_rollout_on_a_real_api_server() {
         out.status.success() && shown.contains("plugin-gw-1") && shown.contains("aarch64"),
         "{shown}"
     );
+    nodes
+        .patch(
+            "plugin-gw-2",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": {"role": "canary"}}})),
+        )
+        .await
+        .unwrap();
+    let out = plugin(&kc, &["nodes", "-l", "role=canary", "-o", "yaml"]);
+    let listed: serde_json::Value = serde_yaml::from_slice(&out.stdout).expect("nodes -o yaml is YAML");
+    let names: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["plugin-gw-2"], "-l selects by label");
 
     let out = plugin(&kc, &["pause", "plugin-fw"]);
     assert!(out.status.success(), "{}", text(&out));
