@@ -864,3 +864,128 @@ async fn without_leases_leader_election_fails_clearly_unless_optional() {
         other => panic!("expected LeasesNotServed, got {other:?}"),
     }
 }
+
+/// On the real server: an older rollout on the same install path wins (creation time, then name);
+/// a paused rollout stops at the wave boundary and goes on when resumed (a merge patch, as
+/// `kubectl pollen resume` sends).
+#[tokio::test]
+async fn conflicts_and_pauses_on_a_real_api_server() {
+    let Some(mut fleet) = Fleet::start(3).await else {
+        return;
+    };
+    let size = 20_000i64;
+    let repo = fleet.repo(&format!("pause-{}", fleet.label));
+    let reference = fleet
+        .publish(&repo, "1.0", vec![5u8; size as usize], Some(&fleet.publisher))
+        .await;
+    let urs = fleet.rollouts();
+
+    let older = format!("a-{}", fleet.label);
+    let newer = format!("b-{}", fleet.label);
+    let mut first = rollout(
+        &older,
+        &reference,
+        "firmware/pause.bin",
+        &fleet.label,
+        vec![wave_count(1), wave_percent(100)],
+    );
+    first.spec.strategy.paused = true;
+    retry_throttled(|| urs.create(&PP, &first))
+        .await
+        .expect("older rollout created");
+    let second = rollout(&newer, &reference, "firmware/pause.bin", &fleet.label, vec![]);
+    retry_throttled(|| urs.create(&PP, &second))
+        .await
+        .expect("newer rollout created");
+
+    let blocked = fleet
+        .wait_for(
+            "Conflict=True on the newer rollout",
+            Duration::from_secs(60),
+            async || {
+                let ur = fleet.rollouts().get(&newer).await.ok()?;
+                (condition(&ur, types::CONFLICT).map(|c| c.0).as_deref() == Some("True")).then_some(ur)
+            },
+        )
+        .await;
+    assert_eq!(
+        condition(&blocked, types::CONFLICT).unwrap().1,
+        reasons::OLDER_ROLLOUT_WINS
+    );
+    assert!(
+        fleet.assignments(&newer).await.is_empty(),
+        "the newer rollout assigns nothing"
+    );
+
+    // The older one is paused: its canary runs, then it stops at the boundary.
+    let canary = fleet
+        .wait_for(
+            "the canary of the older rollout",
+            Duration::from_secs(60),
+            async || {
+                let a = fleet.assignments(&older).await;
+                (a.len() == 1).then_some(a)
+            },
+        )
+        .await;
+    let (node, index) = canary.into_iter().next().unwrap();
+    fleet.report(&node, &older, &index, "Installed", size).await;
+    fleet
+        .wait_for(
+            "Paused at the wave boundary",
+            Duration::from_secs(30),
+            async || {
+                let ur = fleet.rollouts().get(&older).await.ok()?;
+                (ur.status?.phase == RolloutPhase::Paused).then_some(())
+            },
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        fleet.assignments(&older).await.len(),
+        1,
+        "no new wave while paused"
+    );
+
+    let resume = Patch::Merge(json!({ "spec": { "strategy": { "paused": false } } }));
+    urs.patch(&older, &PatchParams::default(), &resume)
+        .await
+        .expect("resumed");
+    let all = fleet
+        .wait_for(
+            "the second wave after resume",
+            Duration::from_secs(30),
+            async || {
+                let a = fleet.assignments(&older).await;
+                (a.len() == fleet.nodes.len()).then_some(a)
+            },
+        )
+        .await;
+    let rest: Vec<String> = all.keys().filter(|n| **n != node).cloned().collect();
+    fleet.report_all(&rest, &older, &index, "Installed", size).await;
+    fleet
+        .wait_for(
+            "the older rollout Complete",
+            Duration::from_secs(30),
+            async || {
+                let ur = fleet.rollouts().get(&older).await.ok()?;
+                (condition(&ur, types::COMPLETE).map(|c| c.0).as_deref() == Some("True")).then_some(())
+            },
+        )
+        .await;
+    // Once the older one finished, the newer one goes ahead (single wave: every node).
+    fleet
+        .wait_for(
+            "the newer rollout's assignments",
+            Duration::from_secs(60),
+            async || (fleet.assignments(&newer).await.len() == fleet.nodes.len()).then_some(()),
+        )
+        .await;
+    let ur = fleet.rollouts().get(&newer).await.unwrap();
+    assert_eq!(
+        condition(&ur, types::CONFLICT),
+        None,
+        "the conflict condition is gone"
+    );
+    fleet.stop_operator().await;
+}

@@ -154,6 +154,8 @@ pub struct Context {
     /// When each rollout (`namespace/name`) last had its artifact verified, for the retry of failed
     /// verifications. In memory: a restarted operator checks a failed artifact once more.
     pub verify_attempts: std::sync::Mutex<BTreeMap<String, Timestamp>>,
+    /// Told when a rollout finishes or goes away, so that rollouts it blocked look again at once.
+    pub finished: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<()>>,
 }
 
 impl Context {
@@ -187,6 +189,7 @@ impl Context {
             clock: Arc::new(Timestamp::now),
             caches: std::sync::OnceLock::new(),
             verify_attempts: std::sync::Mutex::default(),
+            finished: std::sync::OnceLock::new(),
         }
     }
 }
@@ -350,6 +353,10 @@ async fn settle(
     if *prev != st || ur.status.is_none() {
         write_status(ctx, ur, &st).await?;
     }
+    let finished = |p: RolloutPhase| matches!(p, RolloutPhase::Complete | RolloutPhase::Failed);
+    if finished(st.phase) && !finished(prev.phase) {
+        notify_finished(ctx);
+    }
     ctx.metrics.observe_rollout(
         &key,
         st.phase,
@@ -358,6 +365,13 @@ async fn settle(
         st.bytes_from_origin,
     );
     Ok(action)
+}
+
+/// Wake every rollout (a finished or deleted rollout may have blocked others).
+fn notify_finished(ctx: &Context) {
+    if let Some(tx) = ctx.finished.get() {
+        let _ = tx.send(());
+    }
 }
 
 /// Every EdgeNode: from the watch cache when there is one, else listed.
@@ -948,6 +962,7 @@ async fn cleanup(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
         removed += 1;
     }
     ctx.metrics.forget_rollout(&key);
+    notify_finished(ctx);
     publish_event(
         ctx,
         ur,
@@ -1018,6 +1033,12 @@ pub async fn run(
         .default_backoff()
         .touched_objects();
     let cache_task = tokio::spawn(node_events.for_each(|_| futures::future::ready(())));
+    let (finished_tx, finished_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let _ = ctx.finished.set(finished_tx);
+    let finished = futures::stream::unfold(
+        finished_rx,
+        |mut rx| async move { rx.recv().await.map(|v| (v, rx)) },
+    );
     let controller = Controller::new(rollouts, watcher::Config::default().any_semantic());
     let store = controller.store();
     let _ = ctx.caches.set(Caches {
@@ -1054,6 +1075,7 @@ pub async fn run(
                 .map(|ur| ObjectRef::from_obj(&**ur))
                 .collect::<Vec<_>>()
         })
+        .reconcile_all_on(finished)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -1376,6 +1398,25 @@ mod tests {
         }
         drop(ctx);
         timeout_after_1s(server).await;
+    }
+
+    #[tokio::test]
+    async fn a_rollout_that_finishes_wakes_the_others() {
+        let h = Harness::new(
+            world_with(1, vec![UpdateRollout::test("r").finalized().waves(vec![])]),
+            ScriptedPipeline::signed(),
+        );
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        h.ctx.finished.set(tx).unwrap();
+        h.step("r").await.unwrap();
+        assert!(rx.try_recv().is_err(), "distributing is not finished");
+        h.w().report("gw-00", "r", AssignmentPhase::Installed);
+        h.step("r").await.unwrap();
+        assert_eq!(h.w().status("r").phase, RolloutPhase::Complete);
+        assert!(rx.try_recv().is_ok(), "completion wakes the other rollouts");
+        h.step("r").await.unwrap();
+        assert!(rx.try_recv().is_err(), "only the transition does");
+        h.finish().await;
     }
 
     #[tokio::test]

@@ -583,6 +583,7 @@ pub fn test_context(pipeline: Arc<dyn ArtifactPipeline>) -> (Arc<Context>, ApiSe
         clock: Arc::new(move || *c.0.lock().unwrap()),
         caches: std::sync::OnceLock::new(),
         verify_attempts: Mutex::default(),
+        finished: std::sync::OnceLock::new(),
     };
     (Arc::new(ctx), ApiServerVerifier(handle), clock)
 }
