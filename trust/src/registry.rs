@@ -164,6 +164,8 @@ impl Registry {
             },
             connect_timeout: Some(std::time::Duration::from_secs(10)),
             read_timeout: Some(std::time::Duration::from_secs(60)),
+            // One streamed PUT per blob: far fewer round trips than PATCHing every piece.
+            use_monolithic_push: true,
             ..Default::default()
         };
         Ok(Registry {
