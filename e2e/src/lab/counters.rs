@@ -71,11 +71,16 @@ pub struct LabCounters {
     pub wan_in: Vec<u64>,
     /// Packets the lab's delay queue dropped on overflow (loss beyond the spec's).
     pub lab_drops: u64,
+    /// Machine-wide CPU ticks spent working.
+    pub cpu_busy: u64,
+    /// Machine-wide CPU ticks in all.
+    pub cpu_total: u64,
 }
 
 impl LabCounters {
     /// Reads the counters of `lab`.
     pub fn read(lab: &super::Lab) -> Result<LabCounters, LabError> {
+        let cpu = super::procstat::read_machine();
         let origin_tx = read(lab.origin_ns(), "eth0")?.tx;
         let br = read_ns(lab.bridge_ns())?;
         let get = |name: String| {
@@ -94,6 +99,8 @@ impl LabCounters {
                 .map(|k| get(format!("w{k}b")))
                 .collect::<Result<_, _>>()?,
             lab_drops: lab.delay_drops()?,
+            cpu_busy: cpu.busy,
+            cpu_total: cpu.total,
         })
     }
 
@@ -105,6 +112,8 @@ impl LabCounters {
             wan_out: sub(&self.wan_out, &earlier.wan_out),
             wan_in: sub(&self.wan_in, &earlier.wan_in),
             lab_drops: self.lab_drops.saturating_sub(earlier.lab_drops),
+            cpu_busy: self.cpu_busy.saturating_sub(earlier.cpu_busy),
+            cpu_total: self.cpu_total.saturating_sub(earlier.cpu_total),
         }
     }
 }
@@ -131,12 +140,16 @@ mod tests {
             wan_out: vec![5, 7],
             wan_in: vec![1, 1],
             lab_drops: 2,
+            cpu_busy: 10,
+            cpu_total: 100,
         };
         let b = LabCounters {
             origin_tx: 25,
             wan_out: vec![9, 7],
             wan_in: vec![0, 4],
             lab_drops: 7,
+            cpu_busy: 70,
+            cpu_total: 200,
         };
         let d = b.since(&a);
         assert_eq!(
@@ -146,6 +159,8 @@ mod tests {
                 wan_out: vec![4, 0],
                 wan_in: vec![0, 3],
                 lab_drops: 5,
+                cpu_busy: 60,
+                cpu_total: 100,
             }
         );
     }

@@ -54,6 +54,43 @@ pub fn read(pid: u32) -> Option<ProcStat> {
     parse_stat(&text).ok()
 }
 
+/// Machine-wide CPU time from the first line of `/proc/stat`, in clock ticks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MachineCpu {
+    /// Ticks spent working (user, nice, system, irq, softirq, steal).
+    pub busy: u64,
+    /// All ticks (busy plus idle and iowait), summed over CPUs.
+    pub total: u64,
+}
+
+/// Parses `/proc/stat`'s aggregate `cpu` line.
+pub fn parse_machine(text: &str) -> Option<MachineCpu> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    if v.len() < 8 {
+        return None;
+    }
+    // user nice system idle iowait irq softirq steal
+    let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+    Some(MachineCpu {
+        busy,
+        total: busy + v[3] + v[4],
+    })
+}
+
+/// Reads the machine-wide CPU counters (zero if unreadable).
+pub fn read_machine() -> MachineCpu {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|t| parse_machine(&t))
+        .unwrap_or_default()
+}
+
 /// The kernel's clock ticks per second (`getconf CLK_TCK`, 100 if that fails).
 pub fn clock_ticks_per_sec() -> u64 {
     static TCK: OnceLock<u64> = OnceLock::new();
@@ -89,6 +126,16 @@ mod tests {
         assert_eq!(p.cpu_ticks, 7);
         assert!(parse_stat("garbage").is_err());
         assert!(parse_stat("1 (x) S 1 2").is_err());
+    }
+
+    #[test]
+    fn machine_cpu_from_proc_stat() {
+        let t = "cpu  100 5 50 800 20 3 7 15 0 0\ncpu0 50 2 25 400 10 1 3 7 0 0\n";
+        let m = parse_machine(t).unwrap();
+        assert_eq!(m.busy, 100 + 5 + 50 + 3 + 7 + 15);
+        assert_eq!(m.total, m.busy + 800 + 20);
+        assert!(parse_machine("intr 1 2 3").is_none());
+        assert!(read_machine().total > 0);
     }
 
     #[test]

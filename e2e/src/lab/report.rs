@@ -64,6 +64,9 @@ pub struct PhaseReport {
     pub node_cpu_s: f64,
     /// CPU seconds used by the lab's delay daemon during the phase.
     pub delay_cpu_s: f64,
+    /// Share of the machine's CPU time (all cores) that was busy during the phase, kernel included;
+    /// near 1.0 means the run was CPU-bound.
+    pub machine_cpu_busy: f64,
     /// Packets the lab dropped beyond the configured loss (delay queue overflow); 0 in a sound run.
     pub lab_drops: u64,
     /// Per node.
@@ -127,6 +130,11 @@ pub fn phase_report(
         node_cpu_s: nodes.iter().map(|n| n.cpu_s).sum(),
         delay_cpu_s,
         lab_drops: traffic.lab_drops,
+        machine_cpu_busy: if traffic.cpu_total > 0 {
+            traffic.cpu_busy as f64 / traffic.cpu_total as f64
+        } else {
+            0.0
+        },
         per_node: nodes,
     }
 }
@@ -145,7 +153,7 @@ pub fn table(phases: &[PhaseReport], bounds: Bounds) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<9} {:>6} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>8} {:>9} {:>9}  site WAN in/out ×",
+        "{:<9} {:>6} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>8} {:>9} {:>9} {:>5}  site WAN in/out ×",
         "phase",
         "done",
         "first s",
@@ -157,6 +165,7 @@ pub fn table(phases: &[PhaseReport], bounds: Bounds) -> String {
         "node cpu",
         "delay cpu",
         "lab drops",
+        "busy",
     );
     for p in phases {
         let wan: Vec<String> = p
@@ -166,7 +175,7 @@ pub fn table(phases: &[PhaseReport], bounds: Bounds) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "{:<9} {:>6} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8.3} {:>8.1} {:>9.1} {:>9}  {}",
+            "{:<9} {:>6} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8.3} {:>8.1} {:>9.1} {:>9} {:>4.0}%  {}",
             p.phase,
             format!("{}/{}", p.completed, p.nodes),
             opt(p.first_s, 1),
@@ -178,6 +187,7 @@ pub fn table(phases: &[PhaseReport], bounds: Bounds) -> String {
             p.node_cpu_s,
             p.delay_cpu_s,
             p.lab_drops,
+            p.machine_cpu_busy * 100.0,
             wan.join(" ")
         );
     }
@@ -212,6 +222,8 @@ mod tests {
             wan_out: vec![100, 0],
             wan_in: vec![1_000, 1_050],
             lab_drops: 3,
+            cpu_busy: 150,
+            cpu_total: 200,
         };
         let r = phase_report(
             "swarm",
@@ -231,6 +243,7 @@ mod tests {
         assert!((r.sites[1].in_copies - 1.05).abs() < 1e-12);
         assert!((r.node_cpu_s - 2.0).abs() < 1e-12);
         assert_eq!(r.lab_drops, 3);
+        assert!((r.machine_cpu_busy - 0.75).abs() < 1e-12);
         let t = table(&[r], B);
         assert!(t.contains("swarm"), "{t}");
         assert!(t.contains("2.100"), "{t}");
