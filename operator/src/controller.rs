@@ -463,7 +463,15 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
             .lock()
             .expect("verify attempts lock")
             .insert(key.clone(), now);
-        match prepare(ctx, ur, &uid, &tp, &mut st, now).await {
+        // Sequences grow per install path across rollouts, whatever the clock does.
+        let floor = all_rollouts(ctx)
+            .await?
+            .iter()
+            .filter(|o| key_of(o) != key && o.spec.install.target_path == ur.spec.install.target_path)
+            .filter_map(|o| o.status.as_ref()?.sequence)
+            .max()
+            .unwrap_or(0);
+        match prepare(ctx, ur, &uid, &tp, &mut st, now, floor).await {
             Ok(()) => {
                 st.indexed_for = Some(fp.clone());
                 fresh_index = true;
@@ -748,6 +756,7 @@ async fn prepare(
     tp: &TrustPolicy,
     st: &mut UpdateRolloutStatus,
     now: Timestamp,
+    sequence_floor: i64,
 ) -> Result<(), Stop> {
     let reference = &ur.spec.artifact.reference;
     st.phase = RolloutPhase::Resolving;
@@ -845,7 +854,9 @@ async fn prepare(
 
     st.phase = RolloutPhase::Indexing;
     let now_ms = u64::try_from(now.as_millisecond()).unwrap_or(0);
-    let sequence = now_ms.max(st.sequence.map_or(0, |s| s.max(0) as u64 + 1));
+    let sequence = now_ms
+        .max(st.sequence.map_or(0, |s| s.max(0) as u64 + 1))
+        .max(sequence_floor.max(0) as u64 + 1);
     let install = &ur.spec.install;
     let request = IndexRequest {
         artifact: pinned,
@@ -1615,6 +1626,33 @@ mod tests {
                 .iter()
                 .all(|c| c.type_ != types::CONFLICT)
         );
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn sequences_grow_per_install_path_even_if_the_clock_goes_back() {
+        let old = UpdateRollout::test("old")
+            .finalized()
+            .with_status(UpdateRolloutStatus {
+                phase: RolloutPhase::Complete,
+                sequence: Some(9_000_000_000_000),
+                ..UpdateRolloutStatus::default()
+            });
+        let mut other_path = UpdateRollout::test("elsewhere").finalized();
+        other_path.spec.install.target_path = "firmware/other.bin".into();
+        other_path.status = Some(UpdateRolloutStatus {
+            sequence: Some(9_900_000_000_000),
+            ..UpdateRolloutStatus::default()
+        });
+        let mut new = UpdateRollout::test("new").finalized();
+        new.meta_mut().creation_timestamp = Some(Time(Timestamp::from_second(1_700_000_100).unwrap()));
+        let h = Harness::new(
+            world_with(2, vec![old, other_path, new]),
+            ScriptedPipeline::signed(),
+        );
+        h.step("new").await.unwrap();
+        // The clock says 1_800_000_000_000 ms, lower than the older rollout's sequence on this path.
+        assert_eq!(h.w().status("new").sequence, Some(9_000_000_000_001));
         h.finish().await;
     }
 
