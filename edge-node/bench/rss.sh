@@ -43,9 +43,9 @@ export COSIGN_PASSWORD=bench
 "$POLLEN" keygen --output-prefix publisher >/dev/null
 "$POLLEN" keygen --output-prefix director >/dev/null
 head -c "$((MIB * 1024 * 1024))" /dev/urandom > payload.bin
-REF=$("$POLLEN" publish payload.bin --to "127.0.0.1:$RP/bench/app:v1" --key publisher.key --insecure | tail -1)
+REF=$("$POLLEN" publish payload.bin --to "127.0.0.1:$RP/bench/app:v1" --key publisher.key --insecure 2>/dev/null | tail -1)
 IDX=$("$POLLEN" index --payload "$REF" --key director.key --rollout default/bench --sequence 1 \
-  --target-path payload.bin --publisher-key publisher.pub --insecure | tail -1)
+  --target-path payload.bin --publisher-key publisher.pub --insecure 2>/dev/null | tail -1)
 
 # Fleet CA and node certificates (serverAuth + clientAuth, name in the DNS SAN).
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem \
@@ -59,17 +59,20 @@ for n in a b; do
 done
 
 PA=$(uport); PB=$(uport)
-run() { # name listen peer extra...
+LAST=
+run() { # name listen peer extra...; sets LAST to the pid
   local n=$1 l=$2 p=$3; shift 3
   "$EDGE" standalone --name "$n" --listen "127.0.0.1:$l" --peer "127.0.0.1:$p" --cert "$n.pem" --key "$n.key" \
     --ca ca.pem --index "$IDX" --publisher-key publisher.pub --director-key director.pub --insecure-registry \
     --data-dir "$W/$n/data" --install-root "$W/$n/install" "$@" > "$W/$n.out" 2> "$W/$n.log" &
-  PIDS+=($!)
-  echo $!
+  LAST=$!
+  PIDS+=("$LAST")
 }
 T0=$(date +%s.%N)
-A=$(run a "$PA" "$PB" --seed-for 600)
-B=$(run b "$PB" "$PA" --exit-when-done)
+run a "$PA" "$PB" --seed-for 600
+A=$LAST
+run b "$PB" "$PA" --exit-when-done
+B=$LAST
 : > rss_a; : > rss_b
 hwm_a=0; hwm_b=0
 while kill -0 "$B" 2>/dev/null; do
