@@ -512,6 +512,26 @@ async fn unsigned_artifacts_are_refused() {
         env.verify(&unsigned, &env.trust()).await,
         Err(VerifyError::IndexUnsigned { .. })
     ));
+    // A signature manifest whose layer carries no signature annotation counts as no signature.
+    let r = parse_reference(&unsigned).unwrap();
+    let digest = r.digest().unwrap().to_string();
+    let payload = oci::simple_signing_payload(&format!("{}/{}", r.registry(), r.repository()), &digest);
+    let layer = Descriptor::of(oci::SIMPLESIGNING_MEDIA_TYPE, &payload);
+    let (manifest, config) = oci::signature_manifest(vec![layer]);
+    env.client.push_blob(&r, payload).await.unwrap();
+    env.client.push_blob(&r, config).await.unwrap();
+    env.client
+        .push_manifest(
+            &at_tag(&r, &oci::signature_tag(&digest)),
+            manifest.to_bytes(),
+            OCI_MANIFEST_MEDIA_TYPE,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        env.verify(&unsigned, &env.trust()).await,
+        Err(VerifyError::IndexUnsigned { .. })
+    ));
 }
 
 #[tokio::test]

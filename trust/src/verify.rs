@@ -364,20 +364,6 @@ fn fetch_err(what: &'static str) -> impl Fn(RegistryError) -> VerifyError {
     move |source| VerifyError::Fetch { what, source }
 }
 
-fn sig_err(what: &'static str) -> impl Fn(SignError) -> VerifyError {
-    move |e| match e {
-        SignError::Registry(source) => VerifyError::Fetch { what, source },
-        // A malformed signature manifest carries no usable signature.
-        SignError::Format(_) | SignError::Key(_) => VerifyError::Fetch {
-            what,
-            source: RegistryError::NotFound {
-                what: "signature manifest",
-                reference: "(malformed)".into(),
-            },
-        },
-    }
-}
-
 async fn fetch_signed(
     reg: &Registry,
     r: &Reference,
@@ -390,9 +376,17 @@ async fn fetch_signed(
         Err(e) => return Err(VerifyError::Fetch { what, source: e }),
     };
     let digest = r.digest().map(str::to_string).unwrap_or(digest);
-    let signatures = cosign::fetch_signatures(reg, r, &digest)
-        .await
-        .map_err(sig_err("signatures"))?;
+    let signatures = match cosign::fetch_signatures(reg, r, &digest).await {
+        Ok(s) => s,
+        // A malformed signature manifest carries no usable signature: the manifest counts as unsigned.
+        Err(SignError::Format(_) | SignError::Key(_)) => Vec::new(),
+        Err(SignError::Registry(source)) => {
+            return Err(VerifyError::Fetch {
+                what: "signatures",
+                source,
+            });
+        }
+    };
     Ok(SignedManifest {
         digest,
         manifest,
