@@ -207,6 +207,7 @@ struct Shared {
     up: Limiter,
     down: Limiter,
     slots: Mutex<UploadSlots>,
+    slot_freed: tokio::sync::Notify,
     chunk_locks: Mutex<HashMap<u32, Arc<tokio::sync::Mutex<()>>>>,
     cancels: Mutex<HashMap<(u32, PeerId), CancellationToken>>,
     start: Instant,
@@ -286,6 +287,7 @@ impl Engine {
             up: Limiter::new(cfg.upload_limit),
             down: Limiter::new(cfg.download_limit),
             slots: Mutex::new(UploadSlots::new(cfg.upload_slots, cfg.upload_slots_per_peer)),
+            slot_freed: tokio::sync::Notify::new(),
             chunk_locks: Mutex::new(HashMap::new()),
             cancels: Mutex::new(HashMap::new()),
             start: Instant::now(),
@@ -844,17 +846,25 @@ impl Shared {
         Ok(())
     }
 
+    /// Waits (up to `SLOT_WAIT`) for an upload slot; woken as soon as one is released.
     async fn take_slot(&self, id: PeerId) -> bool {
-        let deadline = Instant::now() + SLOT_WAIT;
+        let deadline = tokio::time::Instant::now() + SLOT_WAIT;
         loop {
+            let freed = self.slot_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
             if self.slots.lock().expect("slots").try_acquire(id) {
                 return true;
             }
-            if Instant::now() >= deadline {
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
                 return false;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    fn release_slot(&self, id: PeerId) {
+        self.slots.lock().expect("slots").release(id);
+        self.slot_freed.notify_waiters();
     }
 
     async fn serve(
@@ -909,7 +919,7 @@ impl Shared {
                     .await;
             }
             let res = self.send_chunk(&mut send, c, &mut piece).await;
-            self.slots.lock().expect("slots").release(id);
+            self.release_slot(id);
             res?;
         }
         let _ = send.finish();

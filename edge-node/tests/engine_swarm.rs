@@ -111,11 +111,11 @@ async fn four_nodes_fetch_from_one_seed_and_each_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_seed_is_banned_and_the_honest_one_completes_the_fetch() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let data = payload(1024 * 1024);
+    let data = payload(4 * 1024 * 1024);
     let fx = Fixture::new("127.0.0.1:1", "test/app", &data, 64 * 1024, test_meta()).unwrap();
     let ca = TestCa::new("fleet");
     let evil = node(&ca, "evil", &fx, &[], Some(&data), true, None).await;
-    let good = node(&ca, "good", &fx, &[], Some(&data), false, None).await;
+    let good = node(&ca, "good", &fx, &[], Some(&data), false, Some(1024 * 1024)).await;
     let mut n = node(
         &ca,
         "n0",
