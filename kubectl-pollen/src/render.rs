@@ -342,9 +342,7 @@ pub fn status(ur: &UpdateRollout, rows: &[NodeRow], opts: &RenderOptions) -> Str
     let conditions: Vec<String> = st
         .conditions
         .iter()
-        .filter(|c| {
-            c.status == "False" || (c.status == "True" && matches!(c.type_.as_str(), "Failed" | "Conflict"))
-        })
+        .filter(|c| is_problem(&c.type_, &c.status))
         .map(|c| format!("  {}={} {}: {}", c.type_, c.status, c.reason, c.message))
         .collect();
     if !failures.is_empty() || !conditions.is_empty() {
@@ -355,6 +353,16 @@ pub fn status(ur: &UpdateRollout, rows: &[NodeRow], opts: &RenderOptions) -> Str
         }
     }
     out
+}
+
+/// Whether a rollout condition reports a problem. `False` is bad news only for the checks that must
+/// pass (`Resolved`, `Verified`, `Indexed`); `Progressing=False` (finished) and `Complete=False` (still
+/// running) are not failures. `Failed` and `Conflict` are problems when `True`.
+pub fn is_problem(type_: &str, status: &str) -> bool {
+    matches!(
+        (type_, status),
+        ("Resolved" | "Verified" | "Indexed", "False") | ("Failed" | "Conflict", "True")
+    )
 }
 
 /// The EdgeNode inventory: site, endpoint, architecture, agent version, certificate expiry, active
@@ -668,6 +676,34 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("WAVE   NODES"), "{text}");
+    }
+
+    #[test]
+    fn progress_and_completion_conditions_are_not_failures() {
+        assert!(
+            !is_problem("Progressing", "False"),
+            "a finished rollout stops progressing"
+        );
+        assert!(
+            !is_problem("Complete", "False"),
+            "a running rollout is not complete yet"
+        );
+        assert!(!is_problem("Verified", "True"));
+        assert!(is_problem("Verified", "False"));
+        assert!(is_problem("Indexed", "False"));
+        assert!(is_problem("Failed", "True"));
+        assert!(is_problem("Conflict", "True"));
+        assert!(!is_problem("Failed", "False"));
+        let mut ur = rollout(false);
+        let st = ur.status.as_mut().unwrap();
+        for c in &mut st.conditions {
+            c.status = "True".into();
+        }
+        st.conditions[0].type_ = "Progressing".into();
+        st.conditions[0].status = "False".into();
+        st.conditions[0].reason = "AllNodesInstalled".into();
+        let text = status(&ur, &[], &RenderOptions::default());
+        assert!(!text.contains("Progressing=False"), "{text}");
     }
 
     #[test]
