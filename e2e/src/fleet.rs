@@ -61,19 +61,6 @@ pub fn build_binaries(release: bool) -> anyhow::Result<PathBuf> {
     Ok(target.join(if release { "release" } else { "debug" }))
 }
 
-/// A deterministic pseudo-random payload of `n` bytes.
-pub fn payload(n: usize) -> Vec<u8> {
-    let mut x: u64 = 0x243f_6a88_85a3_08d3;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
-}
-
 fn free_udp() -> anyhow::Result<SocketAddr> {
     Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
 }

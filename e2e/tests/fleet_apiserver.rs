@@ -37,7 +37,7 @@ async fn a_rollout_goes_canary_first_then_fleet_to_complete_with_bytes_on_disk()
     let mut f = LocalFleet::start(opts, |s| eprintln!("fleet: {s}"))
         .await
         .expect("local fleet");
-    let bytes = fleet::payload(3 * 1024 * 1024 + 12345);
+    let bytes = pollen_e2e::lab::payload::bytes(3 * 1024 * 1024 + 12345, 1);
     let artifact = f
         .publish("gateway-fw", "1.0.0", "gateway.bin", bytes.clone())
         .await

@@ -92,7 +92,7 @@ impl Env {
 
     /// Publishes a payload and a signed index of it; returns (payload, payload ref, index ref).
     async fn published(&self, name: &str, size: usize) -> (Vec<u8>, Published, String) {
-        let payload = pseudo_random(size, name.len() as u64);
+        let payload = pollen_e2e::lab::payload::bytes(size, name.len() as u64);
         let p = self.publish(name, payload.clone()).await;
         let i = self.index(&p.reference, &test_request(Some(64 * 1024))).await;
         (payload, p, i)
@@ -123,18 +123,6 @@ impl Env {
             .output()
             .expect("cosign runs")
     }
-}
-
-fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn ok(out: &Output, what: &str) {
@@ -191,7 +179,7 @@ async fn push_raw_index(
 #[tokio::test]
 async fn round_trip_publish_index_sign_verify() {
     let Some(env) = Env::start().await else { return };
-    let payload = pseudo_random(3 * 1024 * 1024 + 12345, 7);
+    let payload = pollen_e2e::lab::payload::bytes(3 * 1024 * 1024 + 12345, 7);
     let file = env.dir.path().join("firmware.bin");
     std::fs::write(&file, &payload).unwrap();
     let target = parse_reference(&format!("{}:v1", env.repo("app"))).unwrap();
@@ -296,7 +284,9 @@ async fn cosign_signs_pollen_payload_and_cosign_keys_work_with_pollen() {
         .expect("cosign key loads");
     let cpub = PublicKey::from_file(&env.dir.path().join("cosign.pub")).expect("cosign pub loads");
     // Pollen pushes (signed by an unrelated key), cosign signs it.
-    let p = env.publish("cosigned", pseudo_random(200_000, 3)).await;
+    let p = env
+        .publish("cosigned", pollen_e2e::lab::payload::bytes(200_000, 3))
+        .await;
     ok(
         &env.cosign(&[
             "sign",
@@ -396,7 +386,7 @@ async fn oras_pull_of_published_artifact_is_byte_identical() {
     let Some(oras) = tools::require("oras") else {
         return;
     };
-    let payload = pseudo_random(2 * 1024 * 1024 + 1, 11);
+    let payload = pollen_e2e::lab::payload::bytes(2 * 1024 * 1024 + 1, 11);
     let file = env.dir.path().join("image.raw");
     std::fs::write(&file, &payload).unwrap();
     let target = parse_reference(&format!("{}:v2", env.repo("oras"))).unwrap();
@@ -468,7 +458,7 @@ async fn unsigned_artifacts_are_refused() {
     };
     // An unsigned payload pushed by oras, indexed by the director.
     let file = env.dir.path().join("unsigned.bin");
-    std::fs::write(&file, pseudo_random(50_000, 5)).unwrap();
+    std::fs::write(&file, pollen_e2e::lab::payload::bytes(50_000, 5)).unwrap();
     let reference = format!("{}:v1", env.repo("unsigned"));
     let home = env.dir.path().join("oras-home");
     std::fs::create_dir_all(&home).unwrap();
@@ -505,8 +495,10 @@ async fn unsigned_artifacts_are_refused() {
     .unwrap_err();
     assert!(matches!(err, publish::PublishError::Unverified(_)), "{err}");
     // A signed payload with an unsigned index.
-    let p = env.publish("signed", pseudo_random(50_000, 6)).await;
-    let idx = build_index(&pseudo_random(50_000, 6), 4096, test_meta()).unwrap();
+    let p = env
+        .publish("signed", pollen_e2e::lab::payload::bytes(50_000, 6))
+        .await;
+    let idx = build_index(&pollen_e2e::lab::payload::bytes(50_000, 6), 4096, test_meta()).unwrap();
     let unsigned = push_raw_index(&env, &p, idx.encode(), None, None).await;
     assert!(matches!(
         env.verify(&unsigned, &env.trust()).await,
@@ -647,14 +639,14 @@ async fn tampered_chunk_is_refused() {
 #[tokio::test]
 async fn index_pointing_at_another_payload_is_refused() {
     let Some(env) = Env::start().await else { return };
-    let a = pseudo_random(100_000, 1);
+    let a = pollen_e2e::lab::payload::bytes(100_000, 1);
     let _pa = env.publish("pair", a.clone()).await;
     let target_b = parse_reference(&format!("{}:b", env.repo("pair"))).unwrap();
     let pb = publish::publish_bytes(
         &env.client,
         &target_b,
         "b.bin",
-        pseudo_random(100_000, 2),
+        pollen_e2e::lab::payload::bytes(100_000, 2),
         &env.publisher,
         &PublishOptions::default(),
     )
@@ -683,7 +675,9 @@ async fn index_pointing_at_another_payload_is_refused() {
 #[tokio::test]
 async fn replayed_older_sequence_and_expired_index_are_refused() {
     let Some(env) = Env::start().await else { return };
-    let p = env.publish("seq", pseudo_random(80_000, 9)).await;
+    let p = env
+        .publish("seq", pollen_e2e::lab::payload::bytes(80_000, 9))
+        .await;
     let trust = env.trust();
     let mut req = test_request(None);
     req.sequence = 5;
@@ -727,7 +721,7 @@ async fn replayed_older_sequence_and_expired_index_are_refused() {
 #[tokio::test]
 async fn truncated_oversized_and_garbage_indexes_are_refused() {
     let Some(env) = Env::start().await else { return };
-    let payload = pseudo_random(20_000, 4);
+    let payload = pollen_e2e::lab::payload::bytes(20_000, 4);
     let p = env.publish("garbage", payload.clone()).await;
     let good = build_index(&payload, 4096, test_meta()).unwrap().encode();
     let d = Some(&env.director);

@@ -72,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
     let kubeconfig = dir.join("kubeconfig");
     std::fs::copy(f.api.kubeconfig_path(), &kubeconfig)?;
 
-    let bytes = fleet::payload(args.payload_mib << 20);
+    let bytes = pollen_e2e::lab::payload::bytes(args.payload_mib << 20, 1);
     let digest = hex::encode(Sha256::digest(&bytes));
     say(&format!(
         "publishing a signed {} MiB firmware (sha256 {}…)",

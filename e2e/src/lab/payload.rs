@@ -19,13 +19,7 @@ pub fn write(path: &Path, size: u64, seed: u64) -> Result<String, LabError> {
     let mut buf = vec![0u8; 1 << 16];
     let mut left = size;
     while left > 0 {
-        for w in buf.chunks_exact_mut(8) {
-            // xorshift64*
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            w.copy_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-        }
+        fill(&mut state, &mut buf);
         let n = left.min(buf.len() as u64) as usize;
         f.write_all(&buf[..n]).map_err(io)?;
         h.update(&buf[..n]);
@@ -33,6 +27,29 @@ pub fn write(path: &Path, size: u64, seed: u64) -> Result<String, LabError> {
     }
     f.flush().map_err(io)?;
     Ok(hex::encode(h.finalize()))
+}
+
+/// Fills `buf` with xorshift64* output (the last partial word, if any, too), advancing `state`.
+fn fill(state: &mut u64, buf: &mut [u8]) {
+    for w in buf.chunks_mut(8) {
+        *state ^= *state >> 12;
+        *state ^= *state << 25;
+        *state ^= *state >> 27;
+        let word = state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
+        w.copy_from_slice(&word[..w.len()]);
+    }
+}
+
+/// `size` pseudo-random bytes from `seed`, in memory (for tests and small payloads). Distinct seeds give
+/// distinct streams: the seed goes through splitmix64, a bijection, before seeding xorshift64*.
+pub fn bytes(size: usize, seed: u64) -> Vec<u8> {
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    let mut state = (z ^ (z >> 31)).max(1);
+    let mut out = vec![0u8; size];
+    fill(&mut state, &mut out);
+    out
 }
 
 #[cfg(test)]
@@ -50,5 +67,13 @@ mod tests {
         let bytes = std::fs::read(d.path().join("a")).unwrap();
         assert_eq!(bytes.len(), 100_003);
         assert_eq!(hex::encode(Sha256::digest(&bytes)), a);
+    }
+
+    #[test]
+    fn in_memory_payloads_are_reproducible_and_differ_by_seed() {
+        assert_eq!(bytes(100_003, 7), bytes(100_003, 7));
+        assert_eq!(bytes(13, 1).len(), 13);
+        let streams: std::collections::BTreeSet<Vec<u8>> = (0..32).map(|s| bytes(64, s)).collect();
+        assert_eq!(streams.len(), 32, "every seed gives its own stream");
     }
 }

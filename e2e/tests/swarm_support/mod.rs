@@ -45,17 +45,7 @@ pub async fn registry() -> Option<Registry> {
 }
 
 /// Deterministic pseudo-random payload.
-pub fn payload(n: usize, seed: u64) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ seed;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+pub use pollen_e2e::lab::payload::bytes as payload;
 
 /// A published, signed and verified index, with its trust keys written to files.
 pub struct Published {
