@@ -149,11 +149,17 @@ impl super::AssignmentRunner for SwarmRunner {
 
             // Verify up front, so a bad signature is reported as such before any byte moves.
             let policy = verify::TrustPolicy {
-                publisher_keys: match publisher_keys.iter().map(|p| PublicKey::from_file(p)).collect() {
+                publisher_keys: match tp
+                    .spec
+                    .publishers
+                    .iter()
+                    .map(|p| PublicKey::from_pem(p.public_key.as_bytes()))
+                    .collect()
+                {
                     Ok(k) => k,
                     Err(e) => return fail(format!("publisher key: {e}")),
                 },
-                director_key: match PublicKey::from_file(&director_key) {
+                director_key: match PublicKey::from_pem(tp.spec.director.public_key.as_bytes()) {
                     Ok(k) => k,
                     Err(e) => return fail(format!("director key: {e}")),
                 },
