@@ -1,6 +1,6 @@
 //! Pollen's Kubernetes API, group `pollen.dev`, version `v1alpha1`.
 //!
-//! Three kinds make up the whole contract between the user, the operator and the
+//! Four kinds make up the whole contract between the user, the operator and the
 //! edge-node agents:
 //!
 //! | kind | scope | spec written by | status written by |
@@ -8,6 +8,7 @@
 //! | [`UpdateRollout`] (`ur`) | namespaced | the user | the operator |
 //! | [`EdgeNode`] (`en`) | cluster | the operator (`spec.assignments`) | the node's agent |
 //! | [`TrustPolicy`] (`tp`) | cluster | the user | nobody (no status) |
+//! | [`RevocationList`] (`rl`) | cluster | the operator (one object, `fleet`) | nobody (no status) |
 //!
 //! The doc comments on every field become the CRD descriptions that
 //! `kubectl explain` shows, so they are written for the fleet operator.
@@ -21,6 +22,7 @@
 //! - [`rollout`]: UpdateRollout, its strategy, transfer and install settings, and status.
 //! - [`edgenode`]: EdgeNode, assignments and the agent-reported status.
 //! - [`trustpolicy`]: TrustPolicy, the trusted publisher keys and the director key.
+//! - [`revocation`]: RevocationList, the fleet CA's signed list of revoked peer certificates.
 //! - [`conditions`]: condition types and reasons shared by operator and tools.
 //! - [`render`]: the generated CRD YAML, used by `crdgen` and the drift test.
 #![warn(missing_docs)]
@@ -28,6 +30,7 @@
 pub mod conditions;
 pub mod edgenode;
 pub mod render;
+pub mod revocation;
 pub mod rollout;
 pub mod schema;
 pub mod trustpolicy;
@@ -36,6 +39,7 @@ pub use edgenode::{
     Assignment, AssignmentPhase, AssignmentStatus, CertificateInfo, EdgeNode, EdgeNodeSpec, EdgeNodeStatus,
     InstalledVersion, Inventory,
 };
+pub use revocation::{REVOCATION_LIST_NAME, RevocationEntry, RevocationList, RevocationListSpec};
 pub use rollout::{
     ActivationWindow, ArtifactSource, InstallSettings, NodeCounts, RolloutPhase, RolloutStrategy,
     TransferSettings, UpdateRollout, UpdateRolloutSpec, UpdateRolloutStatus, Wave, WaveStatus,

@@ -6,7 +6,7 @@
 
 use kube::CustomResourceExt;
 
-use crate::{EdgeNode, TrustPolicy, UpdateRollout};
+use crate::{EdgeNode, RevocationList, TrustPolicy, UpdateRollout};
 
 /// Where the generated YAML lives, relative to the workspace root.
 pub const OUTPUT_PATHS: [&str; 2] = ["crds/pollen.dev.yaml", "charts/pollen/crds/pollen.dev.yaml"];
@@ -14,7 +14,12 @@ pub const OUTPUT_PATHS: [&str; 2] = ["crds/pollen.dev.yaml", "charts/pollen/crds
 /// Every Pollen CRD, in a stable order.
 pub fn crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
-    vec![UpdateRollout::crd(), EdgeNode::crd(), TrustPolicy::crd()]
+    vec![
+        UpdateRollout::crd(),
+        EdgeNode::crd(),
+        TrustPolicy::crd(),
+        RevocationList::crd(),
+    ]
 }
 
 /// The multi-document YAML of every Pollen CRD, with a header saying it is generated.

@@ -1,7 +1,7 @@
 //! The generated CRDs: names, printer columns, documentation and list-maps.
 
 use kube::CustomResourceExt;
-use pollen_crds::{EdgeNode, TrustPolicy, UpdateRollout};
+use pollen_crds::{EdgeNode, RevocationList, TrustPolicy, UpdateRollout};
 use serde_json::Value;
 
 fn schema_of<K: CustomResourceExt>() -> Value {
@@ -36,6 +36,7 @@ fn every_field_is_documented() {
         ("UpdateRollout", schema_of::<UpdateRollout>()),
         ("EdgeNode", schema_of::<EdgeNode>()),
         ("TrustPolicy", schema_of::<TrustPolicy>()),
+        ("RevocationList", schema_of::<RevocationList>()),
     ] {
         let mut missing = Vec::new();
         // LabelSelector internals are documented by Kubernetes' own types; our fields must be.
@@ -65,6 +66,12 @@ fn names_scopes_and_short_names() {
     assert_eq!(
         tp.spec.names.short_names.as_deref(),
         Some(&["tp".to_string()][..])
+    );
+    let rl = RevocationList::crd();
+    assert_eq!(rl.spec.scope, "Cluster");
+    assert_eq!(
+        rl.spec.names.short_names.as_deref(),
+        Some(&["rl".to_string()][..])
     );
 }
 

@@ -8,6 +8,7 @@
 //! - [`registry`]: the registry client (oci-client, Docker config auth, plain HTTP only on request);
 //! - [`cosign`]: storing and fetching cosign signatures;
 //! - [`publish`]: publishing payloads, building and pushing signed indexes;
+//! - [`pki`]: the fleet CA, node certificates from signing requests, the signed revocation list;
 //! - [`verify`]: the dual verification, producing [`VerifiedIndex`] ([`verified`]).
 //!
 //! With the `testing` feature, [`testing`] builds real signed and verified indexes with ephemeral keys.
@@ -19,6 +20,7 @@ pub mod cosign;
 pub mod index;
 pub mod keys;
 pub mod oci;
+pub mod pki;
 pub mod publish;
 pub mod registry;
 #[cfg(any(test, feature = "testing"))]
