@@ -50,6 +50,8 @@ pub use trustpolicy::{DirectorKey, Publisher, TrustPolicy, TrustPolicySpec};
 pub const GROUP: &str = "pollen.dev";
 /// The served and stored version.
 pub const VERSION: &str = "v1alpha1";
+/// The signerName of Pollen's node certificates.
+pub const SIGNER_NAME: &str = "pollen.dev/edge-peer";
 
 /// Labels and annotations with a meaning to Pollen.
 pub mod labels {
