@@ -1,5 +1,6 @@
-//! The `pollen` command line: key generation, publishing, indexing and verification. All logic lives in
-//! the `pollen_trust` library; this file parses flags and prints.
+//! The `pollen` command line: key generation, publishing, indexing, verification, and a small fleet PKI
+//! for development and the lab (`pollen pki`). All logic lives in the `pollen_trust` library; this file
+//! parses flags and prints.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -107,6 +108,12 @@ enum Command {
         #[command(flatten)]
         registry: RegistryArgs,
     },
+    /// A fleet CA, node certificates and revocation lists for development, the lab and standalone mode.
+    /// In a cluster the operator signs node certificates through the Kubernetes CSR API instead.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
     /// Verify a chunk index and its payload against the publisher and director keys.
     Verify {
         /// The index, REGISTRY/REPO@sha256:… (or :TAG).
@@ -124,6 +131,160 @@ enum Command {
         #[command(flatten)]
         registry: RegistryArgs,
     },
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// Create a fleet CA: DIR/ca.crt and DIR/ca.key (mode 0600).
+    Init {
+        /// Output directory (created if missing).
+        #[arg(long, default_value = "pki")]
+        dir: PathBuf,
+        /// The CA's common name.
+        #[arg(long, default_value = "Pollen fleet CA")]
+        name: String,
+        /// CA lifetime, for example 3650d.
+        #[arg(long, default_value = "3650d", value_parser = parse_duration)]
+        lifetime: std::time::Duration,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a node certificate with a fresh key: DIR/NODE.crt and DIR/NODE.key (mode 0600).
+    Issue {
+        /// The node name (a DNS subdomain; the peer identity in logs, metrics and bans).
+        node: String,
+        /// Directory holding ca.crt and ca.key; the certificate and key are written here too.
+        #[arg(long, default_value = "pki")]
+        dir: PathBuf,
+        /// Certificate lifetime, for example 24h or 30d.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        lifetime: std::time::Duration,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write a revocation list (X.509 CRL signed by the CA) revoking the given certificates: DIR/revoked.crl.
+    Revoke {
+        /// Certificate files (PEM) or serials (lowercase hex) to revoke.
+        #[arg(required = true)]
+        certificates: Vec<String>,
+        /// Directory holding ca.crt and ca.key.
+        #[arg(long, default_value = "pki")]
+        dir: PathBuf,
+        /// The CRL number; must be higher than the number of any list the nodes already hold.
+        #[arg(long)]
+        number: u64,
+        /// Validity of the list.
+        #[arg(long, default_value = "7d", value_parser = parse_duration)]
+        validity: std::time::Duration,
+    },
+}
+
+/// Parses `90s`, `30m`, `24h`, `7d`.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number and a unit (s, m, h, d)"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{s:?}: unit must be s, m, h or d")),
+    };
+    n.checked_mul(mult)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{s:?}: too long"))
+}
+
+fn load_ca(dir: &Path) -> Result<pollen_trust::pki::FleetCa> {
+    let read = |f: &str| {
+        let p = dir.join(f);
+        std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+    };
+    Ok(pollen_trust::pki::FleetCa::from_pem(
+        &read("ca.crt")?,
+        &read("ca.key")?,
+    )?)
+}
+
+fn pki(command: PkiCommand) -> Result<()> {
+    use pollen_trust::pki::{self, FleetCa, Revoked};
+    use std::time::SystemTime;
+    match command {
+        PkiCommand::Init {
+            dir,
+            name,
+            lifetime,
+            force,
+        } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let ca = FleetCa::generate(&name, lifetime)?;
+            write_new(&dir.join("ca.key"), ca.key_pem().as_bytes(), force, 0o600)?;
+            write_new(&dir.join("ca.crt"), ca.cert_pem().as_bytes(), force, 0o644)?;
+            println!(
+                "CA written to {} and {}",
+                dir.join("ca.crt").display(),
+                dir.join("ca.key").display()
+            );
+        }
+        PkiCommand::Issue {
+            node,
+            dir,
+            lifetime,
+            force,
+        } => {
+            let ca = load_ca(&dir)?;
+            let kp = ca.issue(&node, SystemTime::now(), lifetime)?;
+            let crt = dir.join(format!("{node}.crt"));
+            let key = dir.join(format!("{node}.key"));
+            write_new(&key, kp.key_pem.as_bytes(), force, 0o600)?;
+            write_new(&crt, kp.cert.cert_pem.as_bytes(), force, 0o644)?;
+            println!(
+                "{} serial {} valid until {}",
+                crt.display(),
+                kp.cert.facts.serial,
+                humantime(kp.cert.facts.not_after)
+            );
+        }
+        PkiCommand::Revoke {
+            certificates,
+            dir,
+            number,
+            validity,
+        } => {
+            let ca = load_ca(&dir)?;
+            let mut revoked = Vec::new();
+            for c in &certificates {
+                let serial = if Path::new(c).is_file() {
+                    let pem = std::fs::read_to_string(c).with_context(|| format!("reading {c}"))?;
+                    pki::cert_facts(&pem)?.serial
+                } else if !c.is_empty()
+                    && c.bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                {
+                    c.clone()
+                } else {
+                    bail!("{c:?} is neither a certificate file nor a lowercase hex serial");
+                };
+                revoked.push(Revoked {
+                    serial,
+                    revoked_at: SystemTime::now(),
+                });
+            }
+            let crl = ca.revocation_list(number, &revoked, validity)?;
+            let out = dir.join("revoked.crl");
+            write_new(&out, crl.as_bytes(), true, 0o644)?;
+            println!("{} (number {number}, {} serials)", out.display(), revoked.len());
+        }
+    }
+    Ok(())
+}
+
+fn humantime(t: std::time::SystemTime) -> String {
+    jiff::Timestamp::try_from(t).map_or_else(|_| format!("{t:?}"), |ts| ts.to_string())
 }
 
 fn write_new(path: &Path, contents: &[u8], force: bool, mode: u32) -> Result<()> {
@@ -252,6 +413,7 @@ async fn run(cli: Cli) -> Result<()> {
             eprintln!("{}", idx.index);
             println!("{}", idx.reference);
         }
+        Command::Pki { command } => pki(command)?,
         Command::Verify {
             index,
             publisher_key,
