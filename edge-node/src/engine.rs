@@ -31,12 +31,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::metrics::{CodeLabel, IndexLabel, Metrics, PeerLabel, SourceLabel};
-use crate::net::{self, NetError, read_frame, write_msg};
+use crate::net::{NetError, read_frame, write_msg};
 use crate::picker::{PeerId, Picker, PickerConfig, Source, UploadSlots};
 use crate::protocol::{self, ErrorCode, IndexId, Message};
 use crate::ratelimit::Limiter;
 use crate::store::{Store, StoreError};
-use crate::tls::{self, TlsIdentity, TransportLimits};
+use crate::tls::{self, FleetTls, TransportLimits};
 
 const IO_PIECE: usize = 64 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,8 +60,8 @@ pub struct EngineConfig {
     pub peer_names: Vec<String>,
     /// How long expected members count before they connect.
     pub member_wait: Duration,
-    /// Certificate, key and fleet CA.
-    pub tls: TlsIdentity,
+    /// The node's live TLS state: certificate and key (rotatable), fleet CA, revocation set.
+    pub tls: FleetTls,
     /// Where chunk stores live.
     pub data_dir: PathBuf,
     /// Picker tunables (origin budget included).
@@ -92,7 +92,8 @@ pub struct EngineConfig {
 
 impl EngineConfig {
     /// A configuration with defaults for everything but identity, addresses and storage.
-    pub fn new(tls: TlsIdentity, listen: SocketAddr, data_dir: PathBuf) -> Self {
+    pub fn new(tls: impl Into<FleetTls>, listen: SocketAddr, data_dir: PathBuf) -> Self {
+        let tls = tls.into();
         EngineConfig {
             site: "default".into(),
             listen,
@@ -238,7 +239,7 @@ impl Engine {
         shutdown: CancellationToken,
     ) -> Result<Engine, EngineError> {
         let store = Store::open(&cfg.data_dir, &index)?;
-        let name = cfg.tls.name().to_owned();
+        let name = cfg.tls.name();
         let picker = Picker::new(
             &name,
             index.chunk_size,
@@ -249,7 +250,7 @@ impl Engine {
         );
         let mut picker = picker;
         picker.expect_members(&cfg.peer_names, cfg.member_wait);
-        let endpoint = net::endpoint(cfg.listen, &cfg.tls, &cfg.transport)?;
+        let endpoint = endpoint(cfg.listen, &cfg.tls, &cfg.transport)?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .read_timeout(READ_IDLE_TIMEOUT)
@@ -376,6 +377,18 @@ impl Engine {
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
     }
+}
+
+/// A QUIC endpoint listening on `listen` and dialling, both with the live TLS state: rotations and
+/// revocations apply to the next handshake without rebuilding it.
+fn endpoint(
+    listen: SocketAddr,
+    tls: &FleetTls,
+    limits: &TransportLimits,
+) -> Result<quinn::Endpoint, NetError> {
+    let mut ep = quinn::Endpoint::server(tls.quic_server(limits)?, listen).map_err(NetError::Endpoint)?;
+    ep.set_default_client_config(tls.quic_client(limits)?);
+    Ok(ep)
 }
 
 fn now_since(start: Instant) -> Duration {

@@ -62,6 +62,10 @@ struct StandaloneArgs {
     /// Fleet CA certificate (PEM); peers must present certificates it issued.
     #[arg(long)]
     ca: PathBuf,
+    /// Initial fleet revocation list: an X.509 CRL (PEM or DER) signed by --ca. Certificates whose serials
+    /// it lists are refused; newer lists learned from peers replace it.
+    #[arg(long)]
+    crl: Option<PathBuf>,
     /// A peer's QUIC address, ADDR:PORT or NAME@ADDR:PORT; repeat for more. More are learned by peer
     /// exchange. Identity always comes from the peer's certificate; a given name lets the origin-once rule
     /// count that peer before its connection is up.
@@ -158,6 +162,8 @@ fn main() -> anyhow::Result<()> {
                     cert: a.cert,
                     key: a.key,
                     ca: a.ca,
+                    tls: None,
+                    crl: a.crl,
                     peers: a.peers.iter().map(|(_, a)| *a).collect(),
                     index: a.index,
                     publisher_keys: a.publisher_keys,

@@ -41,6 +41,13 @@ pub struct CodeLabel {
     pub code: &'static str,
 }
 
+/// Label: why a peer was refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// `not_authorised`, `revoked`, `expired`, `not_yet_valid`, `unknown_ca`, `bad_certificate` or `banned`.
+    pub reason: &'static str,
+}
+
 /// The edge node's metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -66,6 +73,13 @@ pub struct Metrics {
     pub origin_requests: Counter,
     /// Connections refused during the handshake or by policy.
     pub refused_connections: Counter,
+    /// Peers refused, by reason: handshakes refused by certificate checks, open connections closed on
+    /// revocation, banned peers, and chunk requests from peers not assigned to the index.
+    pub peer_refusals: Family<ReasonLabel, Counter>,
+    /// Number of the fleet revocation list in force (0: none).
+    pub revocation_list_number: Gauge,
+    /// When this node's current certificate expires, Unix seconds.
+    pub certificate_expiry: Gauge,
     ready: AtomicBool,
 }
 
@@ -120,6 +134,21 @@ impl Metrics {
             "Connections refused (handshake, ban, duplicate or limit)",
             self.refused_connections.clone(),
         );
+        r.register(
+            "peer_refusals",
+            "Peers refused, by reason (certificate checks, revocation, bans, not authorised)",
+            self.peer_refusals.clone(),
+        );
+        r.register(
+            "revocation_list_number",
+            "Number of the fleet revocation list in force (0: none)",
+            self.revocation_list_number.clone(),
+        );
+        r.register(
+            "certificate_expiry_timestamp_seconds",
+            "When this node's current certificate expires, Unix seconds",
+            self.certificate_expiry.clone(),
+        );
         r
     }
 
@@ -131,6 +160,11 @@ impl Metrics {
     /// Whether the node is ready.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Peers refused for `reason`.
+    pub fn refusals(&self, reason: &'static str) -> u64 {
+        self.peer_refusals.get_or_create(&ReasonLabel { reason }).get()
     }
 
     /// Bytes received from `source`.

@@ -22,7 +22,7 @@ use crate::engine::{Engine, EngineConfig, EngineError};
 use crate::install::{InstallError, Installer};
 use crate::metrics::Metrics;
 use crate::picker::PickerConfig;
-use crate::tls::TlsIdentity;
+use crate::tls::{FleetTls, TlsIdentity};
 
 /// Everything standalone mode needs.
 #[derive(Debug, Clone)]
@@ -39,6 +39,11 @@ pub struct StandaloneOptions {
     pub key: PathBuf,
     /// Fleet CA (PEM).
     pub ca: PathBuf,
+    /// A live TLS handle to use instead of loading `cert`, `key` and `ca` (the agent passes the one it
+    /// rotates and installs revocation lists into).
+    pub tls: Option<FleetTls>,
+    /// An initial CA-signed revocation list (PEM or DER X.509 CRL).
+    pub crl: Option<PathBuf>,
     /// Static peers.
     pub peers: Vec<SocketAddr>,
     /// Pinned chunk-index reference, `registry/repo@sha256:…`.
@@ -144,6 +149,14 @@ pub enum StandaloneError {
         #[source]
         source: std::io::Error,
     },
+    /// The revocation list given with `--crl` could not be read or is not signed by the fleet CA.
+    #[error("revocation list {path}: {detail}")]
+    Crl {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
     /// The swarm failed.
     #[error("swarm: {0}")]
     Engine(#[from] EngineError),
@@ -188,14 +201,30 @@ pub async fn run_with_members(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<Outcome, StandaloneError> {
-    let tls = TlsIdentity::load(&opts.cert, &opts.key, &opts.ca)?;
+    let tls = match &opts.tls {
+        Some(t) => t.clone(),
+        None => FleetTls::new(TlsIdentity::load(&opts.cert, &opts.key, &opts.ca)?),
+    };
     if let Some(flag) = &opts.name
-        && flag != tls.name()
+        && *flag != tls.name()
     {
         return Err(StandaloneError::NameMismatch {
-            cert: tls.name().into(),
+            cert: tls.name(),
             flag: flag.clone(),
         });
+    }
+    if let Some(path) = &opts.crl {
+        let crl_err = |detail: String| StandaloneError::Crl {
+            path: path.clone(),
+            detail,
+        };
+        let bytes = std::fs::read(path).map_err(|e| crl_err(e.to_string()))?;
+        let set = pollen_trust::pki::verify_revocation_list(&bytes, tls.ca_pem())
+            .map_err(|e| crl_err(e.to_string()))?;
+        let number = set.number;
+        if tls.install_revocations(set) {
+            info!(number, "revocation list loaded");
+        }
     }
     let key = |p: &PathBuf| {
         PublicKey::from_file(p).map_err(|source| StandaloneError::Key {

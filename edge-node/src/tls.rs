@@ -7,19 +7,42 @@
 //! host name; the name in the certificate is then what identifies the peer. Node certificates therefore
 //! need both the `serverAuth` and `clientAuth` extended key usages.
 //!
-//! Non-goals: revocation lists and rotation (the fleet identity work adds them on top of these configs).
+//! [`FleetTls`] is the live handle every endpoint is built from:
+//! - **Rotation**: the node's certificate and key sit behind a lock and are handed to rustls per
+//!   handshake (a certificate resolver on both sides), so [`FleetTls::rotate`] takes effect for the next
+//!   handshake without rebuilding the endpoint; open connections keep the certificate they started with.
+//! - **Revocation**: both verifiers (server certificates when dialling, client certificates when
+//!   accepting) refuse a chain that does not lead to the fleet CA, that is expired or not yet valid
+//!   (webpki checks the validity window), or whose end-entity serial is in the current CA-signed
+//!   revocation set ([`FleetTls::install_revocations`]). A newer set is announced on a watch channel so
+//!   that the engine can close open connections to revoked peers at once.
+//! - **No session resumption**: a resumed TLS session would skip certificate verification, so neither
+//!   side issues or uses tickets; every connection is verified against the current revocation set.
+//! - Handshake refusals are counted by reason (`revoked`, `expired`, `not_yet_valid`, `unknown_ca`,
+//!   `bad_certificate`) into the counter family given to [`FleetTls::count_refusals_into`].
+//!
+//! Non-goals: fetching revocation lists (the agent watches the cluster's list, peers gossip it; see
+//! `engine`), OCSP, and checking the revocation list's own expiry (a newer number always supersedes).
 
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
 
+use pollen_trust::pki::RevocationSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use rustls::client::ResolvesClientCert;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use tokio::sync::watch;
 
+use crate::metrics::ReasonLabel;
 use crate::protocol::ALPN;
 
 /// TLS setup errors.
@@ -45,7 +68,7 @@ pub enum TlsError {
     /// The node's own certificate carries no usable name.
     #[error("certificate has no DNS name or common name")]
     NoName,
-    /// rustls refused the configuration.
+    /// rustls refused the configuration (or the key does not match the certificate).
     #[error("tls configuration: {0}")]
     Config(#[from] rustls::Error),
     /// The client verifier could not be built.
@@ -54,15 +77,22 @@ pub enum TlsError {
     /// quinn refused the rustls configuration.
     #[error("quic crypto: {0}")]
     Quic(String),
+    /// A rotation was refused: the new identity must name the same node under the same CA.
+    #[error("rotation refused: {0}")]
+    Rotate(String),
 }
 
-/// A node's TLS identity and the fleet CA.
+/// A node's TLS identity (certificate chain and key) and the fleet CA.
 #[derive(Debug, Clone)]
 pub struct TlsIdentity {
     certs: Vec<CertificateDer<'static>>,
-    key: Arc<PrivateKeyDer<'static>>,
+    key: Arc<CertifiedKey>,
     roots: Arc<RootCertStore>,
+    ca_der: Arc<Vec<CertificateDer<'static>>>,
+    ca_pem: Arc<str>,
     name: String,
+    serial: String,
+    not_after: SystemTime,
 }
 
 /// The only crypto provider Pollen uses.
@@ -83,7 +113,7 @@ impl TlsIdentity {
         Self::from_pem(&read(cert)?, &read(key)?, &read(ca)?)
     }
 
-    /// Builds an identity from PEM bytes.
+    /// Builds an identity from PEM bytes. The key must match the certificate.
     pub fn from_pem(cert: &[u8], key: &[u8], ca: &[u8]) -> Result<Self, TlsError> {
         let pem = |what, e: rustls_pki_types::pem::Error| TlsError::Pem {
             what,
@@ -100,13 +130,14 @@ impl TlsIdentity {
         }
         let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| pem("key", e))?;
         let mut roots = RootCertStore::empty();
+        let mut ca_der = Vec::new();
         for c in CertificateDer::pem_slice_iter(ca) {
-            roots
-                .add(c.map_err(|e| pem("ca", e))?)
-                .map_err(|e| TlsError::Pem {
-                    what: "ca",
-                    detail: e.to_string(),
-                })?;
+            let c = c.map_err(|e| pem("ca", e))?;
+            roots.add(c.clone()).map_err(|e| TlsError::Pem {
+                what: "ca",
+                detail: e.to_string(),
+            })?;
+            ca_der.push(c);
         }
         if roots.is_empty() {
             return Err(TlsError::Pem {
@@ -114,12 +145,32 @@ impl TlsIdentity {
                 detail: "no CA certificate found".into(),
             });
         }
-        let name = node_name(&certs[0]).ok_or(TlsError::NoName)?;
+        let ca_pem = std::str::from_utf8(ca).map_err(|e| TlsError::Pem {
+            what: "ca",
+            detail: e.to_string(),
+        })?;
+        let (name, serial) = cert_identity(&certs[0]).ok_or(TlsError::NoName)?;
+        let not_after = pollen_trust::pki::cert_facts_der(&certs[0])
+            .map_err(|e| TlsError::Pem {
+                what: "certificate",
+                detail: e.to_string(),
+            })?
+            .not_after;
+        let signing = provider().key_provider.load_private_key(key)?;
+        let certified = CertifiedKey::new(certs.clone(), signing);
+        match certified.keys_match() {
+            Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+            Err(e) => return Err(e.into()),
+        }
         Ok(TlsIdentity {
             certs,
-            key: Arc::new(key),
+            key: Arc::new(certified),
             roots: Arc::new(roots),
+            ca_der: Arc::new(ca_der),
+            ca_pem: ca_pem.into(),
             name,
+            serial,
+            not_after,
         })
     }
 
@@ -128,30 +179,260 @@ impl TlsIdentity {
         &self.name
     }
 
-    /// The rustls server config: TLS 1.3, client certificates required and checked against the CA.
+    /// The serial of this node's certificate (lowercase hex, as [`pollen_trust::pki::serial_hex`]).
+    pub fn serial(&self) -> &str {
+        &self.serial
+    }
+
+    /// The end of this certificate's validity.
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+
+    /// The fleet CA, PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// The certificate chain, DER.
+    pub fn certs(&self) -> &[CertificateDer<'static>] {
+        &self.certs
+    }
+
+    /// A quinn server config for this identity alone (a fresh [`FleetTls`] without revocations).
+    pub fn quic_server(&self, limits: &TransportLimits) -> Result<quinn::ServerConfig, TlsError> {
+        FleetTls::new(self.clone()).quic_server(limits)
+    }
+
+    /// A quinn client config for this identity alone (a fresh [`FleetTls`] without revocations).
+    pub fn quic_client(&self, limits: &TransportLimits) -> Result<quinn::ClientConfig, TlsError> {
+        FleetTls::new(self.clone()).quic_client(limits)
+    }
+}
+
+/// The live TLS state of a node: its current identity (rotatable) and the fleet's current revocation
+/// set. Cheap to clone; every clone shares the same state. Endpoints built from it pick up rotations
+/// and revocations without being rebuilt.
+#[derive(Clone)]
+pub struct FleetTls {
+    state: Arc<State>,
+}
+
+impl std::fmt::Debug for FleetTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetTls")
+            .field("name", &self.state.name)
+            .field("serial", &self.current().serial)
+            .field("revocation_list", &*self.revocation_updates().borrow())
+            .finish()
+    }
+}
+
+struct State {
+    name: String,
+    ca_pem: String,
+    ca_der: Arc<Vec<CertificateDer<'static>>>,
+    roots: Arc<RootCertStore>,
+    identity: RwLock<TlsIdentity>,
+    revocations: RwLock<Option<Arc<RevocationSet>>>,
+    revocation_tx: watch::Sender<u64>,
+    identity_tx: watch::Sender<u64>,
+    refusals: Mutex<Option<Family<ReasonLabel, Counter>>>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl State {
+    fn is_revoked(&self, serial: &str) -> bool {
+        self.revocations
+            .read()
+            .expect("revocations")
+            .as_ref()
+            .is_some_and(|r| r.is_revoked(serial))
+    }
+
+    fn refused(&self, reason: &'static str) {
+        if let Some(f) = &*self.refusals.lock().expect("refusals") {
+            f.get_or_create(&ReasonLabel { reason }).inc();
+        }
+    }
+
+    /// Counts a verification failure by reason and passes it on.
+    fn count(&self, r: Result<(), rustls::Error>) -> Result<(), rustls::Error> {
+        if let Err(e) = &r {
+            self.refused(refusal_reason(e));
+        }
+        r
+    }
+
+    /// The revocation check after the chain verified: the end-entity serial against the current set.
+    fn check_serial(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        let Some((_, serial)) = cert_identity(end_entity) else {
+            return Err(rustls::Error::General("peer certificate names no node".into()));
+        };
+        if self.is_revoked(&serial) {
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        }
+        Ok(())
+    }
+}
+
+/// The refusal reason (metric label) for a certificate verification error.
+pub fn refusal_reason(e: &rustls::Error) -> &'static str {
+    match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            CertificateError::Revoked => "revoked",
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => "not_yet_valid",
+            CertificateError::UnknownIssuer => "unknown_ca",
+            _ => "bad_certificate",
+        },
+        _ => "bad_certificate",
+    }
+}
+
+impl FleetTls {
+    /// A handle starting with `identity` and no revocation set.
+    pub fn new(identity: TlsIdentity) -> FleetTls {
+        FleetTls {
+            state: Arc::new(State {
+                name: identity.name.clone(),
+                ca_pem: identity.ca_pem.to_string(),
+                ca_der: identity.ca_der.clone(),
+                roots: identity.roots.clone(),
+                identity: RwLock::new(identity),
+                revocations: RwLock::new(None),
+                revocation_tx: watch::channel(0).0,
+                identity_tx: watch::channel(0).0,
+                refusals: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Replaces the node's certificate and key. The new identity must name the same node under the same
+    /// CA. New handshakes present the new certificate; open connections continue with the old one.
+    pub fn rotate(&self, identity: TlsIdentity) -> Result<(), TlsError> {
+        if *identity.ca_der != *self.state.ca_der {
+            return Err(TlsError::Rotate("the new certificate is under another CA".into()));
+        }
+        if identity.name != self.state.name {
+            return Err(TlsError::Rotate(format!(
+                "the new certificate names {:?}, this node is {:?}",
+                identity.name, self.state.name
+            )));
+        }
+        *self.state.identity.write().expect("identity") = identity;
+        self.state.identity_tx.send_modify(|g| *g = g.wrapping_add(1));
+        Ok(())
+    }
+
+    /// Installs a verified revocation set if it is newer (higher number) than the current one. Returns
+    /// whether it was installed; watchers of [`FleetTls::revocation_updates`] are woken then. The caller
+    /// verifies the list first ([`pollen_trust::pki::verify_revocation_list`] against [`FleetTls::ca_pem`]).
+    pub fn install_revocations(&self, set: RevocationSet) -> bool {
+        let number = set.number;
+        {
+            let mut cur = self.state.revocations.write().expect("revocations");
+            if cur.as_ref().is_some_and(|c| c.number >= number) {
+                return false;
+            }
+            *cur = Some(Arc::new(set));
+        }
+        self.state.revocation_tx.send_replace(number);
+        true
+    }
+
+    /// The current revocation set, if any.
+    pub fn revocations(&self) -> Option<RevocationSet> {
+        self.state
+            .revocations
+            .read()
+            .expect("revocations")
+            .as_deref()
+            .cloned()
+    }
+
+    /// Watches the current revocation list number (0 before any list).
+    pub fn revocation_updates(&self) -> watch::Receiver<u64> {
+        self.state.revocation_tx.subscribe()
+    }
+
+    /// Watches rotations (a counter bumped on each successful [`FleetTls::rotate`]).
+    pub fn identity_updates(&self) -> watch::Receiver<u64> {
+        self.state.identity_tx.subscribe()
+    }
+
+    /// The fleet CA, PEM (what revocation lists are verified against).
+    pub fn ca_pem(&self) -> &str {
+        &self.state.ca_pem
+    }
+
+    /// This node's name (fixed for the life of the handle).
+    pub fn name(&self) -> String {
+        self.state.name.clone()
+    }
+
+    /// The current identity.
+    pub fn current(&self) -> TlsIdentity {
+        self.state.identity.read().expect("identity").clone()
+    }
+
+    /// Whether `serial` (lowercase hex) is in the current revocation set.
+    pub fn is_revoked(&self, serial: &str) -> bool {
+        self.state.is_revoked(serial)
+    }
+
+    /// Whether this node's own current certificate is revoked.
+    pub fn own_revoked(&self) -> bool {
+        let serial = self.current().serial;
+        self.is_revoked(&serial)
+    }
+
+    /// Counts handshake refusals (by reason) into `family` from now on.
+    pub fn count_refusals_into(&self, family: Family<ReasonLabel, Counter>) {
+        *self.state.refusals.lock().expect("refusals") = Some(family);
+    }
+
+    /// The rustls server config: TLS 1.3, client certificates required and checked against the CA and
+    /// the revocation set, the server certificate chosen per handshake.
     pub fn rustls_server(&self) -> Result<rustls::ServerConfig, TlsError> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider()).build()?;
+        let inner =
+            WebPkiClientVerifier::builder_with_provider(self.state.roots.clone(), provider()).build()?;
+        let verifier = FleetClientVerifier {
+            inner,
+            state: self.state.clone(),
+        };
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(self.certs.clone(), self.key.clone_key())?;
+            .with_client_cert_verifier(Arc::new(verifier))
+            .with_cert_resolver(Arc::new(CurrentCert(self.state.clone())));
         cfg.alpn_protocols = vec![ALPN.to_vec()];
         cfg.max_early_data_size = 0;
+        cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        cfg.send_tls13_tickets = 0;
         Ok(cfg)
     }
 
-    /// The rustls client config: TLS 1.3, presents this node's certificate, checks the server's chain.
+    /// The rustls client config: TLS 1.3, presents the current certificate, checks the server's chain
+    /// against the CA and the revocation set.
     pub fn rustls_client(&self) -> Result<rustls::ClientConfig, TlsError> {
         let verifier = FleetServerVerifier {
-            roots: self.roots.clone(),
+            state: self.state.clone(),
             algs: provider().signature_verification_algorithms,
         };
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_client_auth_cert(self.certs.clone(), self.key.clone_key())?;
+            .with_client_cert_resolver(Arc::new(CurrentCert(self.state.clone())));
         cfg.alpn_protocols = vec![ALPN.to_vec()];
+        cfg.resumption = rustls::client::Resumption::disabled();
         Ok(cfg)
     }
 
@@ -171,6 +452,38 @@ impl TlsIdentity {
         let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
         cfg.transport_config(Arc::new(limits.transport()));
         Ok(cfg)
+    }
+}
+
+impl From<TlsIdentity> for FleetTls {
+    fn from(identity: TlsIdentity) -> Self {
+        FleetTls::new(identity)
+    }
+}
+
+/// Hands rustls the current certificate and key at each handshake, on both sides.
+#[derive(Debug)]
+struct CurrentCert(Arc<State>);
+
+impl CurrentCert {
+    fn key(&self) -> Arc<CertifiedKey> {
+        self.0.identity.read().expect("identity").key.clone()
+    }
+}
+
+impl ResolvesServerCert for CurrentCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.key())
+    }
+}
+
+impl ResolvesClientCert for CurrentCert {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.key())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
@@ -216,11 +529,17 @@ impl TransportLimits {
 
 /// The node name in a certificate: first DNS SAN, else the common name.
 pub fn node_name(cert: &CertificateDer<'_>) -> Option<String> {
+    cert_identity(cert).map(|(name, _)| name)
+}
+
+/// The node name and serial (lowercase hex, [`pollen_trust::pki::serial_hex`]) of a certificate.
+pub fn cert_identity(cert: &CertificateDer<'_>) -> Option<(String, String)> {
     let (_, c) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let serial = pollen_trust::pki::serial_hex(c.tbs_certificate.raw_serial());
     if let Ok(Some(san)) = c.subject_alternative_name() {
         for n in &san.value.general_names {
             if let x509_parser::extensions::GeneralName::DNSName(d) = n {
-                return Some((*d).to_owned());
+                return Some(((*d).to_owned(), serial));
             }
         }
     }
@@ -228,20 +547,30 @@ pub fn node_name(cert: &CertificateDer<'_>) -> Option<String> {
         .iter_common_name()
         .next()
         .and_then(|cn| cn.as_str().ok())
-        .map(str::to_owned)
+        .map(|n| (n.to_owned(), serial))
+}
+
+fn peer_end_entity(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
+    let id = conn.peer_identity()?;
+    let certs = id.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    certs.first().cloned()
 }
 
 /// The authenticated node name of the peer on a QUIC connection.
 pub fn peer_name(conn: &quinn::Connection) -> Option<String> {
-    let id = conn.peer_identity()?;
-    let certs = id.downcast::<Vec<CertificateDer<'static>>>().ok()?;
-    certs.first().and_then(node_name)
+    peer_end_entity(conn).as_ref().and_then(node_name)
 }
 
-/// Server verifier: the chain must lead to the fleet CA; the name is read from the certificate afterwards.
+/// The authenticated node name and certificate serial of the peer on a QUIC connection.
+pub fn peer_identity(conn: &quinn::Connection) -> Option<(String, String)> {
+    peer_end_entity(conn).as_ref().and_then(cert_identity)
+}
+
+/// Server verifier: the chain must lead to the fleet CA (webpki: signature, validity window, usage) and
+/// the serial must not be revoked; the name is read from the certificate afterwards.
 #[derive(Debug)]
 struct FleetServerVerifier {
-    roots: Arc<RootCertStore>,
+    state: Arc<State>,
     algs: WebPkiSupportedAlgorithms,
 }
 
@@ -254,17 +583,17 @@ impl ServerCertVerifier for FleetServerVerifier {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algs.all,
-        )?;
-        if node_name(end_entity).is_none() {
-            return Err(rustls::Error::General("peer certificate names no node".into()));
-        }
+        self.state.count((|| {
+            let cert = ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                &self.state.roots,
+                intermediates,
+                now,
+                self.algs.all,
+            )?;
+            self.state.check_serial(end_entity)
+        })())?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -288,6 +617,56 @@ impl ServerCertVerifier for FleetServerVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algs.supported_schemes()
+    }
+}
+
+/// Client verifier: webpki's (chain to the fleet CA, validity window, usage), then the serial must not
+/// be revoked.
+#[derive(Debug)]
+struct FleetClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    state: Arc<State>,
+}
+
+impl ClientCertVerifier for FleetClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.state.count(
+            self.inner
+                .verify_client_cert(end_entity, intermediates, now)
+                .and_then(|_| self.state.check_serial(end_entity)),
+        )?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not used".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 

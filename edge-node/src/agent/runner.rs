@@ -221,6 +221,8 @@ impl super::AssignmentRunner for SwarmRunner {
                 cert: cfg.cert.clone(),
                 key: cfg.key.clone(),
                 ca: cfg.ca.clone(),
+                tls: None,
+                crl: None,
                 peers,
                 index: a.chunk_index.clone(),
                 publisher_keys,
