@@ -583,12 +583,7 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
     }
 
     // Decide, crossing as many wave boundaries as the observations allow.
-    let quarantined = |n: &EdgeNode| {
-        n.labels()
-            .get(pollen_crds::labels::QUARANTINE)
-            .map(String::as_str)
-            == Some("true")
-    };
+    let quarantined = |n: &EdgeNode| progress::is_quarantined(n.labels());
     let mut state = DistState {
         phase: if fresh_index {
             RolloutPhase::Distributing
@@ -1858,6 +1853,12 @@ mod tests {
             assert!(!w.assigned("r").contains_key("gw-01"));
             assert_eq!(w.assigned("r").len(), 2);
             assert_eq!(w.status("r").nodes.failed, 1);
+            let st = w.status("r");
+            let msg = &cond(&st, types::PROGRESSING).message;
+            assert!(
+                msg.contains("quarantined (pollen.dev/quarantine=true), counted as failed: gw-01"),
+                "{msg}"
+            );
         }
         h.finish().await;
     }

@@ -7,7 +7,8 @@
 //!
 //! Semantics, in one place:
 //! - A node counts as **failed** when its assignment status for the current chunk index is `Failed`
-//!   or `RolledBack`, or when the node is quarantined (label `pollen.dev/quarantine=true`).
+//!   or `RolledBack`, or when the node is quarantined (label `pollen.dev/quarantine=true`). Quarantined
+//!   nodes are named in the condition message (reason and all), so `kubectl describe` says why.
 //! - A status about another (superseded) chunk index counts as **pending** for the current one.
 //! - A wave **meets its success threshold** when `installed × 100 ≥ successThresholdPercent ×
 //!   targeted`; an empty wave meets it at once and has no pause.
@@ -125,9 +126,19 @@ pub enum NodeState {
     Downloading,
     /// Installed and active.
     Installed,
-    /// Failed, rolled back, or quarantined.
+    /// Failed or rolled back.
     Failed,
+    /// Quarantined (label `pollen.dev/quarantine=true`): counts as failed, gets no assignment.
+    Quarantined,
 }
+
+/// Whether an object's labels quarantine it: `pollen.dev/quarantine` set to exactly `"true"`.
+pub fn is_quarantined(labels: &std::collections::BTreeMap<String, String>) -> bool {
+    labels.get(pollen_crds::labels::QUARANTINE).map(String::as_str) == Some("true")
+}
+
+/// How many quarantined nodes a condition message names before it says "and N more".
+pub const QUARANTINE_NAMES_SHOWN: usize = 10;
 
 /// Read one node's state from its assignment status.
 pub fn node_state(
@@ -137,7 +148,7 @@ pub fn node_state(
     quarantined: bool,
 ) -> NodeState {
     if quarantined {
-        return NodeState::Failed;
+        return NodeState::Quarantined;
     }
     if !assigned {
         return NodeState::Unassigned;
@@ -181,9 +192,38 @@ pub struct Aggregate {
     pub bytes_from_peers: i64,
     /// Bytes from the origin, summed.
     pub bytes_from_origin: i64,
+    /// The quarantined nodes (counted in `nodes.failed`), in observation order.
+    pub quarantined: Vec<String>,
 }
 
 impl Aggregate {
+    /// Why some failed nodes failed, for condition messages: empty without quarantined nodes, else
+    /// `"; N node(s) quarantined (pollen.dev/quarantine=true): a, b"`.
+    pub fn quarantine_note(&self) -> String {
+        if self.quarantined.is_empty() {
+            return String::new();
+        }
+        let mut names: Vec<&str> = self.quarantined.iter().map(String::as_str).collect();
+        names.sort_unstable();
+        let shown = names
+            .iter()
+            .take(QUARANTINE_NAMES_SHOWN)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", ");
+        let more = names.len().saturating_sub(QUARANTINE_NAMES_SHOWN);
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        format!(
+            "; {} node(s) quarantined ({}=true), counted as failed: {shown}{more}",
+            names.len(),
+            pollen_crds::labels::QUARANTINE
+        )
+    }
+
     /// `installed/targeted`.
     pub fn progress(&self) -> String {
         format!("{}/{}", self.nodes.installed, self.nodes.targeted)
@@ -225,6 +265,11 @@ pub fn aggregate(obs: &[NodeObservation], wave_count: u32, current_wave: u32) ->
             NodeState::Failed => {
                 a.nodes.failed += 1;
                 w.failed += 1;
+            }
+            NodeState::Quarantined => {
+                a.nodes.failed += 1;
+                w.failed += 1;
+                a.quarantined.push(o.name.clone());
             }
         }
         a.bytes_from_peers = a.bytes_from_peers.saturating_add(o.bytes_from_peers.max(0));
@@ -273,7 +318,16 @@ fn wave_met(w: &WaveStatus, success_percent: u32) -> bool {
 /// `state.current_wave` are written. When the decision advances the wave, the controller writes the
 /// next wave's assignments, aggregates again and calls `next` once more (an empty wave advances at
 /// once), so one reconcile can cross several boundaries.
+///
+/// Quarantined nodes count as failed; every message then names them and the label that put them
+/// there (see [`Aggregate::quarantine_note`]).
 pub fn next(state: &DistState, agg: &Aggregate, gate: &Gate, now: Timestamp) -> Decision {
+    let mut d = decide(state, agg, gate, now);
+    d.message.push_str(&agg.quarantine_note());
+    d
+}
+
+fn decide(state: &DistState, agg: &Aggregate, gate: &Gate, now: Timestamp) -> Decision {
     let last = gate.wave_count() - 1;
     let w = state.current_wave.min(last);
     let hold = |phase, reason, message: String, requeue_after| Decision {
@@ -482,7 +536,8 @@ mod tests {
         };
         assert_eq!(node_state(true, Some(&st), "new@sha256:2", false), Pending);
         assert_eq!(node_state(true, Some(&st), "old@sha256:1", false), Installed);
-        assert_eq!(node_state(true, Some(&st), "old@sha256:1", true), Failed);
+        assert_eq!(node_state(true, Some(&st), "old@sha256:1", true), Quarantined);
+        assert_eq!(node_state(false, None, "x", true), Quarantined);
         assert_eq!(node_state(false, None, "x", false), Unassigned);
         let rb = AssignmentStatus {
             phase: AssignmentPhase::RolledBack,
@@ -630,6 +685,81 @@ mod tests {
         st.same_generation = false;
         let d3 = next(&st, &agg(&[&[Installed], &[Unassigned; 3]], 0), &gate, t(5));
         assert_eq!((d3.phase, d3.current_wave), (RolloutPhase::Distributing, 1));
+    }
+
+    #[test]
+    fn a_quarantined_node_counts_as_failed_and_the_message_says_why() {
+        let gate = Gate::from_strategy(&strategy(vec![count(1, None), count(3, None)])).unwrap();
+        let a = agg(&[&[Quarantined], &[Unassigned; 3]], 0);
+        assert_eq!(a.nodes.failed, 1);
+        assert_eq!(a.waves[0].failed, 1);
+        assert_eq!(a.quarantined, vec!["w0-n0".to_string()]);
+        let d = next(&state(RolloutPhase::Distributing, 0, None), &a, &gate, t(0));
+        assert_eq!(
+            (d.phase, d.reason),
+            (RolloutPhase::Failed, reasons::FAILURE_THRESHOLD_CROSSED)
+        );
+        assert!(
+            d.message
+                .contains("1 node(s) quarantined (pollen.dev/quarantine=true), counted as failed: w0-n0"),
+            "{}",
+            d.message
+        );
+        // An ordinary failure says nothing about quarantine.
+        let d = next(
+            &state(RolloutPhase::Distributing, 0, None),
+            &agg(&[&[Failed], &[Unassigned; 3]], 0),
+            &gate,
+            t(0),
+        );
+        assert!(!d.message.contains("quarantine"), "{}", d.message);
+    }
+
+    #[test]
+    fn quarantined_nodes_under_the_threshold_are_named_while_the_rollout_goes_on() {
+        let mut s = strategy(vec![count(2, None), count(3, None)]);
+        s.failure_threshold = 5;
+        s.success_threshold_percent = 50;
+        let gate = Gate::from_strategy(&s).unwrap();
+        let d = next(
+            &state(RolloutPhase::Distributing, 1, None),
+            &agg(
+                &[
+                    &[Installed, Quarantined],
+                    &[Downloading, Quarantined, Quarantined],
+                ],
+                1,
+            ),
+            &gate,
+            t(0),
+        );
+        assert_eq!(d.phase, RolloutPhase::Distributing);
+        assert!(
+            d.message.ends_with(
+                "3 node(s) quarantined (pollen.dev/quarantine=true), counted as failed: w0-n1, w1-n1, w1-n2"
+            ),
+            "{}",
+            d.message
+        );
+    }
+
+    #[test]
+    fn a_long_quarantine_list_is_cut_short() {
+        let a = agg(&[&[Quarantined; 13]], 0);
+        let note = a.quarantine_note();
+        assert!(note.starts_with("; 13 node(s) quarantined"), "{note}");
+        assert!(note.ends_with(" and 3 more"), "{note}");
+        assert_eq!(note.matches("w0-n").count(), QUARANTINE_NAMES_SHOWN);
+    }
+
+    #[test]
+    fn only_the_value_true_quarantines() {
+        use std::collections::BTreeMap;
+        let l = |v: &str| BTreeMap::from([(pollen_crds::labels::QUARANTINE.to_string(), v.to_string())]);
+        assert!(is_quarantined(&l("true")));
+        assert!(!is_quarantined(&l("false")));
+        assert!(!is_quarantined(&l("True ")));
+        assert!(!is_quarantined(&BTreeMap::new()));
     }
 
     #[test]
