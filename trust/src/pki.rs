@@ -247,6 +247,7 @@ pub struct FleetCa {
     cert_der: Vec<u8>,
     key_pem: String,
     issuer: Issuer<'static, KeyPair>,
+    crl_sign: bool,
 }
 
 impl std::fmt::Debug for FleetCa {
@@ -276,6 +277,7 @@ impl FleetCa {
             cert_der: cert.der().to_vec(),
             key_pem,
             issuer: Issuer::new(p, key),
+            crl_sign: true,
         })
     }
 
@@ -295,14 +297,27 @@ impl FleetCa {
         if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
             return Err(parse_err("CA key", "does not match the CA certificate"));
         }
-        let issuer = Issuer::from_ca_cert_der(&cert_der.clone().into(), key)
-            .map_err(|e| parse_err("CA certificate", e))?;
+        let crl_sign = parsed
+            .key_usage()
+            .ok()
+            .flatten()
+            .is_none_or(|ku| ku.value.crl_sign());
+        let issuer = issuer_of(&parsed, key)?;
         Ok(FleetCa {
             cert_pem: cert_pem.to_owned(),
             cert_der,
             key_pem: key_pem.to_owned(),
             issuer,
+            crl_sign,
         })
+    }
+
+    /// Whether the CA certificate allows CRL signing (`cRLSign` key usage, or no key usage at all).
+    /// CAs made by Helm's `genCA` or cert-manager's defaults lack it; Pollen still signs its
+    /// revocation list with the CA key and nodes accept it (they check the signature and issuer
+    /// name), but strict X.509 tools such as `openssl verify -crl_check` will not.
+    pub fn crl_sign_usage(&self) -> bool {
+        self.crl_sign
     }
 
     /// The CA certificate, PEM (what every node trusts).
@@ -417,6 +432,49 @@ impl FleetCa {
     pub fn cert_der(&self) -> &[u8] {
         &self.cert_der
     }
+}
+
+/// The issuer for an existing CA certificate: its subject name (byte-for-byte attribute types and
+/// string kinds), its subject key identifier for the authority key identifier of what it signs, and
+/// no key-usage restriction (see [`FleetCa::crl_sign_usage`]).
+fn issuer_of(
+    ca: &x509_parser::certificate::X509Certificate<'_>,
+    key: KeyPair,
+) -> Result<Issuer<'static, KeyPair>, PkiError> {
+    use x509_parser::der_parser::asn1_rs::Tag;
+    let bad = |d: &str| parse_err("CA certificate", d);
+    let mut p = CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    for rdn in ca.subject().iter() {
+        let mut attrs = rdn.iter();
+        let (Some(attr), None) = (attrs.next(), attrs.next()) else {
+            return Err(bad("multi-valued subject names are not supported"));
+        };
+        let oid: Vec<u64> = attr
+            .attr_type()
+            .iter()
+            .ok_or_else(|| bad("subject attribute type"))?
+            .collect();
+        let text =
+            std::str::from_utf8(attr.attr_value().data).map_err(|_| bad("subject attribute is not text"))?;
+        let value = match attr.attr_value().header.tag() {
+            Tag::PrintableString => rcgen::DnValue::PrintableString(text.try_into()?),
+            Tag::Utf8String => rcgen::DnValue::Utf8String(text.to_owned()),
+            Tag::Ia5String => rcgen::DnValue::Ia5String(text.try_into()?),
+            _ => return Err(bad("subject attribute string kind not supported")),
+        };
+        p.distinguished_name.push(DnType::from_oid(&oid), value);
+    }
+    let ski = ca.extensions().iter().find_map(|e| match e.parsed_extension() {
+        x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+        _ => None,
+    });
+    p.key_identifier_method = match ski {
+        Some(k) => KeyIdMethod::PreSpecified(k),
+        None => KeyIdMethod::Sha256,
+    };
+    p.key_usages = Vec::new();
+    Ok(Issuer::new(p, key))
 }
 
 /// A parsed, signature-checked certificate signing request from a node.
@@ -710,6 +768,39 @@ mod tests {
         let n = der.len();
         der[n - 3] ^= 0x01;
         assert!(verify_revocation_list(&der, ca.cert_pem()).is_err());
+    }
+
+    #[test]
+    fn a_ca_without_crl_sign_usage_still_signs_verifiable_lists() {
+        // The key usages Helm's genCA and cert-manager's defaults give a CA.
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, "helm-ca");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+            KeyUsagePurpose::KeyCertSign,
+        ];
+        let cert = p.self_signed(&key).unwrap();
+        let ca = FleetCa::from_pem(&cert.pem(), &key.serialize_pem()).unwrap();
+        assert!(!ca.crl_sign_usage());
+        let node = ca.issue("n", SystemTime::now(), DEFAULT_NODE_LIFETIME).unwrap();
+        let crl = ca
+            .revocation_list(
+                1,
+                &[Revoked {
+                    serial: node.cert.facts.serial.clone(),
+                    revoked_at: SystemTime::now(),
+                }],
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        let set = verify_revocation_list(crl.as_bytes(), ca.cert_pem()).unwrap();
+        assert!(set.is_revoked(&node.cert.facts.serial));
+        // A key that does not match the certificate is refused.
+        let other = KeyPair::generate().unwrap();
+        assert!(FleetCa::from_pem(&cert.pem(), &other.serialize_pem()).is_err());
     }
 
     #[test]
