@@ -6,6 +6,7 @@
 //! - [`pipeline`]: the seam to the registry and the trust chain (resolve, verify, index);
 //! - [`controller`]: the reconciler, its context and the watches;
 //! - [`metrics`] and [`http`]: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`;
+//! - [`signer`]: the approval rules for node certificate signing requests (pure);
 //! - [`leader`]: leader election through a coordination.k8s.io Lease;
 //! - [`trust_pipeline`]: the real pipeline on `pollen-trust`;
 //! - [`app`]: the process: flags, mounted keys, endpoints, leader election, controller.
@@ -23,4 +24,5 @@ pub mod metrics;
 pub mod pipeline;
 pub mod planner;
 pub mod progress;
+pub mod signer;
 pub mod trust_pipeline;

@@ -5,7 +5,11 @@
 //! - `pollen_operator_rollouts{phase}`: rollouts by phase;
 //! - `pollen_operator_rollout_nodes{rollout,phase}`: nodes by phase per rollout;
 //! - `pollen_operator_rollout_bytes{rollout,source}`: bytes from `peers` and `origin` per rollout,
-//!   summed from the EdgeNode statuses.
+//!   summed from the EdgeNode statuses;
+//! - `pollen_operator_csr_decisions_total{decision,reason}`: node certificate requests decided
+//!   (`approve`, `deny`, `fail`) by condition reason;
+//! - `pollen_operator_revoked_certificates`: serials in the fleet's revocation list;
+//! - `pollen_operator_revocation_list_number`: the CRL number of the revocation list last written or read.
 //!
 //! Non-goals: no HTTP here (see [`crate::http`]).
 
@@ -38,6 +42,12 @@ struct NodeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    decision: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ByteLabels {
     rollout: String,
     source: String,
@@ -63,6 +73,9 @@ pub struct Metrics {
     nodes: Family<NodeLabels, Gauge>,
     bytes: Family<ByteLabels, Gauge>,
     phases: Arc<Mutex<BTreeMap<String, RolloutPhase>>>,
+    csr_decisions: Family<DecisionLabels, Counter>,
+    revoked: Gauge,
+    revocation_number: Gauge,
 }
 
 impl Default for Metrics {
@@ -74,6 +87,9 @@ impl Default for Metrics {
             nodes: Family::default(),
             bytes: Family::default(),
             phases: Arc::default(),
+            csr_decisions: Family::default(),
+            revoked: Gauge::default(),
+            revocation_number: Gauge::default(),
         }
     }
 }
@@ -106,12 +122,58 @@ impl Metrics {
             "Bytes the nodes of a rollout received, by source (peers or origin)",
             self.bytes.clone(),
         );
+        registry.register(
+            "csr_decisions",
+            "Node certificate signing requests decided, by decision and reason",
+            self.csr_decisions.clone(),
+        );
+        registry.register(
+            "revoked_certificates",
+            "Certificate serials in the fleet's revocation list",
+            self.revoked.clone(),
+        );
+        registry.register(
+            "revocation_list_number",
+            "CRL number of the fleet's revocation list",
+            self.revocation_number.clone(),
+        );
         for p in PHASES {
             self.rollouts
                 .get_or_create(&PhaseLabels { phase: phase_name(p) })
                 .set(0);
         }
         self
+    }
+
+    /// Count one decision on a node certificate request (`approve`, `deny` or `fail`).
+    pub fn csr_decided(&self, decision: &str, reason: &str) {
+        self.csr_decisions
+            .get_or_create(&DecisionLabels {
+                decision: decision.into(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// How many requests were decided so far with `decision` and `reason`.
+    pub fn csr_decision_count(&self, decision: &str, reason: &str) -> u64 {
+        self.csr_decisions
+            .get_or_create(&DecisionLabels {
+                decision: decision.into(),
+                reason: reason.into(),
+            })
+            .get()
+    }
+
+    /// Record the revocation list's size and CRL number.
+    pub fn observe_revocation_list(&self, number: u64, revoked: usize) {
+        self.revocation_number.set(number as i64);
+        self.revoked.set(revoked as i64);
+    }
+
+    /// The recorded CRL number and revoked-serial count.
+    pub fn revocation_list(&self) -> (i64, i64) {
+        (self.revocation_number.get(), self.revoked.get())
     }
 
     /// Start timing one reconcile; the duration is recorded when the guard drops.
@@ -285,5 +347,38 @@ mod tests {
             text.contains("pollen_operator_rollouts{phase=\"Distributing\"} 0"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn identity_series_are_registered_and_move() {
+        let mut registry = Registry::with_prefix("pollen_operator");
+        let m = Metrics::default().register(&mut registry);
+        let text = encode(&registry);
+        assert!(text.contains("pollen_operator_revoked_certificates 0"), "{text}");
+        assert!(
+            text.contains("pollen_operator_revocation_list_number 0"),
+            "{text}"
+        );
+        m.csr_decided("approve", "NodeIdentityVerified");
+        m.csr_decided("deny", "NodeMismatch");
+        m.csr_decided("deny", "NodeMismatch");
+        m.observe_revocation_list(4, 3);
+        let text = encode(&registry);
+        assert!(
+            text.contains("pollen_operator_csr_decisions_total{decision=\"deny\",reason=\"NodeMismatch\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "pollen_operator_csr_decisions_total{decision=\"approve\",reason=\"NodeIdentityVerified\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("pollen_operator_revoked_certificates 3"), "{text}");
+        assert!(
+            text.contains("pollen_operator_revocation_list_number 4"),
+            "{text}"
+        );
+        assert_eq!(m.revocation_list(), (4, 3));
     }
 }
