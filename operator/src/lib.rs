@@ -6,6 +6,7 @@
 //! - [`pipeline`]: the seam to the registry and the trust chain (resolve, verify, index);
 //! - [`controller`]: the reconciler, its context and the watches;
 //! - [`metrics`] and [`http`]: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`;
+//! - [`revocation`]: quarantined and deleted EdgeNodes into the fleet's signed revocation list;
 //! - [`signer`]: the approval rules for node certificate signing requests (pure);
 //! - [`leader`]: leader election through a coordination.k8s.io Lease;
 //! - [`trust_pipeline`]: the real pipeline on `pollen-trust`;
@@ -24,5 +25,6 @@ pub mod metrics;
 pub mod pipeline;
 pub mod planner;
 pub mod progress;
+pub mod revocation;
 pub mod signer;
 pub mod trust_pipeline;

@@ -1,0 +1,646 @@
+//! Revocation: quarantined and deleted EdgeNodes lose their certificates fleet-wide.
+//!
+//! When an EdgeNode is labelled `pollen.dev/quarantine=true`, or is deleted (the finalizer
+//! [`FINALIZER`] holds it until its serials are revoked), the operator adds the node's certificate
+//! serials to the one RevocationList `fleet`: the serial in `EdgeNode.status.certificate` plus every
+//! unexpired certificate the operator signed for that node (the [`Issued`] ledger, filled from signed
+//! CertificateSigningRequests where the cluster serves them). The list carries a CRL signed by the
+//! fleet CA, numbered one higher than the last; agents watch it and pass the signed CRL on to peers.
+//!
+//! Rules (pure, in [`targets`], [`next_entries`] and [`next_number`]):
+//! - only unexpired certificates are added (an expired one is refused by every peer anyway);
+//! - an entry stays [`MAX_NODE_LIFETIME`] after its revocation (every certificate it can name has
+//!   expired by then), then it is pruned;
+//! - lifting the quarantine does not un-revoke: the node needs a new certificate, which the signer
+//!   grants again once the label is gone;
+//! - the CRL is re-signed (number + 1) at least every [`RESIGN_AFTER`], and whenever the stored one does
+//!   not verify against the configured CA (a new CA); it is valid for [`CRL_VALIDITY`].
+//!
+//! Non-goals: enforcement (the agents refuse revoked peers), quarantine's effect on rollouts (see
+//! [`crate::progress`]), the CSR signer (see [`crate::csr`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use pollen_crds::{EdgeNode, REVOCATION_LIST_NAME, RevocationEntry, RevocationList};
+use pollen_trust::pki::{self, FleetCa, MAX_NODE_LIFETIME, Revoked};
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use crate::metrics::Metrics;
+use crate::progress::is_quarantined;
+
+/// The finalizer that holds a deleted EdgeNode until its certificates are revoked.
+pub const FINALIZER: &str = "pollen.dev/revocation";
+/// The field manager of RevocationList writes.
+pub const FIELD_MANAGER: &str = "pollen-operator";
+/// How long a signed CRL is valid.
+pub const CRL_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The CRL is re-signed when it is older than this.
+pub const RESIGN_AFTER: Duration = Duration::from_secs(24 * 3600);
+/// How often the list is looked at without any EdgeNode change (re-signing, pruning).
+pub const RESYNC: Duration = Duration::from_secs(3600);
+/// The longest serial the RevocationList schema accepts (hex digits).
+pub const MAX_SERIAL_LEN: usize = 64;
+
+/// Why a node's certificates are revoked (the entry's `reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RevokeReason {
+    /// Labelled `pollen.dev/quarantine=true`.
+    Quarantined,
+    /// The EdgeNode was deleted.
+    Deleted,
+}
+
+impl RevokeReason {
+    /// The entry's `reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Quarantined => "Quarantined",
+            Self::Deleted => "Deleted",
+        }
+    }
+}
+
+/// One certificate that must be revoked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The node it was issued to.
+    pub node: String,
+    /// Its serial, lowercase hex.
+    pub serial: String,
+    /// Why.
+    pub reason: RevokeReason,
+}
+
+/// Node → serial → `notAfter` of the certificates the operator signed (in memory; filled as signed
+/// CertificateSigningRequests are seen).
+#[derive(Debug, Default)]
+pub struct Issued(Mutex<BTreeMap<String, BTreeMap<String, Timestamp>>>);
+
+impl Issued {
+    /// Record one certificate.
+    pub fn record(&self, node: &str, serial: &str, not_after: Timestamp) {
+        self.0
+            .lock()
+            .expect("issued lock")
+            .entry(node.to_owned())
+            .or_default()
+            .insert(serial.to_owned(), not_after);
+    }
+
+    /// Record a signed certificate (PEM) by its own facts; `false` if it does not parse.
+    pub fn record_pem(&self, pem: &str) -> bool {
+        match pki::cert_facts(pem) {
+            Ok(f) => {
+                let not_after = Timestamp::try_from(f.not_after).unwrap_or(Timestamp::MAX);
+                self.record(&f.name, &f.serial, not_after);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// A copy of the ledger, with certificates expired at `now` dropped.
+    pub fn snapshot(&self, now: Timestamp) -> BTreeMap<String, BTreeMap<String, Timestamp>> {
+        let mut map = self.0.lock().expect("issued lock");
+        map.retain(|_, serials| {
+            serials.retain(|_, not_after| *not_after > now);
+            !serials.is_empty()
+        });
+        map.clone()
+    }
+}
+
+/// Whether a serial is lowercase hex of a sane length (what agents write and the CRL can carry).
+pub fn valid_serial(serial: &str) -> bool {
+    !serial.is_empty()
+        && serial.len() % 2 == 0
+        && serial.len() <= MAX_SERIAL_LEN
+        && serial
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Why an EdgeNode must be revoked, if it must: being deleted wins over quarantine.
+pub fn revoke_reason(node: &EdgeNode) -> Option<RevokeReason> {
+    if node.metadata.deletion_timestamp.is_some() {
+        Some(RevokeReason::Deleted)
+    } else if is_quarantined(node.labels()) {
+        Some(RevokeReason::Quarantined)
+    } else {
+        None
+    }
+}
+
+/// The unexpired certificates of quarantined and deleted nodes: each node's reported certificate
+/// plus the ones the operator signed for it. Sorted by node, then serial; invalid serials are skipped.
+pub fn targets<'a>(
+    nodes: impl IntoIterator<Item = &'a EdgeNode>,
+    issued: &BTreeMap<String, BTreeMap<String, Timestamp>>,
+    now: Timestamp,
+) -> Vec<Target> {
+    let mut out = BTreeMap::new();
+    for n in nodes {
+        let Some(reason) = revoke_reason(n) else {
+            continue;
+        };
+        let name = n.name_any();
+        let mut serials: BTreeSet<&str> = BTreeSet::new();
+        if let Some(c) = n.status.as_ref().and_then(|s| s.certificate.as_ref())
+            && c.not_after.0 > now
+        {
+            serials.insert(&c.serial);
+        }
+        if let Some(mine) = issued.get(&name) {
+            serials.extend(mine.iter().filter(|(_, t)| **t > now).map(|(s, _)| s.as_str()));
+        }
+        for s in serials.into_iter().filter(|s| valid_serial(s)) {
+            out.insert(
+                (name.clone(), s.to_owned()),
+                Target {
+                    node: name.clone(),
+                    serial: s.to_owned(),
+                    reason,
+                },
+            );
+        }
+    }
+    out.into_values().collect()
+}
+
+/// The entries the list should hold: the current ones not yet [`MAX_NODE_LIFETIME`] old, plus every
+/// target whose serial is not listed yet (revoked `now`). Sorted by node, then serial; one entry per
+/// serial.
+pub fn next_entries(current: &[RevocationEntry], targets: &[Target], now: Timestamp) -> Vec<RevocationEntry> {
+    let keep_for = jiff::SignedDuration::try_from(MAX_NODE_LIFETIME).expect("a week fits");
+    let mut by_serial: BTreeMap<String, RevocationEntry> = BTreeMap::new();
+    for e in current {
+        let expires = e.revoked_at.0.checked_add(keep_for).unwrap_or(Timestamp::MAX);
+        if expires > now && valid_serial(&e.serial) {
+            by_serial.entry(e.serial.clone()).or_insert_with(|| e.clone());
+        }
+    }
+    for t in targets {
+        by_serial
+            .entry(t.serial.clone())
+            .or_insert_with(|| RevocationEntry {
+                node: t.node.clone(),
+                serial: t.serial.clone(),
+                reason: t.reason.as_str().into(),
+                revoked_at: Time(now),
+            });
+    }
+    let mut out: Vec<RevocationEntry> = by_serial.into_values().collect();
+    out.sort_by(|a, b| (&a.node, &a.serial).cmp(&(&b.node, &b.serial)));
+    out
+}
+
+/// The stored list, as the operator reads it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Current {
+    /// Its CRL number.
+    pub number: u64,
+    /// Its entries.
+    pub entries: Vec<RevocationEntry>,
+    /// When its CRL was signed; `None` when the CRL does not verify against the configured CA.
+    pub signed_at: Option<Timestamp>,
+}
+
+/// The number to write the `desired` entries under, or `None` when the stored list stands: same
+/// entries, signed by this CA less than [`RESIGN_AFTER`] ago. No list and nothing to revoke: nothing
+/// is written.
+pub fn next_number(current: Option<&Current>, desired: &[RevocationEntry], now: Timestamp) -> Option<u64> {
+    let Some(c) = current else {
+        return (!desired.is_empty()).then_some(1);
+    };
+    let same = {
+        let key = |e: &RevocationEntry| (e.node.clone(), e.serial.clone(), e.reason.clone(), e.revoked_at.0);
+        let a: BTreeSet<_> = c.entries.iter().map(key).collect();
+        let b: BTreeSet<_> = desired.iter().map(key).collect();
+        a == b
+    };
+    let fresh = c.signed_at.is_some_and(|t| {
+        let age = now.duration_since(t);
+        age < jiff::SignedDuration::try_from(RESIGN_AFTER).expect("a day fits")
+    });
+    if same && fresh {
+        None
+    } else {
+        Some(c.number.saturating_add(1))
+    }
+}
+
+/// Errors of the revocation layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A call to the Kubernetes API failed.
+    #[error("kubernetes API: {0}")]
+    Kube(#[source] kube::Error),
+    /// The CRL could not be signed.
+    #[error("signing the revocation list: {0}")]
+    Sign(#[source] pki::PkiError),
+    /// Adding or removing the finalizer failed, or the revocation it guards.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+/// A source of "now".
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// Writes the RevocationList.
+pub struct Revoker {
+    client: Client,
+    ca: Arc<FleetCa>,
+    issued: Arc<Issued>,
+    metrics: Metrics,
+    clock: Clock,
+    /// One sync at a time, so numbers never collide.
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl Revoker {
+    /// A revoker signing with `ca`, revoking what `issued` records besides the reported certificates.
+    pub fn new(client: Client, ca: Arc<FleetCa>, issued: Arc<Issued>, metrics: Metrics) -> Self {
+        Self {
+            client,
+            ca,
+            issued,
+            metrics,
+            clock: Arc::new(Timestamp::now),
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Use another clock (tests).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The list as stored, or `None` when there is none.
+    pub async fn current(&self) -> Result<Option<Current>, Error> {
+        let api: Api<RevocationList> = Api::all(self.client.clone());
+        let Some(rl) = api.get_opt(REVOCATION_LIST_NAME).await.map_err(Error::Kube)? else {
+            return Ok(None);
+        };
+        let signed_at = pki::verify_revocation_list(rl.spec.crl.as_bytes(), self.ca.cert_pem())
+            .ok()
+            .and_then(|set| Timestamp::try_from(set.this_update).ok());
+        Ok(Some(Current {
+            number: rl.spec.number.max(0) as u64,
+            entries: rl.spec.entries,
+            signed_at,
+        }))
+    }
+
+    /// Bring the list in line with `nodes` (quarantined and deleting ones are revoked). Returns the
+    /// number written, or `None` when the stored list stands.
+    pub async fn sync<'a>(
+        &self,
+        nodes: impl IntoIterator<Item = &'a EdgeNode>,
+    ) -> Result<Option<u64>, Error> {
+        let _one = self.lock.lock().await;
+        let now = (self.clock)();
+        let targets = targets(nodes, &self.issued.snapshot(now), now);
+        let current = self.current().await?;
+        let cur_entries = current.as_ref().map_or(&[][..], |c| c.entries.as_slice());
+        let desired = next_entries(cur_entries, &targets, now);
+        let Some(number) = next_number(current.as_ref(), &desired, now) else {
+            if let Some(c) = &current {
+                self.metrics.observe_revocation_list(c.number, c.entries.len());
+            }
+            return Ok(None);
+        };
+        let revoked: Vec<Revoked> = desired
+            .iter()
+            .map(|e| Revoked {
+                serial: e.serial.clone(),
+                revoked_at: SystemTime::from(e.revoked_at.0),
+            })
+            .collect();
+        let crl = self
+            .ca
+            .revocation_list(number, &revoked, CRL_VALIDITY)
+            .map_err(Error::Sign)?;
+        let body = json!({
+            "apiVersion": "pollen.dev/v1alpha1",
+            "kind": "RevocationList",
+            "metadata": { "name": REVOCATION_LIST_NAME },
+            "spec": { "number": number, "crl": crl, "entries": desired },
+        });
+        let api: Api<RevocationList> = Api::all(self.client.clone());
+        api.patch(
+            REVOCATION_LIST_NAME,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await
+        .map_err(Error::Kube)?;
+        self.metrics.observe_revocation_list(number, desired.len());
+        let added: Vec<String> = targets
+            .iter()
+            .filter(|t| !cur_entries.iter().any(|e| e.serial == t.serial))
+            .map(|t| format!("{}/{} ({})", t.node, t.serial, t.reason.as_str()))
+            .collect();
+        info!(
+            number,
+            entries = desired.len(),
+            "revocation list {REVOCATION_LIST_NAME} written{}",
+            if added.is_empty() {
+                String::new()
+            } else {
+                format!("; revoked {}", added.join(", "))
+            }
+        );
+        Ok(Some(number))
+    }
+}
+
+struct Ctx {
+    revoker: Arc<Revoker>,
+    api: Api<EdgeNode>,
+    store: Store<EdgeNode>,
+}
+
+impl Ctx {
+    /// The cached nodes, with `node` in its latest version.
+    fn nodes_with(&self, node: &EdgeNode) -> Vec<EdgeNode> {
+        let name = node.name_any();
+        let mut nodes: Vec<EdgeNode> = self
+            .store
+            .state()
+            .iter()
+            .filter(|n| n.name_any() != name)
+            .map(|n| (**n).clone())
+            .collect();
+        nodes.push(node.clone());
+        nodes
+    }
+}
+
+async fn reconcile(node: Arc<EdgeNode>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    finalizer(&ctx.api, FINALIZER, node, |event| async {
+        match event {
+            Finalizer::Apply(node) => {
+                if revoke_reason(&node).is_some() {
+                    ctx.revoker.sync(&ctx.nodes_with(&node)).await?;
+                }
+                Ok(Action::await_change())
+            }
+            Finalizer::Cleanup(node) => {
+                ctx.revoker.sync(&ctx.nodes_with(&node)).await?;
+                debug!(node = %node.name_any(), "revoked; releasing the EdgeNode");
+                Ok(Action::await_change())
+            }
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+fn error_policy(node: Arc<EdgeNode>, error: &Error, _ctx: Arc<Ctx>) -> Action {
+    warn!(node = %node.name_any(), "revocation failed: {error}");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Watch EdgeNodes until `shutdown` resolves: add the finalizer to each, revoke quarantined and
+/// deleted nodes, and re-sign the list every [`RESYNC`] when due.
+pub async fn run(
+    revoker: Arc<Revoker>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let api: Api<EdgeNode> = Api::all(revoker.client.clone());
+    let controller = Controller::new(api.clone(), watcher::Config::default());
+    let store = controller.store();
+    let ctx = Arc::new(Ctx {
+        revoker: revoker.clone(),
+        api,
+        store: store.clone(),
+    });
+    let periodic = tokio::spawn(async move {
+        if store.wait_until_ready().await.is_err() {
+            return;
+        }
+        loop {
+            let nodes: Vec<EdgeNode> = store.state().iter().map(|n| (**n).clone()).collect();
+            if let Err(e) = revoker.sync(&nodes).await {
+                warn!("revocation list resync failed: {e}");
+            }
+            tokio::time::sleep(RESYNC).await;
+        }
+    });
+    info!("revocation: watching EdgeNodes for quarantine and deletion");
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                debug!("revocation reconcile error: {e}");
+            }
+        })
+        .await;
+    periodic.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pollen_crds::{CertificateInfo, EdgeNodeSpec, EdgeNodeStatus};
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).unwrap()
+    }
+    const DAY: i64 = 86400;
+
+    fn node(name: &str, serial: Option<(&str, i64)>) -> EdgeNode {
+        let mut n = EdgeNode::new(name, EdgeNodeSpec::default());
+        if let Some((serial, not_after)) = serial {
+            n.status = Some(EdgeNodeStatus {
+                certificate: Some(CertificateInfo {
+                    serial: serial.into(),
+                    not_after: Time(t(not_after)),
+                }),
+                ..EdgeNodeStatus::default()
+            });
+        }
+        n
+    }
+    fn quarantined(mut n: EdgeNode) -> EdgeNode {
+        n.labels_mut()
+            .insert(pollen_crds::labels::QUARANTINE.into(), "true".into());
+        n
+    }
+    fn deleting(mut n: EdgeNode) -> EdgeNode {
+        n.metadata.deletion_timestamp = Some(Time(t(0)));
+        n
+    }
+    fn entry(node: &str, serial: &str, reason: &str, at: i64) -> RevocationEntry {
+        RevocationEntry {
+            node: node.into(),
+            serial: serial.into(),
+            reason: reason.into(),
+            revoked_at: Time(t(at)),
+        }
+    }
+
+    #[test]
+    fn quarantined_and_deleting_nodes_are_targets_with_reported_and_issued_serials() {
+        let nodes = [
+            node("gw-00", Some(("aa01", DAY))),
+            quarantined(node("gw-01", Some(("bb01", DAY)))),
+            deleting(quarantined(node("gw-02", Some(("cc01", DAY))))),
+            quarantined(node("gw-03", None)),
+            quarantined(node("gw-04", Some(("dd01", -1)))),
+        ];
+        let issued = BTreeMap::from([
+            (
+                "gw-01".to_string(),
+                BTreeMap::from([("bb00".to_string(), t(DAY)), ("bb01".to_string(), t(DAY))]),
+            ),
+            (
+                "gw-03".to_string(),
+                BTreeMap::from([("ee01".to_string(), t(3600))]),
+            ),
+            ("gw-04".to_string(), BTreeMap::from([("dd00".to_string(), t(-5))])),
+            (
+                "gw-00".to_string(),
+                BTreeMap::from([("aa00".to_string(), t(DAY))]),
+            ),
+        ]);
+        let got: Vec<(String, String, RevokeReason)> = targets(&nodes, &issued, t(0))
+            .into_iter()
+            .map(|x| (x.node, x.serial, x.reason))
+            .collect();
+        let q = RevokeReason::Quarantined;
+        assert_eq!(
+            got,
+            vec![
+                ("gw-01".into(), "bb00".into(), q),
+                ("gw-01".into(), "bb01".into(), q),
+                ("gw-02".into(), "cc01".into(), RevokeReason::Deleted),
+                ("gw-03".into(), "ee01".into(), q),
+            ]
+        );
+    }
+
+    #[test]
+    fn garbage_serials_are_never_listed() {
+        let nodes = [
+            quarantined(node("gw-01", Some(("NOT-HEX", DAY)))),
+            quarantined(node("gw-02", Some(("", DAY)))),
+            quarantined(node("gw-03", Some((&"a".repeat(65), DAY)))),
+        ];
+        assert!(targets(&nodes, &BTreeMap::new(), t(0)).is_empty());
+        assert!(valid_serial("0123456789abcdef"));
+        assert!(!valid_serial("ABCDEF"));
+        assert!(!valid_serial("abc"));
+    }
+
+    #[test]
+    fn new_targets_are_added_once_and_old_entries_keep_their_time() {
+        let current = vec![entry("gw-01", "bb01", "Quarantined", -100)];
+        let targets = vec![
+            Target {
+                node: "gw-01".into(),
+                serial: "bb01".into(),
+                reason: RevokeReason::Deleted,
+            },
+            Target {
+                node: "gw-02".into(),
+                serial: "cc01".into(),
+                reason: RevokeReason::Quarantined,
+            },
+        ];
+        let next = next_entries(&current, &targets, t(0));
+        assert_eq!(
+            next,
+            vec![
+                entry("gw-01", "bb01", "Quarantined", -100),
+                entry("gw-02", "cc01", "Quarantined", 0),
+            ]
+        );
+        // Idempotent: the same inputs later change nothing.
+        assert_eq!(next_entries(&next, &targets, t(60)), next);
+    }
+
+    #[test]
+    fn entries_are_pruned_a_week_after_revocation_even_if_the_node_stays_quarantined() {
+        let week = 7 * DAY;
+        let current = vec![
+            entry("gw-01", "bb01", "Quarantined", 0),
+            entry("gw-02", "cc01", "Deleted", 10),
+        ];
+        assert_eq!(next_entries(&current, &[], t(week - 1)).len(), 2);
+        assert_eq!(
+            next_entries(&current, &[], t(week)),
+            vec![entry("gw-02", "cc01", "Deleted", 10)]
+        );
+        assert!(next_entries(&current, &[], t(week + 10)).is_empty());
+        // A still-quarantined node whose certificate expired long ago is not listed again.
+        let nodes = [quarantined(node("gw-01", Some(("bb01", DAY))))];
+        let targets = targets(&nodes, &BTreeMap::new(), t(week + 10));
+        assert!(next_entries(&current, &targets, t(week + 10)).is_empty());
+    }
+
+    #[test]
+    fn the_number_moves_only_on_change_or_when_the_crl_is_due() {
+        let e = vec![entry("gw-01", "bb01", "Quarantined", 0)];
+        assert_eq!(next_number(None, &[], t(0)), None);
+        assert_eq!(next_number(None, &e, t(0)), Some(1));
+        let cur = Current {
+            number: 4,
+            entries: e.clone(),
+            signed_at: Some(t(0)),
+        };
+        assert_eq!(next_number(Some(&cur), &e, t(DAY - 1)), None);
+        assert_eq!(next_number(Some(&cur), &e, t(DAY)), Some(5));
+        let more = next_entries(
+            &e,
+            &[Target {
+                node: "gw-02".into(),
+                serial: "cc01".into(),
+                reason: RevokeReason::Quarantined,
+            }],
+            t(5),
+        );
+        assert_eq!(next_number(Some(&cur), &more, t(5)), Some(5));
+        // Pruned down to nothing: the empty list is written (peers must learn the smaller list).
+        assert_eq!(next_number(Some(&cur), &[], t(5)), Some(5));
+        // A CRL that does not verify with this CA is replaced at once.
+        let foreign = Current {
+            signed_at: None,
+            ..cur
+        };
+        assert_eq!(next_number(Some(&foreign), &e, t(5)), Some(5));
+    }
+
+    #[test]
+    fn the_ledger_forgets_expired_certificates() {
+        let issued = Issued::default();
+        issued.record("gw-01", "aa", t(10));
+        issued.record("gw-01", "bb", t(100));
+        issued.record("gw-02", "cc", t(5));
+        let snap = issued.snapshot(t(50));
+        assert_eq!(snap.len(), 1);
+        assert_eq!(snap["gw-01"].keys().collect::<Vec<_>>(), vec!["bb"]);
+        let ca = FleetCa::generate("test fleet", Duration::from_secs(3600)).unwrap();
+        let kp = ca
+            .issue("gw-03", SystemTime::now(), Duration::from_secs(3600))
+            .unwrap();
+        assert!(issued.record_pem(&kp.cert.cert_pem));
+        assert!(!issued.record_pem("not a certificate"));
+        let snap = issued.snapshot(Timestamp::now());
+        assert!(snap["gw-03"].contains_key(&kp.cert.facts.serial));
+    }
+}
