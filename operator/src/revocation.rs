@@ -125,7 +125,7 @@ impl Issued {
 /// Whether a serial is lowercase hex of a sane length (what agents write and the CRL can carry).
 pub fn valid_serial(serial: &str) -> bool {
     !serial.is_empty()
-        && serial.len() % 2 == 0
+        && serial.len().is_multiple_of(2)
         && serial.len() <= MAX_SERIAL_LEN
         && serial
             .bytes()
