@@ -6,6 +6,7 @@
 //! - [`pipeline`]: the seam to the registry and the trust chain (resolve, verify, index);
 //! - [`controller`]: the reconciler, its context and the watches;
 //! - [`metrics`] and [`http`]: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`;
+//! - [`csr`]: the node certificate signer on the CertificateSigningRequest API;
 //! - [`revocation`]: quarantined and deleted EdgeNodes into the fleet's signed revocation list;
 //! - [`signer`]: the approval rules for node certificate signing requests (pure);
 //! - [`leader`]: leader election through a coordination.k8s.io Lease;
@@ -17,6 +18,7 @@
 
 pub mod app;
 pub mod controller;
+pub mod csr;
 #[cfg(test)]
 pub mod fixtures;
 pub mod http;
