@@ -6,12 +6,26 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use super::identity::{self, CertificateSource, CsrIssuer, CsrSettings, IdentityFiles, Issuer};
+use super::revocations;
 use super::runner::{RunnerConfig, SwarmRunner};
 use super::{AgentConfig, AgentError};
 use crate::metrics::Metrics;
+use crate::tls::FleetTls;
+
+/// Where the node certificate comes from (`--certificate-source`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceFlag {
+    /// Read `--cert` and `--key`, provisioned on the device.
+    Files,
+    /// Request the certificate through the Kubernetes CSR API and renew it; `--cert` and `--key` are
+    /// where the agent keeps it.
+    Csr,
+}
 
 /// Flags of the node agent. Each maps one-to-one onto a Helm value of the edge-node DaemonSet.
 #[derive(clap::Args, Debug, Clone)]
@@ -29,15 +43,29 @@ pub struct AgentArgs {
     /// The address peers use to reach this node (published in the EdgeNode status). Defaults to --listen.
     #[arg(long, env = "POLLEN_ADVERTISE")]
     pub advertise: Option<SocketAddr>,
-    /// Node certificate chain (PEM).
+    /// Node certificate chain (PEM). Read with `--certificate-source=files` (required then); written by
+    /// the agent with `csr` (default `<data-dir>/identity/tls.crt`).
     #[arg(long)]
-    pub cert: PathBuf,
-    /// Node private key (PEM).
+    pub cert: Option<PathBuf>,
+    /// Node private key (PEM). Read with `files` (required then); with `csr` the agent writes a fresh
+    /// key here (mode 0600) for every certificate (default `<data-dir>/identity/tls.key`).
     #[arg(long)]
-    pub key: PathBuf,
-    /// Fleet CA certificate (PEM).
+    pub key: Option<PathBuf>,
+    /// Fleet CA certificate (PEM, mounted): peers and revocation lists are checked against it.
     #[arg(long)]
     pub ca: PathBuf,
+    /// Where the node certificate comes from.
+    #[arg(long, value_enum, env = "POLLEN_CERTIFICATE_SOURCE", default_value = "files")]
+    pub certificate_source: SourceFlag,
+    /// Lifetime asked for with `--certificate-source=csr` (`90m`, `24h`, `7d`); renewed at two thirds.
+    #[arg(long, value_parser = parse_lifetime, default_value = "24h")]
+    pub certificate_lifetime: Duration,
+    /// The signerName of the fleet's certificate signer, with `--certificate-source=csr`.
+    #[arg(long, default_value = pollen_crds::SIGNER_NAME)]
+    pub signer_name: String,
+    /// How long to wait for the signer's verdict on one request before retrying (`30s`, `5m`).
+    #[arg(long, value_parser = parse_duration, default_value = "5m")]
+    pub certificate_wait: Duration,
     /// Chunk stores and trust material.
     #[arg(long, default_value = "/var/lib/pollen/data")]
     pub data_dir: PathBuf,
@@ -70,6 +98,70 @@ pub struct AgentArgs {
     pub download_limit: Option<u64>,
 }
 
+/// Parses `90s`, `30m`, `24h`, `7d`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number and a unit (s, m, h, d)"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{s:?}: unit must be s, m, h or d")),
+    };
+    n.checked_mul(mult)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{s:?}: too long"))
+}
+
+/// A certificate lifetime: a duration within what the fleet signer grants.
+fn parse_lifetime(s: &str) -> Result<Duration, String> {
+    use pollen_trust::pki::{MAX_NODE_LIFETIME, MIN_NODE_LIFETIME};
+    let d = parse_duration(s)?;
+    if !(MIN_NODE_LIFETIME..=MAX_NODE_LIFETIME).contains(&d) {
+        return Err(format!(
+            "{s:?}: must be between {}m and {}h",
+            MIN_NODE_LIFETIME.as_secs() / 60,
+            MAX_NODE_LIFETIME.as_secs() / 3600
+        ));
+    }
+    Ok(d)
+}
+
+/// The identity files and source the flags describe.
+fn identity_setup(args: &AgentArgs) -> Result<(IdentityFiles, CertificateSource), String> {
+    let default_dir = args.data_dir.join("identity");
+    match args.certificate_source {
+        SourceFlag::Files => {
+            let (Some(cert), Some(key)) = (args.cert.clone(), args.key.clone()) else {
+                return Err("--certificate-source=files needs --cert and --key".into());
+            };
+            Ok((
+                IdentityFiles {
+                    cert,
+                    key,
+                    ca: args.ca.clone(),
+                },
+                CertificateSource::Files,
+            ))
+        }
+        SourceFlag::Csr => Ok((
+            IdentityFiles {
+                cert: args.cert.clone().unwrap_or_else(|| default_dir.join("tls.crt")),
+                key: args.key.clone().unwrap_or_else(|| default_dir.join("tls.key")),
+                ca: args.ca.clone(),
+            },
+            CertificateSource::Csr(CsrSettings {
+                signer_name: args.signer_name.clone(),
+                lifetime: args.certificate_lifetime,
+                wait: args.certificate_wait,
+            }),
+        )),
+    }
+}
+
 fn parse_label(s: &str) -> Result<(String, String), String> {
     let (k, v) = s
         .split_once('=')
@@ -82,7 +174,36 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 
 /// Start the agent with a client from the kubeconfig (or in-cluster config) and run until `shutdown`.
 pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let (files, source) = identity_setup(&args).map_err(anyhow::Error::msg)?;
     let client = kube::Client::try_default().await?;
+    std::fs::create_dir_all(&args.data_dir)?;
+
+    // The node's identity first: nothing talks to peers without it.
+    let node = args.node_name.clone();
+    let (tls, issuer): (FleetTls, Option<Arc<dyn Issuer>>) = match source {
+        CertificateSource::Files => (FleetTls::new(identity::load(&files, &node)?), None),
+        CertificateSource::Csr(settings) => {
+            let issuer = Arc::new(CsrIssuer {
+                api: kube::Api::all(client.clone()),
+                node: node.clone(),
+                files: files.clone(),
+                settings,
+            });
+            let Some(id) = identity::bootstrap(issuer.as_ref(), &files, &node, &shutdown).await else {
+                return Ok(());
+            };
+            (FleetTls::new(id), Some(issuer))
+        }
+    };
+    let crl_path = args.data_dir.join(revocations::CRL_FILE);
+    revocations::load_persisted(&crl_path, &tls);
+    let (cert_tx, cert_rx) = watch::channel(Some(identity::certificate_info(&tls.current())));
+    tokio::spawn(revocations::watch(client.clone(), tls.clone(), shutdown.clone()));
+    tokio::spawn(revocations::persist(tls.clone(), crl_path, shutdown.clone()));
+    if let Some(issuer) = issuer {
+        tokio::spawn(identity::maintain(tls.clone(), issuer, cert_tx, shutdown.clone()));
+    }
+
     let metrics = Arc::new(Metrics::default());
     let (bound, _task) = crate::metrics::serve(args.metrics, metrics.clone(), shutdown.clone()).await?;
     info!(%bound, "metrics listening");
@@ -97,16 +218,17 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
         heartbeat_interval: Duration::from_secs(args.heartbeat_interval),
     };
     std::fs::create_dir_all(&args.install_root)?;
-    std::fs::create_dir_all(&args.data_dir)?;
+    tokio::spawn(track_gauges(tls.clone(), metrics.clone(), shutdown.clone()));
     let runner = SwarmRunner::new(
         client.clone(),
         RunnerConfig {
             node_name: args.node_name,
             site: args.site,
             listen: args.listen,
-            cert: args.cert,
-            key: args.key,
-            ca: args.ca,
+            tls,
+            cert: files.cert,
+            key: files.key,
+            ca: files.ca,
             data_dir: args.data_dir,
             install_root: args.install_root,
             insecure_registry: args.insecure_registry,
@@ -117,14 +239,111 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
         metrics.clone(),
     );
     metrics.set_ready(true);
-    super::run(client, cfg, Arc::new(runner), shutdown)
+    super::run(client, cfg, Arc::new(runner), cert_rx, shutdown)
         .await
         .map_err(|e: AgentError| e.into())
 }
 
+/// Keeps the certificate-expiry and revocation-list gauges current between engines.
+async fn track_gauges(tls: FleetTls, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let mut ids = tls.identity_updates();
+    let mut lists = tls.revocation_updates();
+    loop {
+        let expiry = tls
+            .current()
+            .not_after()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        metrics.certificate_expiry.set(expiry);
+        metrics
+            .revocation_list_number
+            .set(i64::try_from(*lists.borrow_and_update()).unwrap_or(i64::MAX));
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            Ok(()) = ids.changed() => {}
+            Ok(()) = lists.changed() => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_label;
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+
+    fn args(extra: &[&str]) -> Result<AgentArgs, clap::Error> {
+        let mut v = vec![
+            "agent",
+            "--node-name",
+            "gw-7",
+            "--ca",
+            "/etc/pollen/fleet-ca/ca.crt",
+        ];
+        v.extend_from_slice(extra);
+        Cmd::try_parse_from(v).map(|c| c.agent)
+    }
+
+    #[test]
+    fn files_mode_is_the_default_and_needs_cert_and_key() {
+        let a = args(&[]).unwrap();
+        assert_eq!(a.certificate_source, SourceFlag::Files);
+        assert!(identity_setup(&a).is_err());
+        let a = args(&["--cert", "/id/tls.crt", "--key", "/id/tls.key"]).unwrap();
+        let (files, source) = identity_setup(&a).unwrap();
+        assert!(matches!(source, CertificateSource::Files));
+        assert_eq!(files.cert, PathBuf::from("/id/tls.crt"));
+        assert_eq!(files.key, PathBuf::from("/id/tls.key"));
+    }
+
+    #[test]
+    fn csr_mode_defaults_to_a_day_the_pollen_signer_and_files_under_the_data_dir() {
+        let a = args(&[
+            "--certificate-source",
+            "csr",
+            "--data-dir",
+            "/var/lib/pollen/data",
+        ])
+        .unwrap();
+        let (files, source) = identity_setup(&a).unwrap();
+        let CertificateSource::Csr(s) = source else {
+            panic!("csr mode expected")
+        };
+        assert_eq!(s.lifetime, Duration::from_secs(86400));
+        assert_eq!(s.signer_name, "pollen.dev/edge-peer");
+        assert_eq!(s.wait, Duration::from_secs(300));
+        assert_eq!(files.cert, PathBuf::from("/var/lib/pollen/data/identity/tls.crt"));
+        assert_eq!(files.key, PathBuf::from("/var/lib/pollen/data/identity/tls.key"));
+        let a = args(&[
+            "--certificate-source=csr",
+            "--certificate-lifetime=90m",
+            "--signer-name=example.com/peer",
+            "--key=/id/k.pem",
+        ])
+        .unwrap();
+        let (files, source) = identity_setup(&a).unwrap();
+        let CertificateSource::Csr(s) = source else {
+            panic!("csr mode expected")
+        };
+        assert_eq!(s.lifetime, Duration::from_secs(5400));
+        assert_eq!(s.signer_name, "example.com/peer");
+        assert_eq!(files.key, PathBuf::from("/id/k.pem"));
+    }
+
+    #[test]
+    fn lifetimes_outside_what_the_signer_grants_are_refused() {
+        assert!(args(&["--certificate-lifetime=5m"]).is_err());
+        assert!(args(&["--certificate-lifetime=8d"]).is_err());
+        assert!(args(&["--certificate-lifetime=24"]).is_err());
+        assert_eq!(parse_lifetime("7d").unwrap(), Duration::from_secs(7 * 86400));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+    }
 
     #[test]
     fn labels_parse_as_key_value() {

@@ -10,7 +10,12 @@
 //! The agent never writes `spec`: the operator owns it.
 
 pub mod cli;
+pub mod csr;
 pub mod desired;
+pub mod identity;
+pub mod keyfile;
+pub mod renewal;
+pub mod revocations;
 pub mod runner;
 pub mod throttle;
 
@@ -24,7 +29,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher;
 use pollen_crds::{
-    Assignment, AssignmentPhase, AssignmentStatus, EdgeNode, EdgeNodeStatus, InstalledVersion, Inventory,
+    Assignment, AssignmentPhase, AssignmentStatus, CertificateInfo, EdgeNode, EdgeNodeStatus,
+    InstalledVersion, Inventory,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -107,11 +113,13 @@ pub async fn node_labels(client: &kube::Client, cfg: &AgentConfig) -> BTreeMap<S
     labels
 }
 
-/// Create or update the EdgeNode with the given labels, and publish endpoint, site and inventory.
+/// Create or update the EdgeNode with the given labels, and publish endpoint, site, inventory and the
+/// current certificate's facts.
 pub async fn register(
     client: &kube::Client,
     cfg: &AgentConfig,
     labels: BTreeMap<String, String>,
+    certificate: Option<&CertificateInfo>,
 ) -> Result<(), AgentError> {
     let api: Api<EdgeNode> = Api::all(client.clone());
     let pp = PatchParams::apply(FIELD_MANAGER).force();
@@ -128,13 +136,15 @@ pub async fn register(
             name: cfg.node_name.clone(),
             source,
         })?;
-    write_status(&api, cfg, &[], &[]).await.map_err(|e| match e {
-        AgentError::Status(source) => AgentError::Register {
-            name: cfg.node_name.clone(),
-            source,
-        },
-        other => other,
-    })
+    write_status(&api, cfg, certificate, &[], &[])
+        .await
+        .map_err(|e| match e {
+            AgentError::Status(source) => AgentError::Register {
+                name: cfg.node_name.clone(),
+                source,
+            },
+            other => other,
+        })
 }
 
 fn inventory(cfg: &AgentConfig) -> Inventory {
@@ -151,6 +161,7 @@ fn inventory(cfg: &AgentConfig) -> Inventory {
 async fn write_status(
     api: &Api<EdgeNode>,
     cfg: &AgentConfig,
+    certificate: Option<&CertificateInfo>,
     assignments: &[AssignmentStatus],
     installed: &[InstalledVersion],
 ) -> Result<(), AgentError> {
@@ -158,7 +169,7 @@ async fn write_status(
     let status = EdgeNodeStatus {
         endpoint: Some(cfg.endpoint.clone()),
         site: cfg.site.clone(),
-        certificate: None,
+        certificate: certificate.cloned(),
         inventory: Some(inventory(cfg)),
         assignments: assignments.to_vec(),
         active_assignments: assignments.iter().filter(|a| !a.phase.is_terminal()).count() as i32,
@@ -187,14 +198,19 @@ struct Running {
 }
 
 /// Run the agent until `shutdown` fires: register, watch the own EdgeNode, run assignments, report.
+///
+/// `certificate` carries the facts of the node's current certificate; every status write includes
+/// them (the agent's field manager owns the whole status), and a change is written at once.
 pub async fn run(
     client: kube::Client,
     cfg: AgentConfig,
     runner: Arc<dyn AssignmentRunner>,
+    mut certificate: watch::Receiver<Option<CertificateInfo>>,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     let labels = node_labels(&client, &cfg).await;
-    register(&client, &cfg, labels).await?;
+    let cert_now = certificate.borrow_and_update().clone();
+    register(&client, &cfg, labels, cert_now.as_ref()).await?;
     info!(node = %cfg.node_name, endpoint = %cfg.endpoint, "EdgeNode registered");
 
     let api: Api<EdgeNode> = Api::all(client.clone());
@@ -209,10 +225,13 @@ pub async fn run(
     let mut throttle = throttle::ReportThrottle::new(progress_interval, cfg.heartbeat_interval);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_bytes: i64 = 0;
+    // A renewed certificate must reach the status before the next heartbeat.
+    let mut cert_dirty = false;
 
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            Ok(()) = certificate.changed() => cert_dirty = true,
             ev = events.next() => {
                 let desired = match ev {
                     Some(Ok(watcher::Event::Apply(en) | watcher::Event::InitApply(en))) => en.spec.assignments,
@@ -277,11 +296,13 @@ pub async fn run(
             statuses.iter().map(|s| (s.rollout.clone(), s.phase)).collect();
         let bytes: i64 = statuses.iter().map(|s| s.verified_bytes).sum();
         let now = Instant::now();
-        if throttle.due(now, &phases, bytes != last_bytes) {
-            match write_status(&api, &cfg, &statuses, &installed).await {
+        if throttle.due(now, &phases, bytes != last_bytes) || cert_dirty {
+            let cert_now = certificate.borrow_and_update().clone();
+            match write_status(&api, &cfg, cert_now.as_ref(), &statuses, &installed).await {
                 Ok(()) => {
                     throttle.wrote(now, &phases);
                     last_bytes = bytes;
+                    cert_dirty = false;
                 }
                 Err(e) => warn!(error = %e, "status write failed; will retry"),
             }
@@ -366,6 +387,8 @@ mod tests {
                 std::env::consts::ARCH
             );
             assert!(body["status"]["inventory"]["freeDiskBytes"].as_i64().unwrap() > 0);
+            assert_eq!(body["status"]["certificate"]["serial"], "4a01");
+            assert_eq!(body["status"]["certificate"]["notAfter"], "2030-03-17T17:46:40Z");
             send.send_response(
                 Response::builder()
                     .body(Body::from(serde_json::to_vec(&en).unwrap()))
@@ -374,7 +397,11 @@ mod tests {
         });
         let c = cfg();
         let labels = node_labels(&client, &c).await;
-        register(&client, &c, labels).await.unwrap();
+        let cert = CertificateInfo {
+            serial: "4a01".into(),
+            not_after: Time(jiff::Timestamp::from_second(1_900_000_000).unwrap()),
+        };
+        register(&client, &c, labels, Some(&cert)).await.unwrap();
         tokio::time::timeout(Duration::from_secs(1), server)
             .await
             .expect("all requests made")

@@ -30,6 +30,7 @@ use tracing::{info, warn};
 use crate::install::Installer;
 use crate::metrics::{IndexLabel, Metrics, SourceLabel};
 use crate::standalone::{self, Budget, StandaloneOptions};
+use crate::tls::FleetTls;
 
 /// What the runner needs besides the assignment.
 #[derive(Debug, Clone)]
@@ -40,7 +41,10 @@ pub struct RunnerConfig {
     pub site: String,
     /// QUIC listen address.
     pub listen: SocketAddr,
-    /// Node certificate, key and fleet CA (PEM files).
+    /// The live TLS handle: the node's current certificate (rotated by the identity loop) and the
+    /// fleet's revocation list. Every engine the runner starts uses it.
+    pub tls: FleetTls,
+    /// Node certificate, key and fleet CA (PEM files; `tls` is what the engines use).
     pub cert: PathBuf,
     /// Node private key.
     pub key: PathBuf,
@@ -221,7 +225,7 @@ impl super::AssignmentRunner for SwarmRunner {
                 cert: cfg.cert.clone(),
                 key: cfg.key.clone(),
                 ca: cfg.ca.clone(),
-                tls: None,
+                tls: Some(cfg.tls.clone()),
                 crl: None,
                 peers,
                 index: a.chunk_index.clone(),
