@@ -9,7 +9,19 @@
 //!   fetching hints, peer exchange), a request server, and a downloader that keeps the picker's pipeline
 //!   for that peer full;
 //! - the **origin loop**: HTTP range GETs of the registry blob, only for chunks the picker hands it;
-//! - the **persist loop**: makes verified chunks durable once a second.
+//! - the **persist loop**: makes verified chunks durable once a second;
+//! - the **trust loop**: reacts to revocation lists and certificate rotations (see below).
+//!
+//! Fleet identity. Every handshake is verified against the fleet CA and the current revocation set of
+//! the shared [`FleetTls`] (rotations and new lists apply to the next handshake; see `tls`). The
+//! revocation list also travels peer to peer: it is sent after `Hello` when held, and a node that
+//! receives a newer list verifies it against the fleet CA, installs it, persists it under the data dir
+//! (loaded again at start) and passes it on to every peer. Whenever a newer list is installed, however
+//! it arrived (a peer, `--crl`, or the agent's watch of the cluster's list), the trust loop closes every
+//! open connection whose peer serial it revokes (close code [`protocol::CLOSE_REVOKED`]) at once, event
+//! driven. A node whose own serial is revoked stops taking part: every connection is closed, nothing is
+//! accepted or dialled until the certificate is rotated, and the engine fails with
+//! [`EngineError::Revoked`]. Refusals are counted by reason in `pollen_edge_peer_refusals_total`.
 //!
 //! Chunks stream from the QUIC stream into the store in pieces, and from the store to QUIC in 64 KiB
 //! pieces, so memory does not grow with chunk or payload size. A peer whose chunk fails verification is
@@ -20,7 +32,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,9 +40,9 @@ use pollen_trust::verified::VerifiedIndex;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::metrics::{CodeLabel, IndexLabel, Metrics, PeerLabel, SourceLabel};
+use crate::metrics::{CodeLabel, IndexLabel, Metrics, PeerLabel, ReasonLabel, SourceLabel};
 use crate::net::{NetError, read_frame, write_msg};
 use crate::picker::{PeerId, Picker, PickerConfig, Source, UploadSlots};
 use crate::protocol::{self, ErrorCode, IndexId, Message};
@@ -45,6 +57,8 @@ const READ_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 const SLOT_WAIT: Duration = Duration::from_secs(5);
 const DIAL_INTERVAL: Duration = Duration::from_secs(2);
 const MAX_KNOWN_ADDRS: usize = 256;
+/// The persisted fleet revocation list (DER), under the data dir.
+const CRL_FILE: &str = "revocations.crl";
 
 /// Engine configuration.
 #[derive(Debug, Clone)]
@@ -133,6 +147,14 @@ pub enum EngineError {
     /// The engine stopped before completing.
     #[error("engine stopped before the index was complete")]
     Stopped,
+    /// This node's own certificate is revoked: it takes no part until it has a new certificate.
+    #[error("this node's certificate (serial {serial}) is revoked by fleet revocation list {list}")]
+    Revoked {
+        /// The revoked serial.
+        serial: String,
+        /// The revocation list number.
+        list: u64,
+    },
     /// A fatal error in a running engine.
     #[error("{0}")]
     Fatal(Arc<EngineError>),
@@ -182,6 +204,7 @@ impl From<StoreError> for FetchError {
 
 struct PeerEntry {
     id: PeerId,
+    serial: String,
     initiator: String,
     conn: quinn::Connection,
     tx: mpsc::Sender<Message>,
@@ -189,6 +212,10 @@ struct PeerEntry {
 
 struct Shared {
     name: String,
+    tls: FleetTls,
+    crl_path: PathBuf,
+    /// The revocation list number last persisted and passed on.
+    crl_handled: Mutex<u64>,
     site: String,
     index: VerifiedIndex,
     id: IndexId,
@@ -240,6 +267,14 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         let store = Store::open(&cfg.data_dir, &index)?;
         let name = cfg.tls.name();
+        let crl_path = cfg.data_dir.join(CRL_FILE);
+        let persisted = load_revocations(&crl_path, &cfg.tls);
+        if cfg.tls.own_revoked() {
+            let serial = cfg.tls.current().serial().to_owned();
+            let list = *cfg.tls.revocation_updates().borrow();
+            return Err(EngineError::Revoked { serial, list });
+        }
+        cfg.tls.count_refusals_into(metrics.peer_refusals.clone());
         let picker = Picker::new(
             &name,
             index.chunk_size,
@@ -269,6 +304,9 @@ impl Engine {
         let known: BTreeSet<SocketAddr> = cfg.peers.iter().copied().filter(|a| *a != local).collect();
         let shared = Arc::new(Shared {
             name,
+            tls: cfg.tls.clone(),
+            crl_path,
+            crl_handled: Mutex::new(persisted),
             site: cfg.site.clone(),
             id,
             id_hex: hex::encode(id),
@@ -303,6 +341,11 @@ impl Engine {
             corrupt_uploads: cfg.corrupt_uploads,
         });
         shared.update_progress();
+        shared.on_rotation();
+        shared
+            .metrics
+            .revocation_list_number
+            .set(*shared.tls.revocation_updates().borrow() as i64);
         if complete {
             shared
                 .metrics
@@ -318,6 +361,7 @@ impl Engine {
         tasks.spawn(shared.clone().dial_loop());
         tasks.spawn(shared.clone().origin_loop());
         tasks.spawn(shared.clone().persist_loop());
+        tasks.spawn(shared.clone().trust_loop());
         Ok(Engine {
             shared,
             tasks,
@@ -338,6 +382,16 @@ impl Engine {
     /// The store's payload file (complete once [`Engine::wait_complete`] returned).
     pub fn payload_path(&self) -> PathBuf {
         self.shared.store.payload_path().to_owned()
+    }
+
+    /// The live TLS handle (rotate the certificate or install revocation lists through it).
+    pub fn tls(&self) -> &FleetTls {
+        &self.shared.tls
+    }
+
+    /// Names of the peers currently connected.
+    pub fn peer_names(&self) -> Vec<String> {
+        self.shared.peers.lock().expect("peers").keys().cloned().collect()
     }
 
     /// The verified index.
@@ -391,6 +445,45 @@ fn endpoint(
     Ok(ep)
 }
 
+/// Loads the persisted revocation list into `tls` (if it verifies); returns its number (0: none).
+fn load_revocations(path: &Path, tls: &FleetTls) -> u64 {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return 0,
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "cannot read the persisted revocation list");
+            return 0;
+        }
+    };
+    match pollen_trust::pki::verify_revocation_list(&bytes, tls.ca_pem()) {
+        Ok(set) => {
+            let number = set.number;
+            tls.install_revocations(set);
+            info!(list = number, "persisted revocation list loaded");
+            number
+        }
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "persisted revocation list does not verify; ignored");
+            0
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file, fsync, rename, fsync of the directory.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 fn now_since(start: Instant) -> Duration {
     start.elapsed()
 }
@@ -426,6 +519,111 @@ impl Shared {
     fn fail(&self, e: EngineError) {
         warn!(error = %e, "engine failed");
         self.status.send_replace(Status::Failed(Arc::new(e)));
+    }
+
+    fn refused(&self, reason: &'static str) {
+        self.metrics
+            .peer_refusals
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Reacts to rotations and newer revocation lists until shutdown.
+    async fn trust_loop(self: Arc<Self>) {
+        let mut lists = self.tls.revocation_updates();
+        let mut rotations = self.tls.identity_updates();
+        self.on_revocations().await;
+        loop {
+            tokio::select! {
+                r = lists.changed() => {
+                    if r.is_err() { return }
+                    self.on_revocations().await;
+                }
+                r = rotations.changed() => {
+                    if r.is_err() { return }
+                    self.on_rotation();
+                }
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    fn on_rotation(&self) {
+        let id = self.tls.current();
+        let expiry = id
+            .not_after()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.metrics.certificate_expiry.set(expiry);
+        info!(serial = id.serial(), expiry, "node certificate in use");
+    }
+
+    /// A revocation list was installed: close connections to revoked peers (and all of them if this node
+    /// is revoked), then pass a newer list on to every remaining peer and persist it.
+    async fn on_revocations(&self) {
+        let Some(set) = self.tls.revocations() else {
+            return;
+        };
+        self.metrics.revocation_list_number.set(set.number as i64);
+        let own = self.tls.current().serial().to_owned();
+        let own_revoked = set.is_revoked(&own);
+        let newer = {
+            let mut handled = self.crl_handled.lock().expect("crl");
+            let newer = set.number > *handled;
+            *handled = (*handled).max(set.number);
+            newer
+        };
+        {
+            let peers = self.peers.lock().expect("peers");
+            for (name, p) in peers.iter() {
+                if set.is_revoked(&p.serial) {
+                    p.conn.close(protocol::CLOSE_REVOKED.into(), b"revoked");
+                    self.refused("revoked");
+                    info!(peer = %name, serial = %p.serial, list = set.number, "closed the connection to a revoked peer");
+                } else if own_revoked {
+                    p.conn
+                        .close(protocol::CLOSE_REVOKED.into(), b"own certificate revoked");
+                } else if newer && set.der.len() <= protocol::MAX_CRL_LEN as usize {
+                    let _ = p.tx.try_send(Message::Revocations { crl: set.der.clone() });
+                }
+            }
+        }
+        if own_revoked {
+            error!(serial = %own, list = set.number,
+                   "this node's certificate is revoked: every connection closed, taking no part until it has a new certificate");
+            self.fail(EngineError::Revoked {
+                serial: own,
+                list: set.number,
+            });
+        }
+        if newer {
+            info!(
+                list = set.number,
+                revoked = set.serials.len(),
+                "revocation list installed"
+            );
+            let path = self.crl_path.clone();
+            let der = set.der;
+            match tokio::task::spawn_blocking(move || write_atomically(&path, &der)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, "could not persist the revocation list"),
+                Err(e) => warn!(error = %e, "revocation list persist task failed"),
+            }
+        }
+    }
+
+    /// A peer sent a revocation list: install it if it verifies against the fleet CA and is newer (the
+    /// trust loop then acts on it and passes it on).
+    fn receive_revocations(&self, crl: &[u8]) {
+        match pollen_trust::pki::verify_revocation_list(crl, self.tls.ca_pem()) {
+            Ok(set) => {
+                let number = set.number;
+                if self.tls.install_revocations(set) {
+                    info!(list = number, "newer revocation list received from a peer");
+                }
+            }
+            Err(e) => warn!(error = %e, "a peer sent a revocation list that does not verify; ignored"),
+        }
     }
 
     fn broadcast(&self, msg: &Message) {
@@ -494,6 +692,10 @@ impl Shared {
                     return;
                 }
             };
+            if self.tls.own_revoked() {
+                incoming.refuse();
+                continue;
+            }
             if self.peers.lock().expect("peers").len() >= self.max_connections {
                 self.metrics.refused_connections.inc();
                 incoming.refuse();
@@ -524,6 +726,9 @@ impl Shared {
                 _ = tick.tick() => {},
                 _ = self.dial_now.notified() => {},
                 _ = self.shutdown.cancelled() => return,
+            }
+            if self.tls.own_revoked() {
+                continue;
             }
             let connected: HashSet<SocketAddr> = self
                 .peers
@@ -558,21 +763,26 @@ impl Shared {
     }
 
     async fn run_conn(self: Arc<Self>, conn: quinn::Connection, dialer: bool) {
-        let Some(name) = tls::peer_name(&conn) else {
+        let Some((name, serial)) = tls::peer_identity(&conn) else {
             conn.close(protocol::CLOSE_REFUSED.into(), b"no name");
             return;
         };
         let span = info_span!("peer", peer = %name, addr = %conn.remote_address());
-        self.conn_main(conn, dialer, name).instrument(span).await;
+        self.conn_main(conn, dialer, name, serial).instrument(span).await;
     }
 
-    async fn conn_main(self: Arc<Self>, conn: quinn::Connection, dialer: bool, name: String) {
+    async fn conn_main(self: Arc<Self>, conn: quinn::Connection, dialer: bool, name: String, serial: String) {
+        if self.tls.own_revoked() {
+            conn.close(protocol::CLOSE_REVOKED.into(), b"own certificate revoked");
+            return;
+        }
         if name == self.name {
             conn.close(protocol::CLOSE_DUPLICATE.into(), b"self");
             return;
         }
         if self.banned.lock().expect("banned").contains(&name) {
             self.metrics.refused_connections.inc();
+            self.refused("banned");
             conn.close(protocol::CLOSE_REFUSED.into(), b"banned");
             return;
         }
@@ -623,6 +833,12 @@ impl Shared {
         let (tx, rx) = mpsc::channel::<Message>(4096);
         let id = {
             let mut peers = self.peers.lock().expect("peers");
+            // Checked under the peers lock: a list installed after this point finds the entry and closes it.
+            if self.tls.is_revoked(&serial) {
+                self.refused("revoked");
+                conn.close(protocol::CLOSE_REVOKED.into(), b"revoked");
+                return;
+            }
             if let Some(old) = peers.get(&name) {
                 let replace = old.initiator == initiator || initiator == keeper;
                 if !replace {
@@ -638,6 +854,7 @@ impl Shared {
                 name.clone(),
                 PeerEntry {
                     id,
+                    serial,
                     initiator,
                     conn: conn.clone(),
                     tx: tx.clone(),
@@ -653,7 +870,12 @@ impl Shared {
             p.add_peer(id, &name, site == self.site);
         }
         self.known.lock().expect("known").insert(conn.remote_address());
-        // First messages: our have-map and a few peer addresses.
+        // First messages: the revocation list we hold, our have-map and a few peer addresses.
+        if let Some(set) = self.tls.revocations()
+            && set.der.len() <= protocol::MAX_CRL_LEN as usize
+        {
+            let _ = tx.try_send(Message::Revocations { crl: set.der });
+        }
         let _ = tx.try_send(Message::HaveMap {
             index: self.id,
             bits: self.store.have(),
@@ -797,6 +1019,7 @@ impl Shared {
                         self.dial_now.notify_one();
                     }
                 }
+                Message::Revocations { crl } => self.receive_revocations(&crl),
                 Message::Error { code, message, .. } => info!(code = code.name(), %message, "peer error"),
                 Message::Hello { .. } | Message::Request { .. } | Message::Data { .. } => {
                     warn!("unexpected message on the control stream");
@@ -903,6 +1126,7 @@ impl Shared {
                 .await;
         }
         if !self.index.authorises(name) {
+            self.refused("not_authorised");
             return self
                 .refuse(
                     &mut send,
@@ -1030,6 +1254,11 @@ impl Shared {
                                 self.handle_store_error(se);
                             }
                             self.picker.lock().expect("picker").failed(c, Source::Peer(id));
+                            if matches!(e, FetchError::Remote(ErrorCode::NotAuthorised, _)) {
+                                // This peer will not serve us this index: ask it rarely.
+                                debug!("peer refuses: not authorised for this index");
+                                tokio::time::sleep(Duration::from_secs(2)).await;
+                            }
                             if matches!(e, FetchError::Remote(ErrorCode::Limit, _)) {
                                 tokio::time::sleep(Duration::from_millis(100)).await;
                             }

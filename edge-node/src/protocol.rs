@@ -8,7 +8,8 @@
 //!
 //! ## Streams
 //! - **Control stream**: the first bidirectional stream, opened by the dialing side. Each side first sends
-//!   `Hello`, then any number of `HaveMap`, `Have`, `Fetching`, `Peers`, `Cancel` and `Error` messages.
+//!   `Hello`, then any number of `HaveMap`, `Have`, `Fetching`, `Peers`, `Cancel`, `Revocations` and
+//!   `Error` messages.
 //! - **Request streams**: one bidirectional stream per request, opened by the side that wants data. It
 //!   sends one `Request` (a chunk, or a range of up to [`MAX_REQUEST_CHUNKS`] chunks) and finishes its
 //!   send side. The server answers, for each chunk in order, a `Data` header immediately followed by
@@ -34,9 +35,17 @@
 //! | 0x07 | Error    | `code: u16`, `id[32]` (zeros if none), `msg_len: u16` (≤ 512), `msg` |
 //! | 0x08 | Peers    | `n: u8` (≤ 32), `n ×` (`family: u8` 4 or 6, address 4 or 16 bytes, `port: u16`) |
 //! | 0x09 | Fetching | `id[32]`, `n: u16` (1..=1024), `n × chunk: u32` |
+//! | 0x0a | Revocations | `format: u8` (1: DER X.509 CRL), `len: u32` (1..=[`MAX_CRL_LEN`]), `len` bytes |
 //!
 //! `Fetching` is the origin hint: "I am fetching these chunks from outside (the origin or another site)";
 //! peers that hear it do not fetch the same chunks from outside themselves, and wait for the `Have`.
+//!
+//! `Revocations` carries the fleet's CA-signed revocation list as signed, so that it spreads peer to
+//! peer and reaches nodes cut off from the control plane. It is sent right after `Hello` when the sender
+//! holds a list, and again to every peer whenever the sender installs a newer one. The receiver verifies
+//! the signature against the fleet CA and installs the list only if its number is higher than the one it
+//! holds (then passes it on); the decoder checks only the framing. The `format` byte versions the
+//! payload: a format the receiver does not know is a protocol error, like an unknown type.
 //!
 //! Error codes: see [`ErrorCode`]. Unknown codes decode as [`ErrorCode::Other`], so that new codes do not
 //! break old peers; unknown message types do break the connection, which is why the version is in the
@@ -67,6 +76,10 @@ pub const MAX_ERROR_MSG_LEN: usize = 512;
 pub const MAX_PEERS: usize = 32;
 /// Largest chunk a `Data` header may announce.
 pub const MAX_DATA_LEN: u32 = 64 * 1024 * 1024;
+/// Largest revocation list in a `Revocations` message, in bytes (about 3000 revoked serials).
+pub const MAX_CRL_LEN: u32 = 128 * 1024;
+/// The `Revocations` payload format: a DER X.509 CRL signed by the fleet CA.
+pub const CRL_FORMAT_DER: u8 = 1;
 /// Length of the frame header (`len: u32`).
 pub const LEN_PREFIX: usize = 4;
 
@@ -78,6 +91,8 @@ pub const CLOSE_PROTOCOL: u32 = 1;
 pub const CLOSE_DUPLICATE: u32 = 2;
 /// QUIC application close code: the peer is banned or not authorised.
 pub const CLOSE_REFUSED: u32 = 3;
+/// QUIC application close code: the peer's certificate (or our own) has been revoked.
+pub const CLOSE_REVOKED: u32 = 4;
 /// QUIC stream error code for `STOP_SENDING`/`RESET_STREAM` when a request is cancelled.
 pub const STREAM_CANCELLED: u32 = 1;
 
@@ -233,6 +248,11 @@ pub enum Message {
         /// Chunk numbers.
         chunks: Vec<u32>,
     },
+    /// The fleet's revocation list, as signed by the fleet CA (format [`CRL_FORMAT_DER`]).
+    Revocations {
+        /// The DER X.509 CRL (1..=[`MAX_CRL_LEN`] bytes).
+        crl: Vec<u8>,
+    },
 }
 
 /// Why bytes do not decode.
@@ -264,6 +284,7 @@ const T_DATA: u8 = 0x06;
 const T_ERROR: u8 = 0x07;
 const T_PEERS: u8 = 0x08;
 const T_FETCHING: u8 = 0x09;
+const T_REVOCATIONS: u8 = 0x0a;
 
 impl Message {
     /// Appends the framed encoding to `out`. Panics if a field breaks a limit (a caller bug: the engine
@@ -355,6 +376,13 @@ impl Message {
                     out.extend_from_slice(&a.port().to_be_bytes());
                 }
             }
+            Message::Revocations { crl } => {
+                assert!(!crl.is_empty() && crl.len() <= MAX_CRL_LEN as usize);
+                out.push(T_REVOCATIONS);
+                out.push(CRL_FORMAT_DER);
+                out.extend_from_slice(&(crl.len() as u32).to_be_bytes());
+                out.extend_from_slice(crl);
+            }
         }
         let len = (out.len() - start - LEN_PREFIX) as u32;
         debug_assert!(len <= MAX_FRAME_LEN);
@@ -414,6 +442,7 @@ pub fn decode_body(frame: &[u8]) -> Result<Message, DecodeError> {
         T_ERROR => "error",
         T_PEERS => "peers",
         T_FETCHING => "fetching",
+        T_REVOCATIONS => "revocations",
         other => return Err(DecodeError::UnknownType(other)),
     };
     let mut r = Reader { buf: body, name };
@@ -524,6 +553,18 @@ pub fn decode_body(frame: &[u8]) -> Result<Message, DecodeError> {
                 addrs.push(SocketAddr::new(ip, r.u16()?));
             }
             Message::Peers { addrs }
+        }
+        T_REVOCATIONS => {
+            if r.u8()? != CRL_FORMAT_DER {
+                return Err(DecodeError::Invalid("revocation list format"));
+            }
+            let n = r.u32()?;
+            if n == 0 || n > MAX_CRL_LEN {
+                return Err(DecodeError::Invalid("revocation list length"));
+            }
+            Message::Revocations {
+                crl: r.take(n as usize)?.to_vec(),
+            }
         }
         _ => unreachable!("type checked above"),
     };
@@ -693,6 +734,54 @@ mod tests {
             "00 00 00 1c  08  02
              04 7f 00 00 01 1b 58                                  # 127.0.0.1:7000
              06 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 01 00 50  # [::1]:80",
+        );
+    }
+
+    #[test]
+    fn golden_revocations() {
+        golden(
+            Message::Revocations {
+                crl: vec![0x30, 0x03, 0x02, 0x01, 0x07],
+            },
+            "00 00 00 0b   # len 11
+             0a            # type revocations
+             01            # format: DER X.509 CRL
+             00 00 00 05   # 5 bytes
+             30 03 02 01 07",
+        );
+        // The largest list fits in a frame.
+        let big = Message::Revocations {
+            crl: vec![0x30; MAX_CRL_LEN as usize],
+        };
+        let b = big.to_bytes();
+        assert_eq!(decode(&b).unwrap().unwrap(), (big, b.len()));
+    }
+
+    #[test]
+    fn rejects_bad_revocations() {
+        // unknown format
+        assert_eq!(
+            decode(&hex("00 00 00 07 0a 02 00 00 00 01 30")),
+            Err(DecodeError::Invalid("revocation list format"))
+        );
+        // empty list
+        assert_eq!(
+            decode(&hex("00 00 00 06 0a 01 00 00 00 00")),
+            Err(DecodeError::Invalid("revocation list length"))
+        );
+        // over the limit (the frame itself is within bounds)
+        let mut b = hex("00 00 00 06 0a 01");
+        b.extend_from_slice(&(MAX_CRL_LEN + 1).to_be_bytes());
+        assert_eq!(decode(&b), Err(DecodeError::Invalid("revocation list length")));
+        // announced length longer than the frame
+        assert_eq!(
+            decode(&hex("00 00 00 07 0a 01 00 00 00 02 30")),
+            Err(DecodeError::Truncated("revocations"))
+        );
+        // trailing byte after the list
+        assert_eq!(
+            decode(&hex("00 00 00 08 0a 01 00 00 00 01 30 00")),
+            Err(DecodeError::Trailing("revocations", 1))
         );
     }
 

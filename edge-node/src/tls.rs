@@ -746,3 +746,129 @@ pub mod testing {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use pollen_trust::pki::{FleetCa, Revoked, verify_revocation_list};
+
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    fn identity(ca: &FleetCa, name: &str) -> TlsIdentity {
+        let kp = ca.issue(name, SystemTime::now(), DAY).unwrap();
+        TlsIdentity::from_pem(
+            kp.cert.cert_pem.as_bytes(),
+            kp.key_pem.as_bytes(),
+            ca.cert_pem().as_bytes(),
+        )
+        .unwrap()
+    }
+
+    fn list(ca: &FleetCa, number: u64, serials: &[&str]) -> RevocationSet {
+        let revoked: Vec<Revoked> = serials
+            .iter()
+            .map(|s| Revoked {
+                serial: (*s).into(),
+                revoked_at: SystemTime::now(),
+            })
+            .collect();
+        let pem = ca.revocation_list(number, &revoked, DAY).unwrap();
+        verify_revocation_list(pem.as_bytes(), ca.cert_pem()).unwrap()
+    }
+
+    #[test]
+    fn identity_carries_the_serial_and_expiry_of_its_certificate() {
+        let ca = FleetCa::generate("fleet", DAY).unwrap();
+        let kp = ca.issue("node-a", SystemTime::now(), DAY).unwrap();
+        let id = TlsIdentity::from_pem(
+            kp.cert.cert_pem.as_bytes(),
+            kp.key_pem.as_bytes(),
+            ca.cert_pem().as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(id.name(), "node-a");
+        assert_eq!(id.serial(), kp.cert.facts.serial);
+        assert_eq!(id.not_after(), kp.cert.facts.not_after);
+        assert_eq!(id.ca_pem(), ca.cert_pem());
+        // A key that is not the certificate's is refused.
+        let other = ca.issue("node-a", SystemTime::now(), DAY).unwrap();
+        let mixed = TlsIdentity::from_pem(
+            kp.cert.cert_pem.as_bytes(),
+            other.key_pem.as_bytes(),
+            ca.cert_pem().as_bytes(),
+        );
+        assert!(matches!(mixed, Err(TlsError::Config(_))), "{mixed:?}");
+    }
+
+    #[test]
+    fn only_newer_lists_are_installed_and_announced() {
+        let ca = FleetCa::generate("fleet", DAY).unwrap();
+        let tls = FleetTls::new(identity(&ca, "node-a"));
+        let mut updates = tls.revocation_updates();
+        assert_eq!(*updates.borrow(), 0);
+        assert!(tls.revocations().is_none());
+        assert!(tls.install_revocations(list(&ca, 2, &["abc1"])));
+        assert!(updates.has_changed().unwrap());
+        assert_eq!(*updates.borrow_and_update(), 2);
+        assert!(tls.is_revoked("abc1"));
+        assert!(!tls.is_revoked("abc2"));
+        assert!(!tls.install_revocations(list(&ca, 2, &["abc2"])), "same number");
+        assert!(!tls.install_revocations(list(&ca, 1, &["abc2"])), "older");
+        assert!(!updates.has_changed().unwrap());
+        assert!(!tls.is_revoked("abc2"));
+        assert!(tls.install_revocations(list(&ca, 3, &[])));
+        assert!(!tls.is_revoked("abc1"), "a newer list replaces the old one");
+        assert!(!tls.own_revoked());
+        let own = tls.current().serial().to_owned();
+        assert!(tls.install_revocations(list(&ca, 4, &[&own])));
+        assert!(tls.own_revoked());
+    }
+
+    #[test]
+    fn rotation_keeps_name_and_ca_and_is_announced() {
+        let ca = FleetCa::generate("fleet", DAY).unwrap();
+        let tls = FleetTls::new(identity(&ca, "node-a"));
+        let copy = tls.clone();
+        let rotations = tls.identity_updates();
+        let next = identity(&ca, "node-a");
+        tls.rotate(next.clone()).unwrap();
+        assert!(rotations.has_changed().unwrap());
+        assert_eq!(copy.current().serial(), next.serial(), "clones share the state");
+        assert!(matches!(
+            tls.rotate(identity(&ca, "node-b")),
+            Err(TlsError::Rotate(_))
+        ));
+        let other = FleetCa::generate("other", DAY).unwrap();
+        assert!(matches!(
+            tls.rotate(identity(&other, "node-a")),
+            Err(TlsError::Rotate(_))
+        ));
+        assert_eq!(tls.current().serial(), next.serial());
+    }
+
+    #[test]
+    fn refusal_reasons_name_the_certificate_error() {
+        let cert = |e| rustls::Error::InvalidCertificate(e);
+        assert_eq!(refusal_reason(&cert(CertificateError::Revoked)), "revoked");
+        assert_eq!(refusal_reason(&cert(CertificateError::Expired)), "expired");
+        assert_eq!(
+            refusal_reason(&cert(CertificateError::NotValidYet)),
+            "not_yet_valid"
+        );
+        assert_eq!(
+            refusal_reason(&cert(CertificateError::UnknownIssuer)),
+            "unknown_ca"
+        );
+        assert_eq!(
+            refusal_reason(&cert(CertificateError::BadEncoding)),
+            "bad_certificate"
+        );
+        assert_eq!(
+            refusal_reason(&rustls::Error::General("x".into())),
+            "bad_certificate"
+        );
+    }
+}
