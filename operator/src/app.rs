@@ -20,9 +20,13 @@ use tokio::sync::{RwLock, watch};
 use tracing::{error, info, warn};
 
 use crate::controller::{self, Config, Context, Diagnostics};
+use crate::csr::{self, SignerContext};
 use crate::leader::{self, LeaderElection};
 use crate::metrics::Metrics;
+use crate::revocation::{self, Issued, Revoker};
+use crate::signer::SignerPolicy;
 use crate::trust_pipeline::{PipelineOptions, SetupError, TrustPipeline};
+use pollen_trust::pki::{FleetCa, MAX_NODE_LIFETIME, MIN_NODE_LIFETIME};
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -60,8 +64,10 @@ pub struct Options {
     #[arg(long, env = "POLLEN_DOCKER_CONFIG", value_name = "FILE")]
     pub docker_config: Option<PathBuf>,
 
-    /// The fleet CA certificate (PEM) the operator signs node certificates with (checked at start;
-    /// used by node identity issuance).
+    /// The fleet CA certificate (PEM) the operator signs node certificates and the revocation list
+    /// with. Set (with `--fleet-ca-key`): EdgeNodes get the `pollen.dev/revocation` finalizer,
+    /// quarantined and deleted nodes are revoked, and, where the cluster serves
+    /// `certificates.k8s.io/v1`, node CertificateSigningRequests are approved and signed.
     #[arg(
         long,
         env = "POLLEN_FLEET_CA_CERT",
@@ -88,9 +94,26 @@ pub struct Options {
     #[arg(long, default_value = "pollen.dev/edge-peer", value_name = "NAME")]
     pub signer_name: String,
 
-    /// Lifetime of the node certificates the operator signs (node identity issuance), e.g. `24h`.
+    /// Lifetime of the node certificates the operator signs when a request sets no
+    /// `expirationSeconds`, e.g. `24h`.
     #[arg(long, default_value = "24h", value_name = "DURATION")]
     pub certificate_lifetime: String,
+
+    /// The longest `expirationSeconds` a node certificate request may ask for (longer ones are
+    /// denied with `LifetimeTooLong`); at most 7 days.
+    #[arg(long, default_value = "24h", value_name = "DURATION")]
+    pub max_certificate_lifetime: String,
+
+    /// The ServiceAccount of the edge-node agents, `NAME` (in `--lease-namespace`, i.e. the
+    /// operator's own namespace) or `NAMESPACE/NAME`. Only its requests are approved; the
+    /// requesting pods are looked up in its namespace.
+    #[arg(
+        long,
+        env = "POLLEN_EDGE_NODE_SERVICE_ACCOUNT",
+        default_value = "pollen-edge-node",
+        value_name = "[NAMESPACE/]NAME"
+    )]
+    pub edge_node_service_account: String,
 
     /// Where `/metrics`, `/healthz` and `/readyz` listen.
     #[arg(
@@ -197,6 +220,17 @@ pub enum AppError {
     /// The CRDs are not installed or the API server is unreachable.
     #[error("kubernetes API: {0}")]
     Kube(#[source] kube::Error),
+    /// The fleet CA could not be loaded.
+    #[error("fleet CA: {0}")]
+    FleetCa(#[source] pollen_trust::pki::PkiError),
+    /// A flag has a value the operator cannot use.
+    #[error("--{flag}: {detail}")]
+    Flag {
+        /// The flag, without dashes.
+        flag: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
     /// The HTTP endpoint could not bind.
     #[error("metrics endpoint {addr}: {source}")]
     Http {
@@ -219,6 +253,122 @@ fn check_readable(what: &'static str, path: &Option<PathBuf>) -> Result<(), AppE
             })?;
     }
     Ok(())
+}
+
+/// The node identity settings: the fleet CA and the signer's rules.
+struct Identity {
+    ca: Arc<FleetCa>,
+    policy: SignerPolicy,
+}
+
+fn lifetime_flag(flag: &'static str, value: &str) -> Result<Duration, AppError> {
+    let d = pollen_crds::schema::parse_duration(value).ok_or_else(|| AppError::Flag {
+        flag,
+        detail: format!("{value:?} is not a duration (e.g. 24h, 90m)"),
+    })?;
+    if !(MIN_NODE_LIFETIME..=MAX_NODE_LIFETIME).contains(&d) {
+        return Err(AppError::Flag {
+            flag,
+            detail: format!(
+                "{value} is outside {}s..={}s",
+                MIN_NODE_LIFETIME.as_secs(),
+                MAX_NODE_LIFETIME.as_secs()
+            ),
+        });
+    }
+    Ok(d)
+}
+
+/// The signer's rules from the flags (checked even without a CA, so a typo fails early).
+fn signer_policy(opts: &Options) -> Result<SignerPolicy, AppError> {
+    let default_lifetime = lifetime_flag("certificate-lifetime", &opts.certificate_lifetime)?;
+    let max_lifetime = lifetime_flag("max-certificate-lifetime", &opts.max_certificate_lifetime)?;
+    if default_lifetime > max_lifetime {
+        return Err(AppError::Flag {
+            flag: "certificate-lifetime",
+            detail: format!(
+                "{} is longer than --max-certificate-lifetime {}",
+                opts.certificate_lifetime, opts.max_certificate_lifetime
+            ),
+        });
+    }
+    let sa = opts.edge_node_service_account.trim();
+    let (namespace, name) = match sa.split_once('/') {
+        Some((ns, name)) => (ns.to_owned(), name.to_owned()),
+        None => (opts.lease_namespace.clone(), sa.to_owned()),
+    };
+    if namespace.is_empty() || name.is_empty() || name.contains('/') {
+        return Err(AppError::Flag {
+            flag: "edge-node-service-account",
+            detail: format!("{sa:?} is not NAME or NAMESPACE/NAME"),
+        });
+    }
+    if opts.signer_name.is_empty() {
+        return Err(AppError::Flag {
+            flag: "signer-name",
+            detail: "empty".into(),
+        });
+    }
+    Ok(SignerPolicy {
+        signer_name: opts.signer_name.clone(),
+        service_account_namespace: namespace,
+        service_account_name: name,
+        max_lifetime,
+        default_lifetime,
+    })
+}
+
+fn load_identity(opts: &Options) -> Result<Option<Identity>, AppError> {
+    let policy = signer_policy(opts)?;
+    let (Some(cert), Some(key)) = (&opts.fleet_ca_cert, &opts.fleet_ca_key) else {
+        return Ok(None);
+    };
+    let read = |what: &'static str, path: &PathBuf| {
+        std::fs::read_to_string(path).map_err(|source| AppError::File {
+            what,
+            path: path.clone(),
+            source,
+        })
+    };
+    let ca = FleetCa::from_pem(&read("fleet CA certificate", cert)?, &read("fleet CA key", key)?)
+        .map_err(AppError::FleetCa)?;
+    Ok(Some(Identity {
+        ca: Arc::new(ca),
+        policy,
+    }))
+}
+
+/// Start the identity tasks: revocation always, the CSR signer where the API is served.
+async fn start_identity(
+    identity: Identity,
+    client: &Client,
+    metrics: &Metrics,
+    stopped: impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let issued = Arc::new(Issued::default());
+    let revoker = Arc::new(Revoker::new(
+        client.clone(),
+        identity.ca.clone(),
+        issued.clone(),
+        metrics.clone(),
+    ));
+    let mut tasks = vec![tokio::spawn(revocation::run(revoker, stopped()))];
+    if csr::served(client).await {
+        let ctx = Arc::new(SignerContext::new(
+            client.clone(),
+            identity.ca,
+            identity.policy,
+            issued,
+            metrics.clone(),
+        ));
+        tasks.push(tokio::spawn(csr::run(ctx, stopped())));
+    } else {
+        warn!(
+            "the API server does not serve certificates.k8s.io/v1 CertificateSigningRequests: node certificates \
+             are not signed here (revocation from EdgeNode.status.certificate still works)"
+        );
+    }
+    tasks
 }
 
 /// Run the operator until `shutdown` resolves (or the Lease is lost).
@@ -246,8 +396,9 @@ pub async fn run(
     check_readable("docker config", &opts.docker_config)?;
     check_readable("fleet CA certificate", &opts.fleet_ca_cert)?;
     check_readable("fleet CA key", &opts.fleet_ca_key)?;
-    if opts.fleet_ca_cert.is_none() {
-        info!("no fleet CA mounted: node certificate issuance is off");
+    let identity = load_identity(&opts)?;
+    if identity.is_none() {
+        info!("no fleet CA mounted: node certificate issuance and revocation are off");
     }
     let pipeline = TrustPipeline::new(
         &PipelineOptions {
@@ -267,11 +418,11 @@ pub async fn run(
             let _ = stop_tx.send(true);
         });
     }
-    let stopped = move || {
+    let stopped = move || -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>> {
         let mut rx = stop_rx.clone();
-        async move {
+        Box::pin(async move {
             let _ = rx.wait_for(|s| *s).await;
-        }
+        })
     };
 
     let mut registry = Registry::with_prefix("pollen_operator");
@@ -354,6 +505,10 @@ pub async fn run(
         });
     }
 
+    let identity_tasks = match identity {
+        Some(identity) => start_identity(identity, &client, &metrics, &stopped).await,
+        None => Vec::new(),
+    };
     let ctx = Arc::new(
         Context::new(
             client,
@@ -366,6 +521,9 @@ pub async fn run(
     );
     let result = controller::run(ctx, opts.namespace.as_deref(), opts.concurrency.max(1), stopped()).await;
     let _ = stop_tx.send(true);
+    for t in identity_tasks {
+        let _ = t.await;
+    }
     let _ = http.await;
     if let Some(le) = election {
         le.release().await;
@@ -375,4 +533,100 @@ pub async fn run(
         return Err(AppError::LeaseLost);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        options: Options,
+    }
+
+    fn opts(extra: &[&str]) -> Options {
+        let mut args = vec![
+            "pollen-operator",
+            "--director-key=/dev/null",
+            "--lease-namespace=pollen-system",
+        ];
+        args.extend_from_slice(extra);
+        Cli::parse_from(args).options
+    }
+
+    #[test]
+    fn the_signer_policy_comes_from_the_flags() {
+        let p = signer_policy(&opts(&[])).unwrap();
+        assert_eq!(p.signer_name, pollen_crds::SIGNER_NAME);
+        assert_eq!(
+            p.username(),
+            "system:serviceaccount:pollen-system:pollen-edge-node"
+        );
+        assert_eq!(p.default_lifetime, Duration::from_secs(86400));
+        assert_eq!(p.max_lifetime, Duration::from_secs(86400));
+        let p = signer_policy(&opts(&[
+            "--edge-node-service-account=edge/agent",
+            "--certificate-lifetime=2h",
+            "--max-certificate-lifetime=48h",
+        ]))
+        .unwrap();
+        assert_eq!(p.username(), "system:serviceaccount:edge:agent");
+        assert_eq!(p.default_lifetime, Duration::from_secs(7200));
+        assert_eq!(p.max_lifetime, Duration::from_secs(48 * 3600));
+    }
+
+    #[test]
+    fn unusable_identity_flags_are_typed_errors() {
+        for (args, flag) in [
+            (&["--certificate-lifetime=soon"][..], "certificate-lifetime"),
+            (&["--certificate-lifetime=1m"][..], "certificate-lifetime"),
+            (
+                &["--max-certificate-lifetime=30d"][..],
+                "max-certificate-lifetime",
+            ),
+            (
+                &["--certificate-lifetime=48h", "--max-certificate-lifetime=24h"][..],
+                "certificate-lifetime",
+            ),
+            (
+                &["--edge-node-service-account=a/b/c"][..],
+                "edge-node-service-account",
+            ),
+            (
+                &["--edge-node-service-account=/x"][..],
+                "edge-node-service-account",
+            ),
+        ] {
+            match signer_policy(&opts(args)) {
+                Err(AppError::Flag { flag: f, .. }) => assert_eq!(f, flag, "{args:?}"),
+                other => panic!(
+                    "{args:?}: expected a flag error, got {:?}",
+                    other.map(|p| p.username())
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn the_fleet_ca_loads_from_the_mounted_files_or_fails_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = FleetCa::generate("test fleet", Duration::from_secs(3600)).unwrap();
+        let cert = dir.path().join("tls.crt");
+        let key = dir.path().join("tls.key");
+        std::fs::write(&cert, ca.cert_pem()).unwrap();
+        std::fs::write(&key, ca.key_pem()).unwrap();
+        let args = [
+            format!("--fleet-ca-cert={}", cert.display()),
+            format!("--fleet-ca-key={}", key.display()),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let id = load_identity(&opts(&args)).unwrap().expect("a CA is configured");
+        assert_eq!(id.ca.cert_pem(), ca.cert_pem());
+        assert!(load_identity(&opts(&[])).unwrap().is_none());
+        let other = FleetCa::generate("other fleet", Duration::from_secs(3600)).unwrap();
+        std::fs::write(&key, other.key_pem()).unwrap();
+        assert!(matches!(load_identity(&opts(&args)), Err(AppError::FleetCa(_))));
+    }
 }
