@@ -227,6 +227,9 @@ struct Shared {
     next_id: Mutex<PeerId>,
     banned: Mutex<HashSet<String>>,
     banned_addrs: Mutex<HashSet<SocketAddr>>,
+    /// Addresses of peers closed or refused as revoked, with the serial they presented: not dialled while
+    /// that serial stays revoked.
+    revoked_addrs: Mutex<HashMap<SocketAddr, String>>,
     known: Mutex<BTreeSet<SocketAddr>>,
     dialing: Mutex<HashSet<SocketAddr>>,
     dial_now: tokio::sync::Notify,
@@ -318,6 +321,7 @@ impl Engine {
             next_id: Mutex::new(0),
             banned: Mutex::new(HashSet::new()),
             banned_addrs: Mutex::new(HashSet::new()),
+            revoked_addrs: Mutex::new(HashMap::new()),
             known: Mutex::new(known),
             dialing: Mutex::new(HashSet::new()),
             dial_now: tokio::sync::Notify::new(),
@@ -415,6 +419,20 @@ impl Engine {
             tokio::select! {
                 r = self.status.changed() => if r.is_err() { return Err(EngineError::Stopped) },
                 _ = self.shared.shutdown.cancelled() => return Err(EngineError::Stopped),
+            }
+        }
+    }
+
+    /// Waits until the engine fails (its own certificate revoked, or a fatal store error), also after
+    /// completion while seeding. Returns [`EngineError::Stopped`] at shutdown.
+    pub async fn wait_failed(&mut self) -> EngineError {
+        loop {
+            if let Status::Failed(e) = &*self.status.borrow_and_update() {
+                return EngineError::Fatal(e.clone());
+            }
+            tokio::select! {
+                r = self.status.changed() => if r.is_err() { return EngineError::Stopped },
+                _ = self.shared.shutdown.cancelled() => return EngineError::Stopped,
             }
         }
     }
@@ -579,6 +597,10 @@ impl Shared {
                 if set.is_revoked(&p.serial) {
                     p.conn.close(protocol::CLOSE_REVOKED.into(), b"revoked");
                     self.refused("revoked");
+                    self.revoked_addrs
+                        .lock()
+                        .expect("revoked")
+                        .insert(p.conn.remote_address(), p.serial.clone());
                     info!(peer = %name, serial = %p.serial, list = set.number, "closed the connection to a revoked peer");
                 } else if own_revoked {
                     p.conn
@@ -738,7 +760,17 @@ impl Shared {
                 .map(|p| p.conn.remote_address())
                 .collect();
             let known: Vec<SocketAddr> = self.known.lock().expect("known").iter().copied().collect();
-            let banned = self.banned_addrs.lock().expect("banned").clone();
+            let mut banned = self.banned_addrs.lock().expect("banned").clone();
+            self.revoked_addrs
+                .lock()
+                .expect("revoked")
+                .retain(|addr, serial| {
+                    let still = self.tls.is_revoked(serial);
+                    if still {
+                        banned.insert(*addr);
+                    }
+                    still
+                });
             for addr in known {
                 if connected.contains(&addr)
                     || banned.contains(&addr)
@@ -836,6 +868,10 @@ impl Shared {
             // Checked under the peers lock: a list installed after this point finds the entry and closes it.
             if self.tls.is_revoked(&serial) {
                 self.refused("revoked");
+                self.revoked_addrs
+                    .lock()
+                    .expect("revoked")
+                    .insert(conn.remote_address(), serial);
                 conn.close(protocol::CLOSE_REVOKED.into(), b"revoked");
                 return;
             }

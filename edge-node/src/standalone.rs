@@ -226,6 +226,12 @@ pub async fn run_with_members(
             info!(number, "revocation list loaded");
         }
     }
+    if tls.own_revoked() {
+        return Err(StandaloneError::Engine(EngineError::Revoked {
+            serial: tls.current().serial().to_owned(),
+            list: *tls.revocation_updates().borrow(),
+        }));
+    }
     let key = |p: &PathBuf| {
         PublicKey::from_file(p).map_err(|source| StandaloneError::Key {
             path: p.clone(),
@@ -311,21 +317,127 @@ pub async fn run_with_members(
     };
     let origin_bytes = engine.origin_bytes();
     info!(path = %installed.display(), %version, origin_bytes, seconds, "installed");
-    match opts.seed_for {
-        Some(d) if d.is_zero() => {}
-        Some(d) => {
-            tokio::select! {
-                _ = tokio::time::sleep(d) => {},
-                _ = shutdown.cancelled() => {},
-            }
+    // Seed until the time is up or shutdown; a failure while seeding (this node's certificate revoked)
+    // ends the run with that error.
+    let seed_until = async {
+        match opts.seed_for {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
         }
-        None => shutdown.cancelled().await,
-    }
+    };
+    let failed = match opts.seed_for {
+        Some(d) if d.is_zero() => None,
+        _ => tokio::select! {
+            _ = seed_until => None,
+            _ = shutdown.cancelled() => None,
+            e = engine.wait_failed() => match e {
+                EngineError::Stopped => None,
+                e => Some(e),
+            },
+        },
+    };
     engine.shutdown().await;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
     Ok(Outcome {
         installed,
         version,
         origin_bytes,
         seconds,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use pollen_trust::pki::{FleetCa, Revoked};
+
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    /// Options with real certificate files and a CRL file; everything after the TLS setup points nowhere,
+    /// since these tests end before the index is fetched.
+    fn options(dir: &Path, ca: &FleetCa, crl: &[u8]) -> (StandaloneOptions, String) {
+        let kp = ca.issue("node-a", SystemTime::now(), DAY).unwrap();
+        let write = |name: &str, bytes: &[u8]| {
+            let p = dir.join(name);
+            std::fs::write(&p, bytes).unwrap();
+            p
+        };
+        let opts = StandaloneOptions {
+            name: None,
+            site: "default".into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cert: write("cert.pem", kp.cert.cert_pem.as_bytes()),
+            key: write("key.pem", kp.key_pem.as_bytes()),
+            ca: write("ca.pem", ca.cert_pem().as_bytes()),
+            tls: None,
+            crl: Some(write("fleet.crl", crl)),
+            peers: Vec::new(),
+            index: "127.0.0.1:1/none@sha256:00".into(),
+            publisher_keys: Vec::new(),
+            director_key: dir.join("missing-director.pem"),
+            insecure_registry: true,
+            docker_config: None,
+            data_dir: dir.join("data"),
+            install_root: dir.join("root"),
+            metrics: None,
+            upload_limit: None,
+            download_limit: None,
+            origin_budget: Budget::Unlimited,
+            no_origin: true,
+            seed: None,
+            seed_for: Some(Duration::ZERO),
+        };
+        (opts, kp.cert.facts.serial)
+    }
+
+    fn crl(ca: &FleetCa, serials: &[&str]) -> String {
+        let revoked: Vec<Revoked> = serials
+            .iter()
+            .map(|s| Revoked {
+                serial: (*s).into(),
+                revoked_at: SystemTime::now(),
+            })
+            .collect();
+        ca.revocation_list(5, &revoked, DAY).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_crl_that_does_not_verify_is_a_typed_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = FleetCa::generate("fleet", DAY).unwrap();
+        let other = FleetCa::generate("other", DAY).unwrap();
+        for bad in [b"not a list".to_vec(), crl(&other, &[]).into_bytes()] {
+            let (opts, _) = options(dir.path(), &ca, &bad);
+            let r = run(opts, CancellationToken::new()).await;
+            assert!(matches!(r, Err(StandaloneError::Crl { .. })), "{r:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_crl_revoking_this_node_stops_it_before_anything_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = FleetCa::generate("fleet", DAY).unwrap();
+        // First a list revoking someone else: the run gets past the TLS setup and fails later, at the
+        // missing director key.
+        let (opts, _) = options(dir.path(), &ca, crl(&ca, &["abcd"]).as_bytes());
+        let r = run(opts, CancellationToken::new()).await;
+        assert!(matches!(r, Err(StandaloneError::Key { .. })), "{r:?}");
+        // Then one naming this node's own serial.
+        let (mut opts, serial) = options(dir.path(), &ca, b"");
+        std::fs::write(opts.crl.as_ref().unwrap(), crl(&ca, &[&serial])).unwrap();
+        opts.name = Some("node-a".into());
+        let r = run(opts, CancellationToken::new()).await;
+        match r {
+            Err(StandaloneError::Engine(EngineError::Revoked { serial: s, list })) => {
+                assert_eq!(s, serial);
+                assert_eq!(list, 5);
+            }
+            other => panic!("expected a revoked error, got {other:?}"),
+        }
+    }
 }
