@@ -1,0 +1,407 @@
+//! Quarantine and deletion revoke a node: the real operator (`pollen_operator::app::run`, with a fleet
+//! CA from mounted files) against a REAL API server (the CRD-only `crd-apiserver` + etcd from
+//! `ApiServer::start`, or the cluster of `POLLEN_E2E_KUBECONFIG`) and a real registry.
+//!
+//! - every EdgeNode gets the `pollen.dev/revocation` finalizer;
+//! - labelling an EdgeNode `pollen.dev/quarantine=true` makes RevocationList `fleet` appear with the
+//!   serial from the node's `status.certificate`, in a CRL that verifies against the fleet CA;
+//! - the running rollout counts the node as failed, names it and the label in its condition message,
+//!   and takes its assignment away;
+//! - deleting another EdgeNode revokes its serial under a higher CRL number, then the EdgeNode goes.
+//!
+//! The CRD-only server serves no CertificateSigningRequests: the operator says so and revokes from
+//! `EdgeNode.status.certificate` alone. Timings are printed (`measured:` lines).
+//!
+//! Needs `crd-apiserver` + `etcd` (e2e/tools/build-apiserver.sh) and `docker-registry`
+//! (e2e/tools/install-deps.sh). Without them: fails under `CI`, skips with a reason otherwise.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use clap::Parser;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use pollen_crds::rollout::{ArtifactSource, InstallSettings};
+use pollen_crds::{
+    DirectorKey, EdgeNode, EdgeNodeSpec, Publisher, REVOCATION_LIST_NAME, RevocationList, RolloutStrategy,
+    TransferSettings, TrustPolicy, TrustPolicySpec, UpdateRollout, UpdateRolloutSpec,
+};
+use pollen_e2e::apiserver::{ApiServer, KUBECONFIG_ENV, retry_throttled};
+use pollen_e2e::registry::Registry as TestRegistry;
+use pollen_e2e::tools;
+use pollen_trust::keys::SigningKey;
+use pollen_trust::pki::{self, FleetCa};
+use pollen_trust::publish::{self, PublishOptions};
+use pollen_trust::registry::{Registry, RegistryOptions, parse_reference};
+use serde_json::json;
+
+const CRDS: &str = include_str!("../../crds/pollen.dev.yaml");
+const NS: &str = "default";
+const PASSWORD: &str = "director-test-password";
+const PP: PostParams = PostParams {
+    dry_run: false,
+    field_manager: None,
+};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    options: pollen_operator::app::Options,
+}
+
+fn suffix() -> String {
+    let n = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{:x}", (n ^ u128::from(std::process::id())) & 0xff_ffff)
+}
+
+async fn wait_for<T>(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("metrics endpoint");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// What an agent writes about its certificate (server-side apply on /status).
+async fn report_certificate(client: &Client, node: &str, serial: &str, not_after: SystemTime) {
+    let ens: Api<EdgeNode> = Api::all(client.clone());
+    let not_after = k8s_openapi::jiff::Timestamp::try_from(not_after).unwrap();
+    let body = json!({
+        "apiVersion": "pollen.dev/v1alpha1",
+        "kind": "EdgeNode",
+        "status": { "certificate": { "serial": serial, "notAfter": not_after.to_string() } },
+    });
+    let pp = PatchParams::apply(&format!("pollen-agent-{node}")).force();
+    let patch = Patch::Apply(body);
+    retry_throttled(|| ens.patch_status(node, &pp, &patch))
+        .await
+        .expect("agent status written");
+}
+
+#[tokio::test]
+async fn quarantine_and_deletion_revoke_the_node_and_the_rollout_counts_it_failed() {
+    if std::env::var_os(KUBECONFIG_ENV).is_none() && tools::require_all(["crd-apiserver", "etcd"]).is_none() {
+        return;
+    }
+    if tools::require("docker-registry").is_none() {
+        return;
+    }
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let server = ApiServer::from_env().await.expect("API server starts");
+    let names = server
+        .apply_crds_yaml(CRDS)
+        .await
+        .expect("the generated CRDs apply");
+    assert!(
+        names.iter().any(|n| n == "revocationlists.pollen.dev"),
+        "{names:?}"
+    );
+    let client = server.client().await.expect("client");
+    let label = format!("rv-{}", suffix());
+    let dir = tempfile::tempdir().unwrap();
+
+    // A signed artifact in a real registry.
+    let registry = TestRegistry::start().await.expect("registry starts");
+    let docker_config = dir.path().join("docker-config.json");
+    std::fs::write(&docker_config, br#"{"auths":{}}"#).unwrap();
+    let oci = Registry::new(&RegistryOptions {
+        insecure: true,
+        docker_config: Some(docker_config.clone()),
+    })
+    .expect("registry client");
+    let publisher = SigningKey::generate().unwrap();
+    let director = SigningKey::generate().unwrap();
+    let reference = format!("{}/fleet/gw-{label}:1.0", registry.host());
+    publish::publish_bytes(
+        &oci,
+        &parse_reference(&reference).unwrap(),
+        "fw.bin",
+        (0..50_000u32).map(|i| (i % 251) as u8).collect(),
+        &publisher,
+        &PublishOptions::default(),
+    )
+    .await
+    .expect("published");
+
+    let tps: Api<TrustPolicy> = Api::all(client.clone());
+    let tp = TrustPolicy::new(
+        &format!("fleet-{label}"),
+        TrustPolicySpec {
+            publishers: vec![Publisher {
+                name: "release-team".into(),
+                public_key: publisher.public_key().unwrap().pem().to_string(),
+            }],
+            director: DirectorKey {
+                public_key: director.public_key().unwrap().pem().to_string(),
+            },
+        },
+    );
+    retry_throttled(|| tps.create(&PP, &tp))
+        .await
+        .expect("TrustPolicy created");
+
+    // The fleet CA, and three nodes holding certificates from it.
+    let ca = FleetCa::generate("e2e fleet", Duration::from_secs(7 * 24 * 3600)).unwrap();
+    let ens: Api<EdgeNode> = Api::all(client.clone());
+    let nodes: Vec<String> = (0..3).map(|i| format!("{label}-gw-{i}")).collect();
+    let mut serials = BTreeMap::new();
+    for name in &nodes {
+        let mut en = EdgeNode::new(name, EdgeNodeSpec::default());
+        en.metadata.labels = Some(BTreeMap::from([("fleet".to_string(), label.clone())]));
+        retry_throttled(|| ens.create(&PP, &en))
+            .await
+            .expect("EdgeNode created");
+        let kp = ca
+            .issue(name, SystemTime::now(), pki::DEFAULT_NODE_LIFETIME)
+            .unwrap();
+        report_certificate(&client, name, &kp.cert.facts.serial, kp.cert.facts.not_after).await;
+        serials.insert(name.clone(), kp.cert.facts.serial);
+    }
+
+    // The operator, with the fleet CA mounted.
+    let write = |name: &str, bytes: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p.display().to_string()
+    };
+    let key_path = write(
+        "director.key",
+        director.to_encrypted_pem(PASSWORD.as_bytes()).unwrap().as_bytes(),
+    );
+    let password_path = write("director.password", format!("{PASSWORD}\n").as_bytes());
+    let ca_cert = write("tls.crt", ca.cert_pem().as_bytes());
+    let ca_key = write("tls.key", ca.key_pem().as_bytes());
+    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cli = Cli::parse_from([
+        "pollen-operator".to_string(),
+        format!("--director-key={key_path}"),
+        format!("--director-key-password-file={password_path}"),
+        format!("--docker-config={}", docker_config.display()),
+        format!("--insecure-registry={}", registry.host()),
+        format!("--metrics-addr={metrics_addr}"),
+        format!("--fleet-ca-cert={ca_cert}"),
+        format!("--fleet-ca-key={ca_key}"),
+        "--leader-election-optional".to_string(),
+        format!("--lease-namespace={NS}"),
+        format!("--lease-name=pollen-operator-{label}"),
+    ]);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let operator = tokio::spawn(pollen_operator::app::run(
+        cli.options,
+        client.clone(),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+
+    // Every node gets the revocation finalizer.
+    let started = Instant::now();
+    for name in &nodes {
+        wait_for("the revocation finalizer", Duration::from_secs(30), async || {
+            let en = ens.get(name).await.ok()?;
+            en.finalizers()
+                .iter()
+                .any(|f| f == "pollen.dev/revocation")
+                .then_some(())
+        })
+        .await;
+    }
+    println!(
+        "measured: finalizer on {} EdgeNodes {:?} after the operator started",
+        nodes.len(),
+        started.elapsed()
+    );
+
+    // A rollout over the three nodes, tolerating one failure, until every node is assigned.
+    let rollout_name = format!("gw-{label}");
+    let mut ur = UpdateRollout::new(
+        &rollout_name,
+        UpdateRolloutSpec {
+            artifact: ArtifactSource {
+                reference: reference.clone(),
+                pull_secret: None,
+            },
+            trust_policy: format!("fleet-{label}"),
+            selector: LabelSelector {
+                match_labels: Some(BTreeMap::from([("fleet".into(), label.clone())])),
+                ..LabelSelector::default()
+            },
+            strategy: RolloutStrategy {
+                failure_threshold: 1,
+                ..RolloutStrategy::default()
+            },
+            transfer: TransferSettings::default(),
+            install: InstallSettings {
+                target_path: "firmware/gw.bin".into(),
+                keep_versions: 2,
+                activation_window: None,
+            },
+        },
+    );
+    ur.metadata.namespace = Some(NS.into());
+    let urs: Api<UpdateRollout> = Api::namespaced(client.clone(), NS);
+    retry_throttled(|| urs.create(&PP, &ur))
+        .await
+        .expect("rollout created");
+    let key = format!("{NS}/{rollout_name}");
+    let assigned = |en: &EdgeNode| en.spec.assignments.iter().any(|a| a.rollout == key);
+    wait_for("every node assigned", Duration::from_secs(60), async || {
+        let lp = kube::api::ListParams::default().labels(&format!("fleet={label}"));
+        let listed = ens.list(&lp).await.ok()?.items;
+        (listed.len() == nodes.len() && listed.iter().all(assigned)).then_some(())
+    })
+    .await;
+    let rls: Api<RevocationList> = Api::all(client.clone());
+    assert!(
+        rls.get_opt(REVOCATION_LIST_NAME).await.unwrap().is_none(),
+        "nothing is revoked yet, so no list is written"
+    );
+
+    // Quarantine node 0.
+    let victim = &nodes[0];
+    let quarantined_at = Instant::now();
+    ens.patch(
+        victim,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "metadata": { "labels": { "pollen.dev/quarantine": "true" } } })),
+    )
+    .await
+    .expect("labelled");
+    let rl = wait_for("the revocation list", Duration::from_secs(30), async || {
+        rls.get_opt(REVOCATION_LIST_NAME).await.ok().flatten()
+    })
+    .await;
+    let to_list = quarantined_at.elapsed();
+    assert_eq!(rl.spec.number, 1);
+    assert_eq!(rl.spec.entries.len(), 1, "{:?}", rl.spec.entries);
+    assert_eq!(rl.spec.entries[0].node, *victim);
+    assert_eq!(rl.spec.entries[0].serial, serials[victim]);
+    assert_eq!(rl.spec.entries[0].reason, "Quarantined");
+    let set = pki::verify_revocation_list(rl.spec.crl.as_bytes(), ca.cert_pem()).expect("the CRL verifies");
+    assert_eq!(set.number, 1);
+    assert_eq!(
+        set.serials.iter().cloned().collect::<Vec<_>>(),
+        vec![serials[victim].clone()]
+    );
+    let foreign = FleetCa::generate("another fleet", Duration::from_secs(3600)).unwrap();
+    assert!(pki::verify_revocation_list(rl.spec.crl.as_bytes(), foreign.cert_pem()).is_err());
+
+    let (failed_ur, to_failed) = {
+        let ur = wait_for(
+            "the rollout counting the node failed",
+            Duration::from_secs(30),
+            async || {
+                let ur = urs.get(&rollout_name).await.ok()?;
+                let st = ur.status.as_ref()?;
+                (st.nodes.failed == 1).then_some(ur)
+            },
+        )
+        .await;
+        (ur, quarantined_at.elapsed())
+    };
+    let st = failed_ur.status.unwrap();
+    let progressing = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Progressing")
+        .expect("a Progressing condition");
+    assert!(
+        progressing.message.contains(&format!(
+            "quarantined (pollen.dev/quarantine=true), counted as failed: {victim}"
+        )),
+        "{}",
+        progressing.message
+    );
+    let victim_node = ens.get(victim).await.unwrap();
+    assert!(!assigned(&victim_node), "a quarantined node loses its assignment");
+    println!("measured: quarantine label -> RevocationList fleet #1 with the serial: {to_list:?}");
+    println!("measured: quarantine label -> rollout counts the node failed with the reason: {to_failed:?}");
+
+    // Delete node 1: revoked under number 2, then released.
+    let doomed = &nodes[1];
+    let deleted_at = Instant::now();
+    ens.delete(doomed, &DeleteParams::default())
+        .await
+        .expect("delete");
+    let rl = wait_for("the revocation list #2", Duration::from_secs(30), async || {
+        rls.get_opt(REVOCATION_LIST_NAME)
+            .await
+            .ok()
+            .flatten()
+            .filter(|rl| rl.spec.number >= 2)
+    })
+    .await;
+    let to_list2 = deleted_at.elapsed();
+    let set = pki::verify_revocation_list(rl.spec.crl.as_bytes(), ca.cert_pem()).expect("the CRL verifies");
+    assert_eq!(set.number, 2);
+    assert!(set.serials.contains(&serials[doomed]) && set.serials.contains(&serials[victim]));
+    assert!(!set.serials.contains(&serials[&nodes[2]]));
+    let entry = rl
+        .spec
+        .entries
+        .iter()
+        .find(|e| e.node == *doomed)
+        .expect("an entry");
+    assert_eq!(entry.reason, "Deleted");
+    wait_for("the EdgeNode to go", Duration::from_secs(30), async || {
+        matches!(ens.get_opt(doomed).await, Ok(None)).then_some(())
+    })
+    .await;
+    let to_gone = deleted_at.elapsed();
+    println!(
+        "measured: delete -> RevocationList fleet #2 with the serial: {to_list2:?}; EdgeNode gone after {to_gone:?}"
+    );
+
+    let metrics = http_get(metrics_addr, "/metrics").await;
+    assert!(
+        metrics.contains("pollen_operator_revocation_list_number 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pollen_operator_revoked_certificates 2"),
+        "{metrics}"
+    );
+
+    // Cleanup: the rollout, the remaining nodes (releasing their finalizers), the operator.
+    let _ = urs.delete(&rollout_name, &DeleteParams::default()).await;
+    for name in [&nodes[0], &nodes[2]] {
+        let _ = ens.delete(name, &DeleteParams::default()).await;
+    }
+    for name in [&nodes[0], &nodes[2]] {
+        wait_for("cleanup", Duration::from_secs(30), async || {
+            matches!(ens.get_opt(name).await, Ok(None)).then_some(())
+        })
+        .await;
+    }
+    let _ = stop_tx.send(());
+    tokio::time::timeout(Duration::from_secs(20), operator)
+        .await
+        .expect("the operator stops within 20 s")
+        .expect("no panic")
+        .expect("the operator stops without error");
+}
