@@ -6,6 +6,10 @@
 //! assignment through an [`AssignmentRunner`] (the swarm engine in the binary), and
 //! reports per-assignment status, throttled by [`throttle::ReportThrottle`].
 //!
+//! Before any of that it sets up the node's peer identity ([`identity`]: certificate files, or the
+//! Kubernetes CSR API with renewal), watches the fleet's revocation list ([`revocations`]), and
+//! reports the current certificate's serial and expiry in `status.certificate`.
+//!
 //! Non-goals: moving bytes (the engine does), deciding who gets what (the operator does).
 //! The agent never writes `spec`: the operator owns it.
 
@@ -406,6 +410,99 @@ mod tests {
             .await
             .expect("all requests made")
             .unwrap();
+    }
+
+    async fn next_status(
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    ) -> serde_json::Value {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a status write in time")
+            .unwrap()
+    }
+
+    struct NoWork;
+
+    impl AssignmentRunner for NoWork {
+        fn run(
+            &self,
+            a: Assignment,
+            _progress: watch::Sender<AssignmentStatus>,
+            _cancel: CancellationToken,
+        ) -> BoxFuture<'static, Option<InstalledVersion>> {
+            panic!("no assignment expected, got {}", a.rollout)
+        }
+    }
+
+    fn cert(serial: &str) -> CertificateInfo {
+        CertificateInfo {
+            serial: serial.into(),
+            not_after: Time(jiff::Timestamp::from_second(1_900_000_000).unwrap()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_renewed_certificate_reaches_the_status_before_the_next_heartbeat() {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(svc, "default");
+        let (status_tx, mut statuses) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Some((req, send)) = handle.next_request().await {
+                let path = req.uri().path().to_string();
+                let query = req.uri().query().unwrap_or_default().to_string();
+                let en = serde_json::to_vec(&EdgeNode::new("gw-7", Default::default())).unwrap();
+                match (req.method().as_str(), path.as_str()) {
+                    ("GET", "/api/v1/nodes/gw-7") => send.send_response(
+                        Response::builder()
+                            .status(StatusCode::NOT_FOUND)
+                            .body(Body::from(br#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404,"message":"not found"}"#.to_vec()))
+                            .unwrap(),
+                    ),
+                    ("PATCH", "/apis/pollen.dev/v1alpha1/edgenodes/gw-7/status") => {
+                        let _ = status_tx.send(body_json(req).await);
+                        send.send_response(Response::builder().body(Body::from(en)).unwrap());
+                    }
+                    ("PATCH", "/apis/pollen.dev/v1alpha1/edgenodes/gw-7") => {
+                        send.send_response(Response::builder().body(Body::from(en)).unwrap())
+                    }
+                    ("GET", "/apis/pollen.dev/v1alpha1/edgenodes") if !query.contains("watch=true") => {
+                        send.send_response(
+                            Response::builder()
+                                .body(Body::from(
+                                    br#"{"apiVersion":"pollen.dev/v1alpha1","kind":"EdgeNodeList","metadata":{"resourceVersion":"1"},"items":[]}"#.to_vec(),
+                                ))
+                                .unwrap(),
+                        )
+                    }
+                    // The watch stays open and quiet.
+                    ("GET", "/apis/pollen.dev/v1alpha1/edgenodes") => held.push(send),
+                    (m, p) => panic!("unexpected {m} {p}"),
+                }
+            }
+        });
+        let (cert_tx, cert_rx) = watch::channel(Some(cert("4a01")));
+        let shutdown = CancellationToken::new();
+        let agent = tokio::spawn(run(client, cfg(), Arc::new(NoWork), cert_rx, shutdown.clone()));
+        // Registration, then the loop's first report.
+        for _ in 0..2 {
+            let st = next_status(&mut statuses).await;
+            assert_eq!(st["status"]["certificate"]["serial"], "4a01");
+        }
+        assert!(
+            tokio::time::timeout(Duration::from_millis(1500), statuses.recv())
+                .await
+                .is_err(),
+            "no further writes without a change"
+        );
+        // Renewed: written at once, well before the 60 s heartbeat.
+        cert_tx.send_replace(Some(cert("5b02")));
+        let st = next_status(&mut statuses).await;
+        assert_eq!(st["status"]["certificate"]["serial"], "5b02");
+        assert_eq!(st["status"]["certificate"]["notAfter"], "2030-03-17T17:46:40Z");
+        shutdown.cancel();
+        agent.await.unwrap().unwrap();
+        server.abort();
     }
 
     #[tokio::test]
