@@ -896,12 +896,13 @@ mod tests {
 
         /// Encode then decode is the identity for valid messages.
         #[test]
-        fn round_trip(first in 0u32..1_000_000, count in 1u32..=1024, chunks in proptest::collection::vec(0u32..1_000_000, 1..50), site in "[a-z0-9-]{0,64}") {
+        fn round_trip(first in 0u32..1_000_000, count in 1u32..=1024, chunks in proptest::collection::vec(0u32..1_000_000, 1..50), site in "[a-z0-9-]{0,64}", crl in proptest::collection::vec(proptest::num::u8::ANY, 1..300)) {
             let msgs = [
                 Message::Request { index: [9; 32], first, count },
                 Message::Have { index: [8; 32], chunks: chunks.clone() },
                 Message::Fetching { index: [7; 32], chunks },
                 Message::Hello { version: VERSION, site, indexes: vec![[1; 32], [2; 32]] },
+                Message::Revocations { crl },
             ];
             for m in msgs {
                 let b = m.to_bytes();
