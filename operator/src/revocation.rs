@@ -643,4 +643,129 @@ mod tests {
         let snap = issued.snapshot(Timestamp::now());
         assert!(snap["gw-03"].contains_key(&kp.cert.facts.serial));
     }
+
+    mod io {
+        use super::*;
+        use http::{Method, Request, Response, StatusCode};
+        use kube::client::Body;
+        use serde_json::Value;
+        use tower_test::mock;
+
+        /// The mocked API server: one optional RevocationList; records writes.
+        #[derive(Default)]
+        struct Server {
+            stored: Option<Value>,
+            writes: Vec<(String, Value)>,
+        }
+
+        fn serve(server: Arc<Mutex<Server>>) -> (Client, tokio::task::JoinHandle<()>) {
+            let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+            let task = tokio::spawn(async move {
+                while let Some((req, send)) = handle.next_request().await {
+                    let method = req.method().clone();
+                    let path = req.uri().path().to_string();
+                    let query = req.uri().query().unwrap_or_default().to_string();
+                    let bytes = req.into_body().collect_bytes().await.unwrap();
+                    assert_eq!(path, "/apis/pollen.dev/v1alpha1/revocationlists/fleet");
+                    let (code, out) = {
+                        let mut s = server.lock().unwrap();
+                        match method {
+                            Method::GET => match &s.stored {
+                                Some(v) => (StatusCode::OK, v.clone()),
+                                None => (
+                                    StatusCode::NOT_FOUND,
+                                    json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}),
+                                ),
+                            },
+                            Method::PATCH => {
+                                let body: Value = serde_json::from_slice(&bytes).unwrap();
+                                s.writes.push((query, body.clone()));
+                                s.stored = Some(body.clone());
+                                (StatusCode::OK, body)
+                            }
+                            other => panic!("unexpected {other} {path}"),
+                        }
+                    };
+                    send.send_response(
+                        Response::builder()
+                            .status(code)
+                            .body(Body::from(serde_json::to_vec(&out).unwrap()))
+                            .unwrap(),
+                    );
+                }
+            });
+            (Client::new(service, "default"), task)
+        }
+
+        #[tokio::test]
+        async fn the_list_is_written_once_per_change_and_re_signed_when_due() {
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            let server = Arc::new(Mutex::new(Server::default()));
+            let (client, task) = serve(server.clone());
+            let ca = Arc::new(FleetCa::generate("test fleet", Duration::from_secs(30 * 86400)).unwrap());
+            let start = Timestamp::now();
+            let now = Arc::new(Mutex::new(start));
+            let clock_now = now.clone();
+            let metrics = Metrics::default();
+            let revoker = Revoker::new(client, ca.clone(), Arc::new(Issued::default()), metrics.clone())
+                .with_clock(Arc::new(move || *clock_now.lock().unwrap()));
+            let in_a_day = (start + jiff::SignedDuration::from_hours(24)).as_second() - 1_800_000_000;
+
+            // Nothing revoked, no list: nothing written.
+            assert_eq!(
+                revoker.sync(&[node("gw-00", Some(("aa01", DAY)))]).await.unwrap(),
+                None
+            );
+            assert!(server.lock().unwrap().writes.is_empty());
+
+            // A quarantined node: number 1, by server-side apply with our field manager.
+            let nodes = [
+                node("gw-00", Some(("aa01", in_a_day))),
+                quarantined(node("gw-01", Some(("bb01", in_a_day)))),
+            ];
+            assert_eq!(revoker.sync(&nodes).await.unwrap(), Some(1));
+            {
+                let s = server.lock().unwrap();
+                let (query, body) = &s.writes[0];
+                assert!(query.contains("fieldManager=pollen-operator"), "{query}");
+                assert!(query.contains("force=true"), "{query}");
+                assert_eq!(body["spec"]["number"], 1);
+                assert_eq!(body["spec"]["entries"][0]["serial"], "bb01");
+                assert_eq!(body["spec"]["entries"][0]["reason"], "Quarantined");
+                let set = pki::verify_revocation_list(
+                    body["spec"]["crl"].as_str().unwrap().as_bytes(),
+                    ca.cert_pem(),
+                )
+                .unwrap();
+                assert_eq!(set.number, 1);
+                assert!(set.is_revoked("bb01") && !set.is_revoked("aa01"));
+            }
+            assert_eq!(metrics.revocation_list(), (1, 1));
+
+            // The same state an hour later: read, not rewritten.
+            *now.lock().unwrap() = start + jiff::SignedDuration::from_hours(1);
+            assert_eq!(revoker.sync(&nodes).await.unwrap(), None);
+            assert_eq!(server.lock().unwrap().writes.len(), 1);
+
+            // A day later: re-signed under the next number, same entries.
+            *now.lock().unwrap() = start + jiff::SignedDuration::from_hours(25);
+            assert_eq!(revoker.sync(&[] as &[EdgeNode]).await.unwrap(), Some(2));
+            {
+                let s = server.lock().unwrap();
+                let (_, body) = &s.writes[1];
+                assert_eq!(body["spec"]["number"], 2);
+                assert_eq!(body["spec"]["entries"].as_array().unwrap().len(), 1);
+            }
+
+            // A week after the revocation: pruned, and the smaller list is written.
+            *now.lock().unwrap() = start + jiff::SignedDuration::from_hours(7 * 24 + 1);
+            assert_eq!(revoker.sync(&[] as &[EdgeNode]).await.unwrap(), Some(3));
+            assert_eq!(metrics.revocation_list(), (3, 0));
+            drop(revoker);
+            tokio::time::timeout(Duration::from_secs(1), task)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
 }
