@@ -177,11 +177,25 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
     let (files, source) = identity_setup(&args).map_err(anyhow::Error::msg)?;
     let client = kube::Client::try_default().await?;
     std::fs::create_dir_all(&args.data_dir)?;
+    // Alive (/healthz) from the start, ready (/readyz) once the node has its identity and runs: the
+    // wait for a first certificate must not look like a hung process.
+    let metrics = Arc::new(Metrics::default());
+    let (bound, _task) = crate::metrics::serve(args.metrics, metrics.clone(), shutdown.clone()).await?;
+    info!(%bound, "metrics listening");
 
     // The node's identity first: nothing talks to peers without it.
     let node = args.node_name.clone();
     let (tls, issuer): (FleetTls, Option<Arc<dyn Issuer>>) = match source {
-        CertificateSource::Files => (FleetTls::new(identity::load(&files, &node)?), None),
+        CertificateSource::Files => {
+            let id = identity::load(&files, &node)?;
+            let pem = std::fs::read_to_string(&files.cert)?;
+            if let Err(e) =
+                identity::check_certificate(&pem, &node, id.ca_pem(), std::time::SystemTime::now())
+            {
+                tracing::warn!(error = %e, cert = %files.cert.display(), "peers will refuse this certificate");
+            }
+            (FleetTls::new(id), None)
+        }
         CertificateSource::Csr(settings) => {
             let issuer = Arc::new(CsrIssuer {
                 api: kube::Api::all(client.clone()),
@@ -204,9 +218,6 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
         tokio::spawn(identity::maintain(tls.clone(), issuer, cert_tx, shutdown.clone()));
     }
 
-    let metrics = Arc::new(Metrics::default());
-    let (bound, _task) = crate::metrics::serve(args.metrics, metrics.clone(), shutdown.clone()).await?;
-    info!(%bound, "metrics listening");
     let advertise = args.advertise.unwrap_or(args.listen);
     let cfg = AgentConfig {
         node_name: args.node_name.clone(),
