@@ -21,6 +21,7 @@ use pollen_crds::{
     UpdateRollout, UpdateRolloutSpec, Wave,
 };
 use pollen_trust::keys::SigningKey;
+use pollen_trust::pki::{self, FleetCa};
 use pollen_trust::publish::{self, PublishOptions};
 use pollen_trust::registry::{Registry as TrustRegistry, RegistryOptions, parse_reference};
 
@@ -157,9 +158,11 @@ impl LocalFleet {
         retry_throttled(|| policies.create(&pp, &tp))
             .await
             .context("create TrustPolicy")?;
-        let ca = FleetCa::new()?;
+        let ca = FleetCa::generate("pollen local fleet CA", Duration::from_secs(30 * 86400))?;
         let ca_file = dir.join("ca.pem");
         std::fs::write(&ca_file, ca.cert_pem())?;
+        let ca_key_file = dir.join("ca.key");
+        std::fs::write(&ca_key_file, ca.key_pem())?;
 
         let mut fleet = LocalFleet {
             api,
@@ -179,7 +182,7 @@ impl LocalFleet {
             let name = format!("gw-{i}");
             let ndir = dir.join(&name);
             std::fs::create_dir_all(&ndir)?;
-            let (cert, key) = ca.issue(&name, &ndir)?;
+            let (cert, key) = issue_node(&ca, &name, &ndir)?;
             let install_root = ndir.join("install");
             let mut cmd = Command::new(opts.bin_dir.join("pollen-edge-node"));
             cmd.arg("agent")
@@ -215,6 +218,10 @@ impl LocalFleet {
             .env("POLLEN_DIRECTOR_KEY_PASSWORD", PASSWORD)
             .arg(format!("--insecure-registry={}", fleet.registry.host()))
             .arg("--leader-election=false")
+            .arg("--fleet-ca-cert")
+            .arg(&ca_file)
+            .arg("--fleet-ca-key")
+            .arg(&ca_key_file)
             .arg("--metrics-addr")
             .arg(free_tcp()?.to_string());
         fleet.spawn("operator", op, &opts.log)?;
@@ -358,46 +365,19 @@ fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// A throwaway fleet CA issuing node certificates (rcgen).
-struct FleetCa {
-    cert_pem: String,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-impl FleetCa {
-    fn new() -> anyhow::Result<Self> {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-        let key = KeyPair::generate()?;
-        let mut p = CertificateParams::new(Vec::<String>::new())?;
-        p.distinguished_name
-            .push(DnType::CommonName, "pollen local fleet CA");
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = p.self_signed(&key)?;
-        Ok(FleetCa {
-            cert_pem: cert.pem(),
-            issuer: rcgen::Issuer::new(p, key),
-        })
-    }
-
-    fn cert_pem(&self) -> &str {
-        &self.cert_pem
-    }
-
-    /// Issues a node certificate (DNS SAN and CN = the node name) into `dir`; returns (cert, key) paths.
-    fn issue(&self, node: &str, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
-        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
-        let key = KeyPair::generate()?;
-        let mut p = CertificateParams::new(vec![node.to_owned()])?;
-        p.distinguished_name.push(DnType::CommonName, node);
-        p.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let cert = p.signed_by(&key, &self.issuer)?;
-        let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
-        std::fs::write(&c, cert.pem())?;
-        std::fs::write(&k, key.serialize_pem())?;
-        Ok((c, k))
-    }
+/// Issues a node certificate from the fleet CA into `dir` (`cert.pem`, and `key.pem` with mode 0600);
+/// returns their paths.
+fn issue_node(ca: &FleetCa, node: &str, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let kp = ca.issue(node, std::time::SystemTime::now(), pki::DEFAULT_NODE_LIFETIME)?;
+    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&c, &kp.cert.cert_pem)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&k)?;
+    std::io::Write::write_all(&mut f, kp.key_pem.as_bytes())?;
+    Ok((c, k))
 }

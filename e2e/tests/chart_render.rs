@@ -405,6 +405,7 @@ fn rbac_is_exactly_the_least_privilege_set() {
             "pollen.dev|updaterollouts/finalizers||update",
             "pollen.dev|edgenodes||get,list,patch,update,watch",
             "pollen.dev|trustpolicies||get,list,watch",
+            "pollen.dev|revocationlists||create,get,list,patch,watch",
             "events.k8s.io|events||create,patch",
             "certificates.k8s.io|certificatesigningrequests||get,list,watch",
             "certificates.k8s.io|certificatesigningrequests/approval||update",
@@ -427,6 +428,7 @@ fn rbac_is_exactly_the_least_privilege_set() {
             "pollen.dev|edgenodes||create,get,list,patch,watch",
             "pollen.dev|edgenodes/status||get,patch",
             "pollen.dev|trustpolicies||get,list,watch",
+            "pollen.dev|revocationlists||get,list,watch",
             "|nodes||get",
             "certificates.k8s.io|certificatesigningrequests||create,get,list,watch",
         ])
@@ -732,8 +734,8 @@ async fn chart_crds_apply_to_a_real_api_server() {
         .collect();
     assert_eq!(
         crds.len(),
-        3,
-        "the chart ships UpdateRollout, EdgeNode and TrustPolicy"
+        4,
+        "the chart ships UpdateRollout, EdgeNode, TrustPolicy and RevocationList"
     );
     let mut server = pollen_e2e::apiserver::ApiServer::start()
         .await
@@ -746,6 +748,7 @@ async fn chart_crds_apply_to_a_real_api_server() {
         names,
         [
             "edgenodes.pollen.dev",
+            "revocationlists.pollen.dev",
             "trustpolicies.pollen.dev",
             "updaterollouts.pollen.dev"
         ]

@@ -77,7 +77,8 @@ async fn start_apiserver() -> (ApiServer, Client) {
         vec![
             "updaterollouts.pollen.dev",
             "edgenodes.pollen.dev",
-            "trustpolicies.pollen.dev"
+            "trustpolicies.pollen.dev",
+            "revocationlists.pollen.dev"
         ]
     );
     let client = server.client().await.expect("client");

@@ -228,6 +228,8 @@ impl Fleet {
             cert,
             key,
             ca: self.ca_pem.clone(),
+            tls: None,
+            crl: None,
             peers: peers.iter().copied().filter(|a| *a != listen).collect(),
             index: index_ref.into(),
             publisher_keys: vec![p.publisher_pem.clone()],
