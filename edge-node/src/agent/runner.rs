@@ -27,9 +27,10 @@ use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::engine::EngineError;
 use crate::install::Installer;
 use crate::metrics::{IndexLabel, Metrics, SourceLabel};
-use crate::standalone::{self, Budget, StandaloneOptions};
+use crate::standalone::{self, Budget, StandaloneError, StandaloneOptions};
 use crate::tls::FleetTls;
 
 /// What the runner needs besides the assignment.
@@ -251,14 +252,34 @@ impl super::AssignmentRunner for SwarmRunner {
                 .received_bytes
                 .get_or_create(&SourceLabel { source: "origin" })
                 .get();
-            let run = standalone::run_with_metrics(opts, metrics.clone(), cancel.clone());
-            tokio::pin!(run);
+            let mut run = Box::pin(standalone::run_with_metrics(
+                opts.clone(),
+                metrics.clone(),
+                cancel.clone(),
+            ));
             let installer = Installer::new(&install_root, 0);
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             let mut installed_reported = false;
             let result = loop {
                 tokio::select! {
-                    r = &mut run => break r,
+                    r = &mut run => {
+                        let revoked = matches!(&r, Err(StandaloneError::Engine(EngineError::Revoked { .. })));
+                        if !revoked || cancel.is_cancelled() {
+                            break r;
+                        }
+                        // This node's certificate was revoked: the identity loop is getting a new one.
+                        // Take part again once it has, instead of failing the assignment.
+                        let msg = format!("{}; waiting for a new certificate", r.err().map(|e| e.to_string()).unwrap_or_default());
+                        warn!(rollout = %a.rollout, error = %msg, "paused");
+                        progress.send_modify(|s| s.last_error = Some(msg));
+                        if !wait_for_new_identity(&cfg.tls, &cancel).await {
+                            info!(rollout = %a.rollout, "assignment cancelled while waiting for a new certificate");
+                            return None;
+                        }
+                        info!(rollout = %a.rollout, serial = %cfg.tls.current().serial(), "new certificate; resuming");
+                        progress.send_modify(|s| s.last_error = None);
+                        run = Box::pin(standalone::run_with_metrics(opts.clone(), metrics.clone(), cancel.clone()));
+                    }
                     _ = tick.tick() => {
                         let frac = metrics.progress.get_or_create(&index_label).get();
                         let from_peers = metrics.received_bytes.get_or_create(&SourceLabel { source: "peer" }).get() - peer_base;
@@ -308,10 +329,85 @@ impl super::AssignmentRunner for SwarmRunner {
     }
 }
 
+/// Waits until the node's own certificate is no longer revoked (the identity loop rotated it). False
+/// when `cancel` fires first.
+async fn wait_for_new_identity(tls: &FleetTls, cancel: &CancellationToken) -> bool {
+    let mut rotations = tls.identity_updates();
+    while tls.own_revoked() {
+        tokio::select! {
+            r = rotations.changed() => if r.is_err() { return false },
+            _ = cancel.cancelled() => return false,
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
-    use super::target_root;
+    use super::{target_root, wait_for_new_identity};
+    use crate::tls::{FleetTls, TlsIdentity};
+    use pollen_trust::pki::{FleetCa, Revoked};
     use std::path::Path;
+    use std::time::{Duration, SystemTime};
+    use tokio_util::sync::CancellationToken;
+
+    fn identity(ca: &FleetCa) -> TlsIdentity {
+        let kp = ca
+            .issue("gw-7", SystemTime::now(), Duration::from_secs(3600))
+            .unwrap();
+        TlsIdentity::from_pem(
+            kp.cert.cert_pem.as_bytes(),
+            kp.key_pem.as_bytes(),
+            ca.cert_pem().as_bytes(),
+        )
+        .unwrap()
+    }
+
+    fn revoke(ca: &FleetCa, tls: &FleetTls) {
+        let crl = ca
+            .revocation_list(
+                1,
+                &[Revoked {
+                    serial: tls.current().serial().to_string(),
+                    revoked_at: SystemTime::now(),
+                }],
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+        let set = pollen_trust::pki::verify_revocation_list(crl.as_bytes(), ca.cert_pem()).unwrap();
+        assert!(tls.install_revocations(set));
+    }
+
+    #[tokio::test]
+    async fn a_revoked_node_resumes_once_its_certificate_is_rotated() {
+        let ca = FleetCa::generate("fleet", Duration::from_secs(3600)).unwrap();
+        let tls = FleetTls::new(identity(&ca));
+        let cancel = CancellationToken::new();
+        assert!(wait_for_new_identity(&tls, &cancel).await, "not revoked: no wait");
+        revoke(&ca, &tls);
+        let waiting = tokio::spawn({
+            let (tls, cancel) = (tls.clone(), cancel.clone());
+            async move { wait_for_new_identity(&tls, &cancel).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "waits while the own serial is revoked");
+        tls.rotate(identity(&ca)).unwrap();
+        let resumed = tokio::time::timeout(Duration::from_secs(2), waiting)
+            .await
+            .expect("resumes after rotation")
+            .unwrap();
+        assert!(resumed);
+    }
+
+    #[tokio::test]
+    async fn cancelling_ends_the_wait_for_a_new_certificate() {
+        let ca = FleetCa::generate("fleet", Duration::from_secs(3600)).unwrap();
+        let tls = FleetTls::new(identity(&ca));
+        revoke(&ca, &tls);
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        assert!(!wait_for_new_identity(&tls, &cancel).await);
+    }
 
     #[test]
     fn each_target_path_gets_its_own_install_directory() {
