@@ -624,6 +624,13 @@ impl Shared {
                 revoked = set.serials.len(),
                 "revocation list installed"
             );
+            if set.der.len() > protocol::MAX_CRL_LEN as usize {
+                warn!(
+                    bytes = set.der.len(),
+                    limit = protocol::MAX_CRL_LEN,
+                    "revocation list too large to pass on to peers"
+                );
+            }
             let path = self.crl_path.clone();
             let der = set.der;
             match tokio::task::spawn_blocking(move || write_atomically(&path, &der)).await {
