@@ -507,7 +507,15 @@ pub async fn run(
 
     let identity_tasks = match identity {
         Some(identity) => start_identity(identity, &client, &metrics, &stopped).await,
-        None => Vec::new(),
+        None => {
+            if let Err(e) = revocation::release_finalizers(client.clone()).await {
+                warn!(
+                    "could not release EdgeNodes from the {} finalizer: {e}",
+                    revocation::FINALIZER
+                );
+            }
+            Vec::new()
+        }
     };
     let ctx = Arc::new(
         Context::new(

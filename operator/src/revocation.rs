@@ -453,6 +453,32 @@ pub async fn run(
     periodic.abort();
 }
 
+/// Without a fleet CA: take the [`FINALIZER`] off every EdgeNode that still carries it (the CA was
+/// removed), so that deleting an EdgeNode never waits for a revocation that will not come. Returns
+/// how many were released.
+pub async fn release_finalizers(client: Client) -> Result<usize, kube::Error> {
+    let api: Api<EdgeNode> = Api::all(client);
+    let nodes = api.list(&kube::api::ListParams::default()).await?.items;
+    let mut released = 0;
+    for n in nodes {
+        if !n.finalizers().iter().any(|f| f == FINALIZER) {
+            continue;
+        }
+        // The other finalizers stay; pinned to the version read, so a concurrent change is not lost.
+        let rest: Vec<&String> = n.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+        let patch = json!({
+            "metadata": { "resourceVersion": n.resource_version(), "finalizers": rest },
+        });
+        api.patch(&n.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        released += 1;
+    }
+    if released > 0 {
+        warn!("no fleet CA configured: released {released} EdgeNode(s) from the {FINALIZER} finalizer");
+    }
+    Ok(released)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -766,6 +792,49 @@ mod tests {
                 .await
                 .unwrap()
                 .unwrap();
+        }
+
+        #[tokio::test]
+        async fn without_a_ca_the_finalizer_is_taken_off_and_nothing_else() {
+            let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+            let task = tokio::spawn(async move {
+                let mut patches = Vec::new();
+                while let Some((req, send)) = handle.next_request().await {
+                    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+                    let bytes = req.into_body().collect_bytes().await.unwrap();
+                    let out = if method == Method::GET {
+                        assert_eq!(path, "/apis/pollen.dev/v1alpha1/edgenodes");
+                        let mut held = node("gw-01", None);
+                        held.metadata.finalizers = Some(vec!["example.com/other".into(), FINALIZER.into()]);
+                        held.metadata.resource_version = Some("41".into());
+                        let free = node("gw-02", None);
+                        json!({"apiVersion":"pollen.dev/v1alpha1","kind":"EdgeNodeList","metadata":{},
+                               "items":[serde_json::to_value(held).unwrap(), serde_json::to_value(free).unwrap()]})
+                    } else {
+                        let body: Value = serde_json::from_slice(&bytes).unwrap();
+                        patches.push((path, body.clone()));
+                        serde_json::to_value(node("gw-01", None)).unwrap()
+                    };
+                    send.send_response(
+                        Response::builder()
+                            .body(Body::from(serde_json::to_vec(&out).unwrap()))
+                            .unwrap(),
+                    );
+                }
+                patches
+            });
+            let released = release_finalizers(Client::new(service, "default")).await.unwrap();
+            assert_eq!(released, 1);
+            let patches = tokio::time::timeout(Duration::from_secs(1), task)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(patches.len(), 1);
+            assert_eq!(patches[0].0, "/apis/pollen.dev/v1alpha1/edgenodes/gw-01");
+            assert_eq!(
+                patches[0].1,
+                json!({"metadata": {"resourceVersion": "41", "finalizers": ["example.com/other"]}})
+            );
         }
     }
 }
