@@ -388,6 +388,45 @@ fn edge_node_daemonset_fits_small_devices_and_knows_its_node() {
     let svc = must(&docs, "Service", "-edge-node-peers");
     assert_eq!(svc["spec"]["clusterIP"], Value::from("None"));
     assert!(seq(&svc["spec"]["ports"]).iter().any(|p| p["protocol"] == "UDP"));
+
+    // Identity: by default the agent makes its key on the device and asks the operator's signer,
+    // so the identity folder is writable; with provisioned files it is read-only.
+    let args = args_of(c);
+    for want in [
+        "--certificate-source=csr",
+        "--signer-name=pollen.dev/edge-peer",
+        "--certificate-lifetime=24h",
+    ] {
+        assert!(args.contains(&want.to_string()), "{want} missing from {args:?}");
+    }
+    let identity_mount = |c: &Value| {
+        seq(&c["volumeMounts"])
+            .iter()
+            .find(|m| m["name"] == "identity")
+            .expect("identity mount")
+            .clone()
+    };
+    assert_eq!(identity_mount(c)["readOnly"], Value::from(false));
+    let files = documents(
+        &helm_template(&helm, &["--set", "edgeNode.certificateSource=files"]).expect("files variant"),
+    );
+    let ds = must(&files, "DaemonSet", "-edge-node");
+    let c = seq(&ds["spec"]["template"]["spec"]["containers"])
+        .iter()
+        .find(|c| c["name"] == "edge-node")
+        .expect("edge-node container");
+    assert_eq!(identity_mount(c)["readOnly"], Value::from(true));
+    let args = args_of(c);
+    assert!(args.contains(&"--certificate-source=files".to_string()));
+    assert!(!args.iter().any(|a| a.starts_with("--signer-name")), "{args:?}");
+    // The operator approves only the agents' ServiceAccount.
+    let op = must(&docs, "Deployment", "-operator");
+    let op_c = &seq(&op["spec"]["template"]["spec"]["containers"])[0];
+    assert!(
+        args_of(op_c).contains(&"--edge-node-service-account=pollen-system/pollen-edge-node".to_string()),
+        "{:?}",
+        args_of(op_c)
+    );
 }
 
 #[test]
