@@ -686,6 +686,24 @@ mod tests {
         task.await.unwrap();
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn bootstrap_keeps_trying_until_shutdown() {
+        let ca = fleet_ca();
+        let dir = tempfile::tempdir().unwrap();
+        let files = files_in(dir.path(), &ca);
+        let issuer = CaIssuer::new(&ca, usize::MAX);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let (issuer, files, shutdown) = (issuer.clone(), files.clone(), shutdown.clone());
+            async move { bootstrap(issuer.as_ref(), &files, "gw-7", &shutdown).await }
+        });
+        // 5 + 10 + 20 + 40 + 80 + 160 s of backoff: seven attempts within ten minutes.
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert_eq!(issuer.calls.load(Ordering::SeqCst), 7);
+        shutdown.cancel();
+        assert!(task.await.unwrap().is_none());
+    }
+
     #[tokio::test]
     async fn bootstrap_reuses_a_usable_pair_and_replaces_a_mismatched_one() {
         let ca = fleet_ca();
