@@ -268,11 +268,23 @@ async fn foreign_ca_is_refused_and_counted() {
     seed.engine.shutdown().await;
 }
 
-/// Five nodes in a full mesh; the list revoking one of them is handed to a single node. Measures the time
-/// until every other node holds the list and has closed its connection to the revoked node, then checks
-/// that new connections from the revoked node are refused by each of them.
+/// Five nodes in a full mesh; the list revoking one of them is handed to a single node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_peer_is_cut_off_by_the_whole_swarm() {
+    revocation_swarm(5).await;
+}
+
+/// The same with twelve nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_peer_is_cut_off_by_a_twelve_node_swarm() {
+    revocation_swarm(12).await;
+}
+
+/// `size` nodes in a full mesh (a seed, `size - 2` other honest nodes, the victim); the list revoking the
+/// victim is handed to one honest node that is not the seed. Measures the time until every honest node
+/// holds the list and has closed its connection to the victim, then checks that new connections
+/// presenting the victim's certificate are refused by each of them.
+async fn revocation_swarm(size: usize) {
     init();
     let data = payload(512 * 1024);
     let fx = Fixture::new("127.0.0.1:1", "test/app", &data, 64 * 1024, test_meta()).unwrap();
@@ -288,10 +300,10 @@ async fn revoked_peer_is_cut_off_by_the_whole_swarm() {
     .await;
     let addr = seed.engine.local_addr();
     let mut others = Vec::new();
-    for name in ["n1", "n2", "n3"] {
+    for i in 1..size - 1 {
         others.push(
             start(
-                identity(&ca, name),
+                identity(&ca, &format!("n{i}")),
                 &fx,
                 Opts {
                     peers: &[addr],
@@ -319,7 +331,8 @@ async fn revoked_peer_is_cut_off_by_the_whole_swarm() {
     let mut honest: Vec<&Node> = vec![&seed];
     honest.extend(others.iter());
     wait_for(Duration::from_secs(20), "a full mesh", || {
-        honest.iter().all(|n| n.engine.peer_names().len() == 4) && victim.engine.peer_names().len() == 4
+        honest.iter().all(|n| n.engine.peer_names().len() == size - 1)
+            && victim.engine.peer_names().len() == size - 1
     })
     .await;
 
@@ -353,7 +366,7 @@ async fn revoked_peer_is_cut_off_by_the_whole_swarm() {
         .map(|(n, t)| format!("{}={:.1}ms", n.engine.name(), t.unwrap().as_secs_f64() * 1000.0))
         .collect();
     eprintln!(
-        "revocation to refusal by every peer of a 5-node swarm: {:.1} ms ({})",
+        "revocation to refusal by every peer of a {size}-node swarm: {:.1} ms ({})",
         all.as_secs_f64() * 1000.0,
         ms.join(", ")
     );
