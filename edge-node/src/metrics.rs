@@ -232,3 +232,29 @@ pub async fn serve(
     });
     Ok((bound, task))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fleet_identity_metrics_have_their_documented_names() {
+        let m = Arc::new(Metrics::default());
+        m.peer_refusals
+            .get_or_create(&ReasonLabel { reason: "revoked" })
+            .inc();
+        m.revocation_list_number.set(7);
+        m.certificate_expiry.set(1_800_000_000);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &m.register()).unwrap();
+        for line in [
+            "pollen_edge_peer_refusals_total{reason=\"revoked\"} 1",
+            "pollen_edge_revocation_list_number 7",
+            "pollen_edge_certificate_expiry_timestamp_seconds 1800000000",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} missing in:\n{text}");
+        }
+        assert_eq!(m.refusals("revoked"), 1);
+        assert_eq!(m.refusals("expired"), 0);
+    }
+}
