@@ -407,6 +407,15 @@ fn edge_node_daemonset_fits_small_devices_and_knows_its_node() {
             .clone()
     };
     assert_eq!(identity_mount(c)["readOnly"], Value::from(false));
+    // hostPath folders are created root-owned: the init container hands the identity folder to the
+    // agent's (non-root) user, or the agent could not write its key.
+    let init = seq(&pod["initContainers"])
+        .iter()
+        .find(|c| c["name"] == "volume-permissions")
+        .expect("volume-permissions init container");
+    let script = strs(&init["command"]).join(" ");
+    assert!(script.contains("/identity"), "{script}");
+    assert!(seq(&init["volumeMounts"]).iter().any(|m| m["name"] == "identity"));
     let files = documents(
         &helm_template(&helm, &["--set", "edgeNode.certificateSource=files"]).expect("files variant"),
     );
