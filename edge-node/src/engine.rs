@@ -644,6 +644,9 @@ impl Shared {
     /// A peer sent a revocation list: install it if it verifies against the fleet CA and is newer (the
     /// trust loop then acts on it and passes it on).
     fn receive_revocations(&self, crl: &[u8]) {
+        if self.tls.holds_revocation_list(crl) {
+            return; // the usual case: another peer passing on the list we hold
+        }
         match pollen_trust::pki::verify_revocation_list(crl, self.tls.ca_pem()) {
             Ok(set) => {
                 let number = set.number;

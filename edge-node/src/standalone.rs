@@ -4,6 +4,12 @@
 //! Rollback protection uses the install root: the sequence of the active version is the last one
 //! accepted for the target, so an index with a lower sequence is refused unless marked as a downgrade.
 //!
+//! Identity comes from certificate files (or a live [`FleetTls`] handed in by the agent). An initial
+//! fleet revocation list may be given (`--crl`); it must verify against the fleet CA, and a list that
+//! revokes this node's own certificate stops the run before anything else. Newer lists learned from
+//! peers replace it. A run that is seeding ends with [`EngineError::Revoked`] when its own certificate
+//! becomes revoked.
+//!
 //! Non-goals: several indexes per process, configuration files (flags and environment only).
 
 use std::net::SocketAddr;

@@ -358,6 +358,16 @@ impl FleetTls {
             .cloned()
     }
 
+    /// Whether `der` is exactly the revocation list in force (a cheap check before verifying a copy).
+    pub fn holds_revocation_list(&self, der: &[u8]) -> bool {
+        self.state
+            .revocations
+            .read()
+            .expect("revocations")
+            .as_ref()
+            .is_some_and(|r| r.der == der)
+    }
+
     /// Watches the current revocation list number (0 before any list).
     pub fn revocation_updates(&self) -> watch::Receiver<u64> {
         self.state.revocation_tx.subscribe()
@@ -810,7 +820,10 @@ mod tests {
         let mut updates = tls.revocation_updates();
         assert_eq!(*updates.borrow(), 0);
         assert!(tls.revocations().is_none());
-        assert!(tls.install_revocations(list(&ca, 2, &["abc1"])));
+        let two = list(&ca, 2, &["abc1"]);
+        assert!(!tls.holds_revocation_list(&two.der));
+        assert!(tls.install_revocations(two.clone()));
+        assert!(tls.holds_revocation_list(&two.der));
         assert!(updates.has_changed().unwrap());
         assert_eq!(*updates.borrow_and_update(), 2);
         assert!(tls.is_revoked("abc1"));
