@@ -10,7 +10,12 @@
 //! - deleting another EdgeNode revokes its serial under a higher CRL number, then the EdgeNode goes.
 //!
 //! The CRD-only server serves no CertificateSigningRequests: the operator says so and revokes from
-//! `EdgeNode.status.certificate` alone. Timings are printed (`measured:` lines).
+//! `EdgeNode.status.certificate` alone; the CSR path is then covered by the mocked tests in
+//! `operator/src/csr.rs`. Against a full cluster (`POLLEN_E2E_KUBECONFIG`) that serves
+//! `certificates.k8s.io/v1`, the same test also drives the signer for real: a ServiceAccount token
+//! bound to a pod on a real node requests a certificate for that node (approved and signed by the
+//! fleet CA), and for another node (denied `NodeMismatch`); the admin's own request is denied
+//! `WrongServiceAccount`. Timings are printed (`measured:` lines).
 //!
 //! Needs `crd-apiserver` + `etcd` (e2e/tools/build-apiserver.sh) and `docker-registry`
 //! (e2e/tools/install-deps.sh). Without them: fails under `CI`, skips with a reason otherwise.
@@ -120,6 +125,14 @@ async fn quarantine_and_deletion_revoke_the_node_and_the_rollout_counts_it_faile
     );
     let client = server.client().await.expect("client");
     let label = format!("rv-{}", suffix());
+    let agent_sa = format!("pollen-e2e-agent-{label}");
+    let rls: Api<RevocationList> = Api::all(client.clone());
+    // A shared cluster may hold a list already: numbers continue from it.
+    let baseline = rls
+        .get_opt(REVOCATION_LIST_NAME)
+        .await
+        .expect("RevocationLists readable")
+        .map_or(0, |rl| rl.spec.number);
     let dir = tempfile::tempdir().unwrap();
 
     // A signed artifact in a real registry.
@@ -206,6 +219,7 @@ async fn quarantine_and_deletion_revoke_the_node_and_the_rollout_counts_it_faile
         format!("--metrics-addr={metrics_addr}"),
         format!("--fleet-ca-cert={ca_cert}"),
         format!("--fleet-ca-key={ca_key}"),
+        format!("--edge-node-service-account={NS}/{agent_sa}"),
         "--leader-election-optional".to_string(),
         format!("--lease-namespace={NS}"),
         format!("--lease-name=pollen-operator-{label}"),
@@ -276,11 +290,12 @@ async fn quarantine_and_deletion_revoke_the_node_and_the_rollout_counts_it_faile
         (listed.len() == nodes.len() && listed.iter().all(assigned)).then_some(())
     })
     .await;
-    let rls: Api<RevocationList> = Api::all(client.clone());
-    assert!(
-        rls.get_opt(REVOCATION_LIST_NAME).await.unwrap().is_none(),
-        "nothing is revoked yet, so no list is written"
-    );
+    if baseline == 0 {
+        assert!(
+            rls.get_opt(REVOCATION_LIST_NAME).await.unwrap().is_none(),
+            "nothing is revoked yet, so no list is written"
+        );
+    }
 
     // Quarantine node 0.
     let victim = &nodes[0];
@@ -293,21 +308,30 @@ async fn quarantine_and_deletion_revoke_the_node_and_the_rollout_counts_it_faile
     .await
     .expect("labelled");
     let rl = wait_for("the revocation list", Duration::from_secs(30), async || {
-        rls.get_opt(REVOCATION_LIST_NAME).await.ok().flatten()
+        rls.get_opt(REVOCATION_LIST_NAME)
+            .await
+            .ok()
+            .flatten()
+            .filter(|rl| rl.spec.number > baseline)
     })
     .await;
     let to_list = quarantined_at.elapsed();
-    assert_eq!(rl.spec.number, 1);
-    assert_eq!(rl.spec.entries.len(), 1, "{:?}", rl.spec.entries);
-    assert_eq!(rl.spec.entries[0].node, *victim);
-    assert_eq!(rl.spec.entries[0].serial, serials[victim]);
-    assert_eq!(rl.spec.entries[0].reason, "Quarantined");
+    assert_eq!(rl.spec.number, baseline + 1);
+    let entry = rl
+        .spec
+        .entries
+        .iter()
+        .find(|e| e.node == *victim)
+        .unwrap_or_else(|| panic!("an entry for {victim}: {:?}", rl.spec.entries));
+    assert_eq!(entry.serial, serials[victim]);
+    assert_eq!(entry.reason, "Quarantined");
     let set = pki::verify_revocation_list(rl.spec.crl.as_bytes(), ca.cert_pem()).expect("the CRL verifies");
-    assert_eq!(set.number, 1);
-    assert_eq!(
-        set.serials.iter().cloned().collect::<Vec<_>>(),
-        vec![serials[victim].clone()]
-    );
+    assert_eq!(set.number, (baseline + 1) as u64);
+    assert!(set.is_revoked(&serials[victim]));
+    if baseline == 0 {
+        assert_eq!(rl.spec.entries.len(), 1, "{:?}", rl.spec.entries);
+        assert_eq!(set.serials.len(), 1);
+    }
     let foreign = FleetCa::generate("another fleet", Duration::from_secs(3600)).unwrap();
     assert!(pki::verify_revocation_list(rl.spec.crl.as_bytes(), foreign.cert_pem()).is_err());
 
@@ -353,12 +377,12 @@ async fn quarantine_and_deletion_revoke_the_node_and_the_rollout_counts_it_faile
             .await
             .ok()
             .flatten()
-            .filter(|rl| rl.spec.number >= 2)
+            .filter(|rl| rl.spec.number >= baseline + 2)
     })
     .await;
     let to_list2 = deleted_at.elapsed();
     let set = pki::verify_revocation_list(rl.spec.crl.as_bytes(), ca.cert_pem()).expect("the CRL verifies");
-    assert_eq!(set.number, 2);
+    assert_eq!(set.number, (baseline + 2) as u64);
     assert!(set.serials.contains(&serials[doomed]) && set.serials.contains(&serials[victim]));
     assert!(!set.serials.contains(&serials[&nodes[2]]));
     let entry = rl
@@ -379,13 +403,35 @@ async fn quarantine_and_deletion_revoke_the_node_and_the_rollout_counts_it_faile
 
     let metrics = http_get(metrics_addr, "/metrics").await;
     assert!(
-        metrics.contains("pollen_operator_revocation_list_number 2"),
+        metrics.contains(&format!(
+            "pollen_operator_revocation_list_number {}",
+            baseline + 2
+        )),
         "{metrics}"
     );
-    assert!(
-        metrics.contains("pollen_operator_revoked_certificates 2"),
-        "{metrics}"
-    );
+    if baseline == 0 {
+        assert!(
+            metrics.contains("pollen_operator_revoked_certificates 2"),
+            "{metrics}"
+        );
+    }
+
+    if pollen_operator::csr::served(&client).await {
+        csr_path(&server, &client, &ca, &label, &agent_sa).await;
+        let metrics = http_get(metrics_addr, "/metrics").await;
+        assert!(
+            metrics.contains(
+                "pollen_operator_csr_decisions_total{decision=\"approve\",reason=\"NodeIdentityVerified\"} 1"
+            ),
+            "{metrics}"
+        );
+    } else {
+        println!(
+            "skipped: the CSR path: this API server does not serve certificates.k8s.io/v1 (the CRD-only \
+             server); covered by the mocked tests in operator/src/csr.rs, and by this test against \
+             {KUBECONFIG_ENV}"
+        );
+    }
 
     // Cleanup: the rollout, the remaining nodes (releasing their finalizers), the operator.
     let _ = urs.delete(&rollout_name, &DeleteParams::default()).await;
@@ -404,4 +450,230 @@ async fn quarantine_and_deletion_revoke_the_node_and_the_rollout_counts_it_faile
         .expect("the operator stops within 20 s")
         .expect("no panic")
         .expect("the operator stops without error");
+    // On a shared cluster, other EdgeNodes got the finalizer from this operator: release them.
+    pollen_operator::revocation::release_finalizers(client.clone())
+        .await
+        .expect("finalizers released");
+}
+
+/// The signer on a full cluster: a token bound to a pod on a real node asks for that node's
+/// certificate (signed), and for another node's (denied); the admin's own request is denied.
+async fn csr_path(server: &ApiServer, admin: &Client, ca: &FleetCa, label: &str, sa: &str) {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::certificates::v1::{CertificateSigningRequest, CertificateSigningRequestSpec};
+    use k8s_openapi::api::core::v1::{Container, Node, Pod, PodSpec, ServiceAccount};
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    let meta = |name: &str| ObjectMeta {
+        name: Some(name.into()),
+        ..ObjectMeta::default()
+    };
+    let node = Api::<Node>::all(admin.clone())
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+        .expect("Nodes listed")
+        .items
+        .into_iter()
+        .next()
+        .expect("the cluster has a node")
+        .name_any();
+
+    // The agent's identity: a ServiceAccount allowed to create CSRs, a pod on `node` (never started:
+    // its image is never pulled), and a token bound to that pod.
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), NS);
+    let account = ServiceAccount {
+        metadata: meta(sa),
+        ..ServiceAccount::default()
+    };
+    sas.create(&PP, &account).await.expect("ServiceAccount created");
+    let role = format!("pollen-e2e-csr-{label}");
+    let cluster_role = ClusterRole {
+        metadata: meta(&role),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec!["certificates.k8s.io".into()]),
+            resources: Some(vec!["certificatesigningrequests".into()]),
+            verbs: vec!["create".into(), "get".into(), "list".into(), "watch".into()],
+            ..PolicyRule::default()
+        }]),
+        ..ClusterRole::default()
+    };
+    Api::<ClusterRole>::all(admin.clone())
+        .create(&PP, &cluster_role)
+        .await
+        .expect("ClusterRole created");
+    let binding = ClusterRoleBinding {
+        metadata: meta(&role),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: role.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: sa.into(),
+            namespace: Some(NS.into()),
+            ..Subject::default()
+        }]),
+    };
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .create(&PP, &binding)
+        .await
+        .expect("ClusterRoleBinding created");
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
+    let pod_name = format!("agent-{label}");
+    let pod = Pod {
+        metadata: meta(&pod_name),
+        spec: Some(PodSpec {
+            node_name: Some(node.clone()),
+            service_account_name: Some(sa.into()),
+            automount_service_account_token: Some(false),
+            containers: vec![Container {
+                name: "agent".into(),
+                image: Some("pollen.invalid/e2e-never-pulled:0".into()),
+                image_pull_policy: Some("Never".into()),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
+    };
+    let pod = pods.create(&PP, &pod).await.expect("Pod created");
+    let token_request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![],
+            expiration_seconds: Some(600),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: pod.metadata.name.clone(),
+                uid: pod.metadata.uid.clone(),
+            }),
+        },
+        ..TokenRequest::default()
+    };
+    let token = sas
+        .create_token_request(sa, &PP, &token_request)
+        .await
+        .expect("a bound token")
+        .status
+        .expect("a token")
+        .token;
+    let kubeconfig = kube::config::Kubeconfig::read_from(server.kubeconfig_path()).unwrap();
+    let mut config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+            .await
+            .unwrap();
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.into()),
+        ..kube::config::AuthInfo::default()
+    };
+    let agent = Client::try_from(config).expect("the agent's client");
+
+    let request = |name: &str, for_node: &str| CertificateSigningRequest {
+        metadata: meta(name),
+        spec: CertificateSigningRequestSpec {
+            signer_name: pollen_crds::SIGNER_NAME.into(),
+            request: ByteString(pki::new_request(for_node).unwrap().request_pem.into_bytes()),
+            usages: Some(vec![
+                "digital signature".into(),
+                "server auth".into(),
+                "client auth".into(),
+            ]),
+            expiration_seconds: Some(3600),
+            ..CertificateSigningRequestSpec::default()
+        },
+        status: None,
+    };
+    let admin_csrs: Api<CertificateSigningRequest> = Api::all(admin.clone());
+    let agent_csrs: Api<CertificateSigningRequest> = Api::all(agent);
+    let verdict = async |name: &str| -> Result<String, (String, String)> {
+        wait_for("the signer's verdict", Duration::from_secs(30), async || {
+            let csr = admin_csrs.get(name).await.ok()?;
+            let st = csr.status?;
+            if let Some(cert) = st.certificate.filter(|c| !c.0.is_empty()) {
+                return Some(Ok(String::from_utf8(cert.0).unwrap()));
+            }
+            st.conditions
+                .into_iter()
+                .flatten()
+                .find(|c| c.type_ == "Denied" || c.type_ == "Failed")
+                .map(|c| Err((c.type_, c.reason.unwrap_or_default())))
+        })
+        .await
+    };
+
+    let good = format!("pollen-edge-{label}-good");
+    let asked = Instant::now();
+    agent_csrs
+        .create(&PP, &request(&good, &node))
+        .await
+        .expect("the agent creates its CSR");
+    let pem = verdict(&good).await.expect("signed");
+    println!(
+        "measured: CSR created -> certificate in status.certificate: {:?}",
+        asked.elapsed()
+    );
+    let facts = pki::cert_facts(&pem).unwrap();
+    assert_eq!(facts.name, node);
+    assert_eq!(
+        facts.not_after.duration_since(facts.not_before).unwrap(),
+        Duration::from_secs(3600) + pki::CLOCK_SKEW
+    );
+    let approved = admin_csrs.get(&good).await.unwrap();
+    let cond = approved
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "Approved")
+        .expect("Approved");
+    assert_eq!(cond.reason.as_deref(), Some("NodeIdentityVerified"));
+    assert!(
+        verifies_with(&pem, ca.cert_pem()),
+        "the certificate chains to the fleet CA"
+    );
+
+    let wrong = format!("pollen-edge-{label}-wrong");
+    agent_csrs
+        .create(&PP, &request(&wrong, &format!("not-{node}")))
+        .await
+        .unwrap();
+    assert_eq!(
+        verdict(&wrong).await,
+        Err(("Denied".to_string(), "NodeMismatch".to_string()))
+    );
+    let stranger = format!("pollen-edge-{label}-stranger");
+    admin_csrs.create(&PP, &request(&stranger, &node)).await.unwrap();
+    assert_eq!(
+        verdict(&stranger).await,
+        Err(("Denied".to_string(), "WrongServiceAccount".to_string()))
+    );
+
+    for name in [&good, &wrong, &stranger] {
+        let _ = admin_csrs.delete(name, &DeleteParams::default()).await;
+    }
+    let _ = pods.delete(&pod_name, &DeleteParams::default()).await;
+    let _ = Api::<ClusterRoleBinding>::all(admin.clone())
+        .delete(&role, &DeleteParams::default())
+        .await;
+    let _ = Api::<ClusterRole>::all(admin.clone())
+        .delete(&role, &DeleteParams::default())
+        .await;
+    let _ = sas.delete(sa, &DeleteParams::default()).await;
+}
+
+/// Whether `cert_pem` chains to `ca_pem` (rustls' WebPKI client-certificate verifier).
+fn verifies_with(cert_pem: &str, ca_pem: &str) -> bool {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, UnixTime};
+    let ca = CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap();
+    let leaf = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder(std::sync::Arc::new(roots))
+        .build()
+        .unwrap();
+    verifier.verify_client_cert(&leaf, &[], UnixTime::now()).is_ok()
 }
