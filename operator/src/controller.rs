@@ -1864,6 +1864,70 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn quarantine_mid_rollout_takes_one_assignment_away_and_moves_nobody_else() {
+        let mut ur = UpdateRollout::test("r").finalized();
+        ur.spec.strategy.failure_threshold = 1;
+        let h = Harness::new(world_with(5, vec![ur]), ScriptedPipeline::signed());
+        h.step("r").await.unwrap();
+        let canary = h.w().assigned("r").keys().next().unwrap().clone();
+        h.w().report(&canary, "r", AssignmentPhase::Installed);
+        h.step("r").await.unwrap();
+        let waves_before: BTreeMap<String, i32> = h
+            .w()
+            .nodes
+            .values()
+            .flat_map(|n| n.spec.assignments.iter().map(|a| (n.name_any(), a.wave)))
+            .collect();
+        assert_eq!(waves_before.len(), 5);
+        let victim = fleet(5).into_iter().find(|n| *n != canary).unwrap();
+        h.w()
+            .nodes
+            .get_mut(&victim)
+            .unwrap()
+            .labels_mut()
+            .insert(pollen_crds::labels::QUARANTINE.into(), "true".into());
+        h.step("r").await.unwrap();
+        {
+            let w = h.w();
+            let assigned = w.assigned("r");
+            assert!(
+                !assigned.contains_key(&victim),
+                "the quarantined node loses its assignment"
+            );
+            assert_eq!(assigned.len(), 4);
+            for n in w.nodes.values() {
+                for a in &n.spec.assignments {
+                    assert_eq!(a.wave, waves_before[&n.name_any()], "{} moved", n.name_any());
+                }
+            }
+            let st = w.status("r");
+            assert_eq!(st.phase, RolloutPhase::Distributing, "one failure is tolerated");
+            assert_eq!(st.nodes.failed, 1);
+            assert_eq!(st.nodes.targeted, 5);
+            let msg = &cond(&st, types::PROGRESSING).message;
+            assert!(msg.contains(&format!("counted as failed: {victim}")), "{msg}");
+        }
+        // The quarantine is lifted: the node is assigned again, in its old wave, and no longer failed.
+        h.w()
+            .nodes
+            .get_mut(&victim)
+            .unwrap()
+            .labels_mut()
+            .remove(pollen_crds::labels::QUARANTINE);
+        h.step("r").await.unwrap();
+        {
+            let w = h.w();
+            assert_eq!(w.assigned("r").len(), 5);
+            let wave = w.nodes[&victim].spec.assignments[0].wave;
+            assert_eq!(wave, waves_before[&victim]);
+            let st = w.status("r");
+            assert_eq!(st.nodes.failed, 0);
+            assert!(!cond(&st, types::PROGRESSING).message.contains("quarantine"));
+        }
+        h.finish().await;
+    }
+
+    #[tokio::test]
     async fn deleting_a_rollout_removes_only_its_assignments() {
         let a = UpdateRollout::test("a").finalized().waves(vec![]);
         let mut b = UpdateRollout::test("b").finalized().waves(vec![]);
