@@ -11,8 +11,8 @@
 //! - approved (by us or anyone else) but not signed: the rules are checked again; if they still
 //!   hold, sign; if not (say, the node was quarantined since), the `Failed` condition says why.
 //!
-//! Writes carry the `resourceVersion` they were decided on, so a request changed in between is
-//! decided again rather than overwritten. Started only where the cluster serves
+//! Writes are updates (PUT, RBAC verb `update`) of the object as it was decided on, so a request
+//! changed in between (another `resourceVersion`) is decided again rather than overwritten. Started only where the cluster serves
 //! `certificates.k8s.io/v1` ([`served`]).
 //!
 //! Non-goals: the rules themselves (pure, in [`crate::signer`]); revocation ([`crate::revocation`]).
@@ -27,13 +27,12 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::certificates::v1::{CertificateSigningRequest, CertificateSigningRequestCondition};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use pollen_crds::EdgeNode;
 use pollen_trust::pki::{FleetCa, PkiError};
-use serde_json::json;
 use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
@@ -128,22 +127,17 @@ fn condition(type_: &str, reason: &str, message: &str, now: Timestamp) -> Certif
     }
 }
 
-/// The request's conditions plus `added`, as a merge patch pinned to the request's resourceVersion.
-fn conditions_patch(
+/// The request with `added` among its conditions (replacing one of the same type), ready to PUT.
+fn with_condition(
     csr: &CertificateSigningRequest,
     added: CertificateSigningRequestCondition,
-) -> serde_json::Value {
-    let mut conditions: Vec<CertificateSigningRequestCondition> = csr
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.clone())
-        .unwrap_or_default();
+) -> CertificateSigningRequest {
+    let mut out = csr.clone();
+    let st = out.status.get_or_insert_with(Default::default);
+    let conditions = st.conditions.get_or_insert_with(Vec::new);
     conditions.retain(|c| c.type_ != added.type_);
     conditions.push(added);
-    json!({
-        "metadata": { "resourceVersion": csr.resource_version() },
-        "status": { "conditions": conditions },
-    })
+    out
 }
 
 /// Decide on one request and act.
@@ -196,8 +190,8 @@ pub async fn reconcile(
     match (stage, decision) {
         (_, Decision::Ignore) => {}
         (Stage::Undecided, Decision::Deny { reason, message }) => {
-            let patch = conditions_patch(&csr, condition("Denied", reason.as_str(), &message, now));
-            api.patch_approval(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            let denied = with_condition(&csr, condition("Denied", reason.as_str(), &message, now));
+            api.replace_subresource("approval", &name, &PostParams::default(), &denied)
                 .await
                 .map_err(Error::Kube)?;
             ctx.metrics.csr_decided("deny", reason.as_str());
@@ -222,24 +216,22 @@ pub async fn reconcile(
                         .map(|()| Action::await_change());
                 }
             };
-            let mut rv = csr.resource_version();
+            let mut current = (*csr).clone();
             if stage == Stage::Undecided {
                 let msg = format!(
                     "{} on node {node} requested a certificate for {node}",
                     policy.username()
                 );
-                let patch = conditions_patch(&csr, condition("Approved", signer::APPROVED_REASON, &msg, now));
-                let approved = api
-                    .patch_approval(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                let approved =
+                    with_condition(&csr, condition("Approved", signer::APPROVED_REASON, &msg, now));
+                current = api
+                    .replace_subresource("approval", &name, &PostParams::default(), &approved)
                     .await
                     .map_err(Error::Kube)?;
-                rv = approved.resource_version();
             }
-            let patch = json!({
-                "metadata": { "resourceVersion": rv },
-                "status": { "certificate": ByteString(issued.cert_pem.clone().into_bytes()) },
-            });
-            api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            current.status.get_or_insert_with(Default::default).certificate =
+                Some(ByteString(issued.cert_pem.clone().into_bytes()));
+            api.replace_status(&name, &PostParams::default(), &current)
                 .await
                 .map_err(Error::Kube)?;
             ctx.signed.lock().expect("signed lock").insert(uid);
@@ -272,8 +264,8 @@ async fn fail(
     message: &str,
     now: Timestamp,
 ) -> Result<(), Error> {
-    let patch = conditions_patch(csr, condition("Failed", reason, message, now));
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+    let failed = with_condition(csr, condition("Failed", reason, message, now));
+    api.replace_status(name, &PostParams::default(), &failed)
         .await
         .map_err(Error::Kube)?;
     ctx.metrics.csr_decided("fail", reason);
@@ -316,7 +308,7 @@ mod tests {
     use crate::signer::tests::{SA_NS, csr_for, policy};
     use http::{Method, Request, Response, StatusCode};
     use kube::client::Body;
-    use serde_json::Value;
+    use serde_json::{Value, json};
     use tower_test::mock;
 
     /// One request the mocked API server received.
@@ -358,7 +350,7 @@ mod tests {
                     _ => not_found(),
                 },
                 (
-                    "PATCH",
+                    "PUT",
                     [
                         "apis",
                         "certificates.k8s.io",
@@ -482,8 +474,10 @@ mod tests {
         assert_eq!(gets, vec!["/apis/pollen.dev/v1alpha1/edgenodes/gw-01"]);
         let writes = Harness::writes(&log);
         assert_eq!(writes.len(), 2, "{writes:?}");
-        // 1: the approval, pinned to the version it was decided on.
-        assert_eq!(writes[0].method, Method::PATCH);
+        // Updates only (RBAC verb `update` on the subresources).
+        assert!(writes.iter().all(|w| w.method == Method::PUT), "{writes:?}");
+        // 1: the approval, on the version it was decided on, the request itself unchanged.
+        assert_eq!(writes[0].body["spec"]["signerName"], pollen_crds::SIGNER_NAME);
         assert_eq!(writes[0].path, format!("{CSR_PATH}/approval"));
         assert_eq!(writes[0].body["metadata"]["resourceVersion"], "7");
         let c = &writes[0].body["status"]["conditions"][0];
@@ -494,6 +488,10 @@ mod tests {
         // 2: the certificate, through /status, after the approval.
         assert_eq!(writes[1].path, format!("{CSR_PATH}/status"));
         assert_eq!(writes[1].body["metadata"]["resourceVersion"], "8");
+        assert_eq!(
+            writes[1].body["status"]["conditions"][0]["type"], "Approved",
+            "the approval stays"
+        );
         let cert: ByteString =
             serde_json::from_value(writes[1].body["status"]["certificate"].clone()).unwrap();
         let pem = String::from_utf8(cert.0).unwrap();
@@ -568,7 +566,9 @@ mod tests {
         let log = h.run().await;
         let writes = Harness::writes(&log);
         assert_eq!(writes.len(), 1, "{writes:?}");
+        assert_eq!(writes[0].method, Method::PUT);
         assert_eq!(writes[0].path, format!("{CSR_PATH}/approval"));
+        assert_eq!(writes[0].body["metadata"]["resourceVersion"], "7");
         let c = &writes[0].body["status"]["conditions"][0];
         assert_eq!(c["type"], "Denied");
         assert_eq!(c["reason"], "NodeMismatch");
