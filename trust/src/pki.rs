@@ -179,6 +179,14 @@ pub fn cert_facts_der(der: &[u8]) -> Result<CertFacts, PkiError> {
     })
 }
 
+fn all_certs(pem: &str) -> Vec<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject as _;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .filter_map(Result::ok)
+        .map(|c| c.to_vec())
+        .collect()
+}
+
 fn first_pem(pem: &str, tag: &str) -> Option<Vec<u8>> {
     use rustls::pki_types::pem::PemObject as _;
     match tag {
@@ -486,6 +494,9 @@ pub struct NodeRequest {
     pub common_name: Option<String>,
     /// Whether the request asks to be a CA.
     pub wants_ca: bool,
+    /// Subject alternative names other than DNS names (IP addresses, URIs, e-mail addresses, other
+    /// names), as text; node requests must have none.
+    pub other_names: Vec<String>,
     public_key: rcgen::PublicKey,
 }
 
@@ -507,15 +518,14 @@ impl NodeRequest {
                 rcgen::Error::InvalidCertificationRequestSignature => PkiError::BadRequestSignature,
                 other => parse_err("signing request", other),
             })?;
-        let dns_names = parsed
-            .params
-            .subject_alt_names
-            .iter()
-            .filter_map(|s| match s {
-                SanType::DnsName(n) => Some(n.to_string()),
-                _ => None,
-            })
-            .collect();
+        let mut dns_names = Vec::new();
+        let mut other_names = Vec::new();
+        for san in &parsed.params.subject_alt_names {
+            match san {
+                SanType::DnsName(n) => dns_names.push(n.to_string()),
+                other => other_names.push(format!("{other:?}")),
+            }
+        }
         let common_name = parsed
             .params
             .distinguished_name
@@ -525,6 +535,7 @@ impl NodeRequest {
             dns_names,
             common_name,
             wants_ca: matches!(parsed.params.is_ca, IsCa::Ca(_)),
+            other_names,
             public_key: parsed.public_key,
         })
     }
@@ -533,6 +544,12 @@ impl NodeRequest {
     pub fn names_only(&self, node: &str) -> Result<(), PkiError> {
         if self.wants_ca {
             return Err(PkiError::Refused("the request asks to be a CA".into()));
+        }
+        if !self.other_names.is_empty() {
+            return Err(PkiError::Refused(format!(
+                "the request asks for names other than DNS names: {:?}",
+                self.other_names
+            )));
         }
         if self.dns_names.iter().any(|n| n != node) {
             return Err(PkiError::Refused(format!(
@@ -621,16 +638,25 @@ pub fn verify_revocation_list(crl: &[u8], ca_pem: &str) -> Result<RevocationSet,
     } else {
         crl.to_vec()
     };
-    let ca_der =
-        first_pem(ca_pem, "CERTIFICATE").ok_or_else(|| parse_err("CA certificate", "no PEM certificate"))?;
-    let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).map_err(|e| parse_err("CA certificate", e))?;
     let (_, list) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der)
         .map_err(|e| parse_err("revocation list", e))?;
-    if list.issuer() != ca.subject() {
+    // Any CA of the bundle may have signed it (a bundle holds two CAs while the fleet CA rotates).
+    let cas = all_certs(ca_pem);
+    if cas.is_empty() {
+        return Err(parse_err("CA certificate", "no PEM certificate"));
+    }
+    let mut signed = false;
+    for ca_der in &cas {
+        let (_, ca) =
+            x509_parser::parse_x509_certificate(ca_der).map_err(|e| parse_err("CA certificate", e))?;
+        if list.issuer() == ca.subject() && list.verify_signature(ca.public_key()).is_ok() {
+            signed = true;
+            break;
+        }
+    }
+    if !signed {
         return Err(PkiError::BadCrlSignature);
     }
-    list.verify_signature(ca.public_key())
-        .map_err(|_| PkiError::BadCrlSignature)?;
     let number = list
         .crl_number()
         .and_then(|n| u64::try_from(n).ok())
@@ -725,6 +751,34 @@ mod tests {
         assert!(matches!(
             NodeRequest::from_der(&der),
             Err(PkiError::BadRequestSignature)
+        ));
+    }
+
+    #[test]
+    fn requests_for_ip_uri_or_email_names_are_refused() {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec!["node-a".to_owned()]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, "node-a");
+        p.subject_alt_names
+            .push(SanType::IpAddress(std::net::IpAddr::from([10, 0, 0, 1])));
+        let pem = p.serialize_request(&key).unwrap().pem().unwrap();
+        let req = NodeRequest::from_pem(&pem).unwrap();
+        assert_eq!(req.dns_names, vec!["node-a".to_owned()]);
+        assert!(matches!(req.names_only("node-a"), Err(PkiError::Refused(m)) if m.contains("10.0.0.1")));
+    }
+
+    #[test]
+    fn a_list_signed_by_the_second_ca_of_a_bundle_verifies() {
+        let old = ca();
+        let new = ca();
+        let bundle = format!("{}{}", old.cert_pem(), new.cert_pem());
+        let crl = new.revocation_list(3, &[], Duration::from_secs(60)).unwrap();
+        assert_eq!(verify_revocation_list(crl.as_bytes(), &bundle).unwrap().number, 3);
+        let stranger = ca();
+        let foreign = stranger.revocation_list(4, &[], Duration::from_secs(60)).unwrap();
+        assert!(matches!(
+            verify_revocation_list(foreign.as_bytes(), &bundle),
+            Err(PkiError::BadCrlSignature)
         ));
     }
 

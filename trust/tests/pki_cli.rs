@@ -95,6 +95,27 @@ fn refuses_overwrites_bad_names_and_bad_serials() {
     assert!(!bad.status.success());
     assert!(!dir.join("revoked.crl").exists());
 
+    // --force replaces a world-readable key with a 0600 one, and a link instead of its target.
+    let key = dir.join("n1.key");
+    std::fs::write(&key, "old").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let target = tmp.path().join("elsewhere");
+    std::fs::write(&target, "keep").unwrap();
+    std::os::unix::fs::symlink(&target, dir.join("n1.crt")).unwrap();
+    ok(&["pki", "issue", "n1", "--force"], &dir);
+    assert_eq!(mode(&key), 0o600);
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+    assert!(
+        !std::fs::symlink_metadata(dir.join("n1.crt"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+
+    let huge = pollen(&["pki", "issue", "n2", "--lifetime", "999999999d"], &dir);
+    assert!(!huge.status.success());
+    assert!(String::from_utf8_lossy(&huge.stderr).contains("100 years"));
+
     let missing = pollen(&["pki", "issue", "n"], &tmp.path().join("nowhere"));
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("ca.crt"));

@@ -194,9 +194,11 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         "d" => 86400,
         _ => return Err(format!("{s:?}: unit must be s, m, h or d")),
     };
-    n.checked_mul(mult)
-        .map(std::time::Duration::from_secs)
-        .ok_or_else(|| format!("{s:?}: too long"))
+    // Certificates and lists end before the year 9999 (X.509 GeneralizedTime): cap at 100 years.
+    match n.checked_mul(mult) {
+        Some(secs) if secs <= 100 * 365 * 86400 => Ok(std::time::Duration::from_secs(secs)),
+        _ => Err(format!("{s:?}: longer than 100 years")),
+    }
 }
 
 fn load_ca(dir: &Path) -> Result<pollen_trust::pki::FleetCa> {
@@ -287,20 +289,30 @@ fn humantime(t: std::time::SystemTime) -> String {
     jiff::Timestamp::try_from(t).map_or_else(|_| format!("{t:?}"), |ts| ts.to_string())
 }
 
+/// Writes `contents` to `path` with `mode`. Without `force` an existing file (or link) is an error;
+/// with `force` the file is written beside it and renamed over it, so the mode is always `mode`, a
+/// link at `path` is replaced rather than followed, and a crash leaves the old or the new file.
 fn write_new(path: &Path, contents: &[u8], force: bool, mode: u32) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt as _;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).mode(mode);
-    if force {
-        opts.create(true).truncate(true);
-    } else {
-        opts.create_new(true);
+    let write = |p: &Path| -> Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(p)
+            .with_context(|| format!("writing {}", p.display()))?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        Ok(())
+    };
+    if !force {
+        return write(path);
     }
-    let mut f = opts
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(contents)?;
-    f.sync_all()?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    write(&tmp)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
     Ok(())
 }
 
