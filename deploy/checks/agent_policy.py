@@ -39,7 +39,8 @@ agent='system:serviceaccount:pollen-system:pollen-edge-node'
 def req(op, res='edgenodes', sub='', node='gw-1', user=agent):
     return {'operation':op,'resource':{'group':'pollen.dev','version':'v1alpha1','resource':res},'subResource':sub,
             'userInfo':{'username':user,'extra':{'authentication.kubernetes.io/node-name':[node]}}}
-en=lambda name,labels=None,spec=None: {'metadata':{'name':name,**({'labels':labels} if labels else {})},**({'spec':spec} if spec is not None else {})}
+en=lambda name,labels=None,spec=None,fin=None: {'metadata':{'name':name,**({'labels':labels} if labels else {}),**({'finalizers':fin} if fin is not None else {})},**({'spec':spec} if spec is not None else {})}
+rev=['pollen.dev/revocation']
 spec={'assignments':[{'rollout':'a/b'}]}
 cases=[
  ('own create, no spec', req('CREATE'), en('gw-1'), None, 'allowed'),
@@ -52,8 +53,12 @@ cases=[
  ('clear quarantine', req('UPDATE'), en('gw-1',{'role':'x'},spec), en('gw-1',{'pollen.dev/quarantine':'true'},spec), [2]),
  ('set quarantine false', req('UPDATE'), en('gw-1',{'pollen.dev/quarantine':'false'},spec), en('gw-1',{'pollen.dev/quarantine':'true'},spec), [2]),
  ('keep quarantine', req('UPDATE'), en('gw-1',{'pollen.dev/quarantine':'true','a':'b'},spec), en('gw-1',{'pollen.dev/quarantine':'true'},spec), 'allowed'),
+ ('drop finalizer', req('UPDATE'), en('gw-1',None,spec,[]), en('gw-1',None,spec,rev), [3]),
+ ('drop finalizers field', req('UPDATE'), en('gw-1',None,spec), en('gw-1',None,spec,rev), [3]),
+ ('add finalizer', req('UPDATE'), en('gw-1',None,spec,rev+['x']), en('gw-1',None,spec,rev), [3]),
+ ('keep finalizer, labels change', req('UPDATE'), en('gw-1',{'a':'b'},spec,rev), en('gw-1',None,spec,rev), 'allowed'),
  ('csr ok', {**req('CREATE',res='certificatesigningrequests')}, {'metadata':{'name':'x'},'spec':{'signerName':'pollen.dev/edge-peer'}}, None, 'allowed'),
- ('csr other signer', {**req('CREATE',res='certificatesigningrequests')}, {'metadata':{'name':'x'},'spec':{'signerName':'kubernetes.io/kube-apiserver-client'}}, None, [3]),
+ ('csr other signer', {**req('CREATE',res='certificatesigningrequests')}, {'metadata':{'name':'x'},'spec':{'signerName':'kubernetes.io/kube-apiserver-client'}}, None, [4]),
  ('operator not matched', req('UPDATE',user='system:serviceaccount:pollen-system:pollen-operator'), en('gw-2',spec={}), en('gw-2',spec=spec), 'not matched'),
 ]
 bad=0
