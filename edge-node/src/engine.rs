@@ -21,7 +21,10 @@
 //! open connection whose peer serial it revokes (close code [`protocol::CLOSE_REVOKED`]) at once, event
 //! driven. A node whose own serial is revoked stops taking part: every connection is closed, nothing is
 //! accepted or dialled until the certificate is rotated, and the engine fails with
-//! [`EngineError::Revoked`]. Refusals are counted by reason in `pollen_edge_peer_refusals_total`.
+//! [`EngineError::Revoked`]. An open connection also ends when the peer's certificate expires (close code
+//! [`protocol::CLOSE_EXPIRED`], a timer set from its notAfter at registration), since the handshake
+//! checked the validity window only once. Refusals are counted by reason in
+//! `pollen_edge_peer_refusals_total`.
 //!
 //! Chunks stream from the QUIC stream into the store in pieces, and from the store to QUIC in 64 KiB
 //! pieces, so memory does not grow with chunk or payload size. A peer whose chunk fails verification is
@@ -805,15 +808,20 @@ impl Shared {
     }
 
     async fn run_conn(self: Arc<Self>, conn: quinn::Connection, dialer: bool) {
-        let Some((name, serial)) = tls::peer_identity(&conn) else {
+        let Some(cert) = tls::peer_certificate(&conn) else {
             conn.close(protocol::CLOSE_REFUSED.into(), b"no name");
             return;
         };
-        let span = info_span!("peer", peer = %name, addr = %conn.remote_address());
-        self.conn_main(conn, dialer, name, serial).instrument(span).await;
+        let span = info_span!("peer", peer = %cert.name, addr = %conn.remote_address());
+        self.conn_main(conn, dialer, cert).instrument(span).await;
     }
 
-    async fn conn_main(self: Arc<Self>, conn: quinn::Connection, dialer: bool, name: String, serial: String) {
+    async fn conn_main(self: Arc<Self>, conn: quinn::Connection, dialer: bool, cert: tls::PeerCert) {
+        let tls::PeerCert {
+            name,
+            serial,
+            not_after,
+        } = cert;
         if self.tls.own_revoked() {
             conn.close(protocol::CLOSE_REVOKED.into(), b"own certificate revoked");
             return;
@@ -980,10 +988,20 @@ impl Shared {
                     .in_current_span(),
             );
         }
+        // The connection must not outlive the peer's certificate (the handshake checked it only once).
+        let expiry = tokio::time::Instant::now()
+            + not_after
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
         tokio::select! {
             _ = conn.closed() => {},
             _ = conn_cancel.cancelled() => {},
             _ = async { while tasks.join_next().await.is_some() {} } => {},
+            _ = tokio::time::sleep_until(expiry) => {
+                self.refused("expired");
+                info!("the peer's certificate expired: connection closed");
+                conn.close(protocol::CLOSE_EXPIRED.into(), b"expired");
+            }
         }
         conn_cancel.cancel();
         tasks.abort_all();

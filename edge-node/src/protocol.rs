@@ -93,6 +93,8 @@ pub const CLOSE_DUPLICATE: u32 = 2;
 pub const CLOSE_REFUSED: u32 = 3;
 /// QUIC application close code: the peer's certificate (or our own) has been revoked.
 pub const CLOSE_REVOKED: u32 = 4;
+/// QUIC application close code: the peer's certificate has expired while the connection was open.
+pub const CLOSE_EXPIRED: u32 = 5;
 /// QUIC stream error code for `STOP_SENDING`/`RESET_STREAM` when a request is cancelled.
 pub const STREAM_CANCELLED: u32 = 1;
 

@@ -576,6 +576,33 @@ pub fn peer_identity(conn: &quinn::Connection) -> Option<(String, String)> {
     peer_end_entity(conn).as_ref().and_then(cert_identity)
 }
 
+/// What the engine keeps of a peer's verified certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCert {
+    /// The node name (first DNS SAN, else the common name).
+    pub name: String,
+    /// The serial (lowercase hex, [`pollen_trust::pki::serial_hex`]).
+    pub serial: String,
+    /// The end of the certificate's validity: the connection must not outlive it.
+    pub not_after: SystemTime,
+}
+
+/// Name, serial and expiry of a certificate.
+pub fn cert_details(cert: &CertificateDer<'_>) -> Option<PeerCert> {
+    let (name, serial) = cert_identity(cert)?;
+    let not_after = pollen_trust::pki::cert_facts_der(cert.as_ref()).ok()?.not_after;
+    Some(PeerCert {
+        name,
+        serial,
+        not_after,
+    })
+}
+
+/// Name, serial and expiry of the authenticated peer certificate on a QUIC connection.
+pub fn peer_certificate(conn: &quinn::Connection) -> Option<PeerCert> {
+    peer_end_entity(conn).as_ref().and_then(cert_details)
+}
+
 /// Server verifier: the chain must lead to the fleet CA (webpki: signature, validity window, usage) and
 /// the serial must not be revoked; the name is read from the certificate afterwards.
 #[derive(Debug)]
@@ -720,8 +747,27 @@ pub mod testing {
 
         /// A node certificate naming `node` (DNS SAN), for both client and server use.
         pub fn issue(&self, node: &str) -> TestCert {
+            self.issue_with(node, |_| {})
+        }
+
+        /// Like [`TestCa::issue`], valid only from `not_before` to `not_after` (short-lived certificates
+        /// for expiry tests; the fleet CA refuses lifetimes that short).
+        pub fn issue_valid(
+            &self,
+            node: &str,
+            not_before: std::time::SystemTime,
+            not_after: std::time::SystemTime,
+        ) -> TestCert {
+            self.issue_with(node, |p| {
+                p.not_before = not_before.into();
+                p.not_after = not_after.into();
+            })
+        }
+
+        fn issue_with(&self, node: &str, adjust: impl FnOnce(&mut CertificateParams)) -> TestCert {
             let key = KeyPair::generate().expect("key");
             let mut p = CertificateParams::new(vec![node.to_owned()]).expect("params");
+            adjust(&mut p);
             p.distinguished_name.push(DnType::CommonName, node);
             p.extended_key_usages = vec![
                 ExtendedKeyUsagePurpose::ServerAuth,

@@ -742,3 +742,65 @@ async fn unassigned_peer_gets_nothing_and_the_refusal_is_counted() {
         n.engine.shutdown().await;
     }
 }
+
+/// An open connection does not outlive the peer's certificate: both ends close it when the certificate's
+/// notAfter passes (the handshake checked the validity window only once), and count the refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_close_when_the_peer_certificate_expires() {
+    init();
+    let data = payload(256 * 1024);
+    let fx = Fixture::new("127.0.0.1:1", "test/app", &data, 64 * 1024, test_meta()).unwrap();
+    let ca = tls::testing::TestCa::new("short-lived fleet");
+    let seed = start(
+        ca.issue("seed").identity(&ca),
+        &fx,
+        Opts {
+            seed_with: Some(&data),
+            ..Opts::default()
+        },
+    )
+    .await;
+    // Certificates carry whole seconds: expire on a second boundary, a few seconds from now.
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(now + 4);
+    let short = ca
+        .issue_valid("brief", SystemTime::now() - Duration::from_secs(60), not_after)
+        .identity(&ca);
+    assert_eq!(short.not_after(), not_after);
+    let mut brief = start(
+        short,
+        &fx,
+        Opts {
+            peers: &[seed.engine.local_addr()],
+            ..Opts::default()
+        },
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(3), brief.engine.wait_complete())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(seed.engine.peer_names().iter().any(|p| p == "brief"));
+    assert!(SystemTime::now() < not_after, "the test machine is too slow");
+    wait_for(Duration::from_secs(8), "both ends close at expiry", || {
+        seed.engine.peer_names().is_empty() && brief.engine.peer_names().is_empty()
+    })
+    .await;
+    let late = SystemTime::now()
+        .duration_since(not_after)
+        .expect("closed before the certificate expired");
+    eprintln!(
+        "connection closed {:.1} ms after the peer certificate's notAfter",
+        late.as_secs_f64() * 1000.0
+    );
+    assert!(late < Duration::from_secs(2), "closed {late:?} after expiry");
+    assert!(seed.metrics.refusals("expired") >= 1);
+    // The expired node's dials are refused from now on.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(seed.engine.peer_names().is_empty());
+    brief.engine.shutdown().await;
+    seed.engine.shutdown().await;
+}
