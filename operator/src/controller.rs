@@ -21,6 +21,16 @@
 //! that has started gets its assignment (the fleet converges; `progress` shows it). A `Failed`
 //! rollout hands out nothing new. A verification failure writes nothing at all, not even removals.
 //!
+//! Peer authorisation: the signed chunk index lists, in `peers`, the EdgeNodes the selector matched
+//! when it was built, quarantined ones left out; nodes refuse chunk exchange with anyone else. The
+//! list is never empty (an empty list would authorise every fleet member): a rollout whose selection
+//! holds no node that is not quarantined waits in `Pending` before indexing. A selection larger than
+//! the index format allows fails with `Indexed=False`, reason `TooManyPeers`. The list is fixed for
+//! the life of the index: a node that joins the selection later (or whose quarantine is lifted) gets
+//! its assignment, but fetches from the origin registry only, since its peers refuse it; a spec
+//! change (a new index) includes it. Re-signing on every join would make the whole fleet fetch the
+//! payload again under the new index.
+//!
 //! Non-goals: no registry or crypto here ([`crate::pipeline`]), no HTTP ([`crate::http`]).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -54,6 +64,10 @@ use crate::progress::{self, DistState, Gate, NodeObservation};
 pub const FINALIZER: &str = "pollen.dev/assignments";
 /// The field manager of the status writes.
 pub const STATUS_MANAGER: &str = "pollen-operator";
+/// Condition reason: more selected nodes than a chunk index can authorise.
+pub const TOO_MANY_PEERS: &str = "TooManyPeers";
+/// Most nodes one chunk index authorises (the index format's limit).
+pub const MAX_INDEX_PEERS: u32 = pollen_trust::index::MAX_PEERS;
 
 /// The field manager that owns one rollout's assignment entries on EdgeNodes.
 pub fn assignment_manager(rollout_uid: &str) -> String {
@@ -442,6 +456,22 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
         return settle(ctx, ur, &prev, st, Action::requeue(ctx.config.blocked_retry)).await;
     };
 
+    // The selected nodes; the chunk index authorises the ones not quarantined.
+    let all_nodes = all_edge_nodes(ctx).await?;
+    let selected: Vec<&EdgeNode> = all_nodes
+        .iter()
+        .filter(|n| selector.matches(n.labels()))
+        .collect();
+    let selected_names: BTreeSet<String> = selected.iter().map(|n| n.name_any()).collect();
+    let quarantined = |n: &EdgeNode| progress::is_quarantined(n.labels());
+    let authorised: Vec<String> = selected
+        .iter()
+        .filter(|n| !quarantined(n))
+        .map(|n| n.name_any())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+
     // Resolve, Verify, Index: only when what the index depends on changed.
     let fp = fingerprint(ur, &tp);
     let mut fresh_index = false;
@@ -459,6 +489,14 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
         })
     };
     if st.indexed_for.as_deref() != Some(fp.as_str()) || verify_due {
+        // An index with an empty peer list would authorise every fleet member: index only once
+        // a node may receive it, and refuse a list the index format cannot carry.
+        if authorised.is_empty() {
+            return no_targets(ctx, ur, &prev, st, !selected.is_empty(), now).await;
+        }
+        if authorised.len() > MAX_INDEX_PEERS as usize {
+            return too_many_peers(ctx, ur, &prev, st, authorised.len(), now).await;
+        }
         ctx.verify_attempts
             .lock()
             .expect("verify attempts lock")
@@ -471,7 +509,7 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
             .filter_map(|o| o.status.as_ref()?.sequence)
             .max()
             .unwrap_or(0);
-        match prepare(ctx, ur, &uid, &tp, &mut st, now, floor).await {
+        match prepare(ctx, ur, &tp, &mut st, now, floor, authorised).await {
             Ok(()) => {
                 st.indexed_for = Some(fp.clone());
                 fresh_index = true;
@@ -506,12 +544,6 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
 
     // Plan: the selected nodes, the conflict check, the waves.
     let nodes_api: Api<EdgeNode> = Api::all(ctx.client.clone());
-    let all_nodes = all_edge_nodes(ctx).await?;
-    let selected: Vec<&EdgeNode> = all_nodes
-        .iter()
-        .filter(|n| selector.matches(n.labels()))
-        .collect();
-    let selected_names: BTreeSet<String> = selected.iter().map(|n| n.name_any()).collect();
 
     let others = all_rollouts(ctx).await?;
     let claims: Vec<progress::Claim> = others
@@ -560,30 +592,10 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
         Err(e) => return invalid_spec(ctx, ur, &prev, st, e.to_string(), now).await,
     };
     if selected.is_empty() && !terminal {
-        st.phase = RolloutPhase::Pending;
-        st.nodes = Default::default();
-        st.progress = Some("0/0".into());
-        set_condition(
-            &mut st,
-            types::PROGRESSING,
-            false,
-            reasons::NO_TARGETS,
-            "the selector matches no EdgeNode".into(),
-            now,
-        );
-        set_condition(
-            &mut st,
-            types::COMPLETE,
-            false,
-            reasons::NO_TARGETS,
-            "no targeted node".into(),
-            now,
-        );
-        return settle(ctx, ur, &prev, st, Action::requeue(ctx.config.blocked_retry)).await;
+        return no_targets(ctx, ur, &prev, st, false, now).await;
     }
 
     // Decide, crossing as many wave boundaries as the observations allow.
-    let quarantined = |n: &EdgeNode| progress::is_quarantined(n.labels());
     let mut state = DistState {
         phase: if fresh_index {
             RolloutPhase::Distributing
@@ -734,6 +746,71 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
     settle(ctx, ur, &prev, st, action).await
 }
 
+/// Nothing to deliver to: the selector matches no EdgeNode, or (before the index is built) only
+/// quarantined ones. Phase `Pending`, looked at again after `blocked_retry`.
+async fn no_targets(
+    ctx: &Context,
+    ur: &UpdateRollout,
+    prev: &UpdateRolloutStatus,
+    mut st: UpdateRolloutStatus,
+    all_quarantined: bool,
+    now: Timestamp,
+) -> Result<Action, Error> {
+    st.phase = RolloutPhase::Pending;
+    st.nodes = Default::default();
+    st.progress = Some("0/0".into());
+    let message = if all_quarantined {
+        "every EdgeNode the selector matches is quarantined; the chunk index is built once one is not"
+    } else {
+        "the selector matches no EdgeNode"
+    };
+    set_condition(
+        &mut st,
+        types::PROGRESSING,
+        false,
+        reasons::NO_TARGETS,
+        message.into(),
+        now,
+    );
+    set_condition(
+        &mut st,
+        types::COMPLETE,
+        false,
+        reasons::NO_TARGETS,
+        "no targeted node".into(),
+        now,
+    );
+    settle(ctx, ur, prev, st, Action::requeue(ctx.config.blocked_retry)).await
+}
+
+/// The selection is larger than a chunk index can authorise: `Indexed=False` (reason
+/// [`TOO_MANY_PEERS`]), phase `Failed`, nothing delivered until the selection or the spec changes.
+async fn too_many_peers(
+    ctx: &Context,
+    ur: &UpdateRollout,
+    prev: &UpdateRolloutStatus,
+    mut st: UpdateRolloutStatus,
+    count: usize,
+    now: Timestamp,
+) -> Result<Action, Error> {
+    let message = format!(
+        "the selector matches {count} EdgeNodes that are not quarantined; a chunk index authorises at most \
+         {MAX_INDEX_PEERS}: split the rollout with narrower selectors"
+    );
+    st.phase = RolloutPhase::Failed;
+    set_condition(
+        &mut st,
+        types::INDEXED,
+        false,
+        TOO_MANY_PEERS,
+        message.clone(),
+        now,
+    );
+    set_condition(&mut st, types::FAILED, true, TOO_MANY_PEERS, message.clone(), now);
+    set_condition(&mut st, types::PROGRESSING, false, TOO_MANY_PEERS, message, now);
+    settle(ctx, ur, prev, st, Action::requeue(ctx.config.blocked_retry)).await
+}
+
 /// Why the Resolve/Verify/Index steps stopped.
 enum Stop {
     /// The signature did not verify: `Verified=False`, phase `Failed`, nothing else.
@@ -747,11 +824,11 @@ enum Stop {
 async fn prepare(
     ctx: &Context,
     ur: &UpdateRollout,
-    uid: &str,
     tp: &TrustPolicy,
     st: &mut UpdateRolloutStatus,
     now: Timestamp,
     sequence_floor: i64,
+    peers: Vec<String>,
 ) -> Result<(), Stop> {
     let reference = &ur.spec.artifact.reference;
     st.phase = RolloutPhase::Resolving;
@@ -856,12 +933,13 @@ async fn prepare(
     let request = IndexRequest {
         artifact: pinned,
         rollout: key_of(ur),
-        rollout_uid: uid.to_string(),
+        rollout_uid: ur.uid().unwrap_or_default(),
         target_path: install.target_path.clone(),
         keep_versions: install.keep_versions.max(0) as u32,
         activation_window: install.activation_window.clone(),
         chunk_size: ur.spec.transfer.chunk_size_bytes.map(|c| c as u32),
         sequence,
+        peers,
     };
     match ctx.pipeline.build_index(&request).await {
         Ok(ix) => {
@@ -1763,6 +1841,113 @@ mod tests {
         assert_eq!(h.w().status("r").phase, RolloutPhase::Distributing);
         assert_eq!(cond(&h.w().status("r"), types::INDEXED).status, "True");
         assert_eq!(h.w().assigned("r").len(), 1);
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn the_index_authorises_the_selected_nodes_that_are_not_quarantined() {
+        let pipeline = ScriptedPipeline::signed();
+        let mut world = world_with(4, vec![UpdateRollout::test("r").finalized()]);
+        world
+            .nodes
+            .get_mut("gw-02")
+            .unwrap()
+            .labels_mut()
+            .insert(pollen_crds::labels::QUARANTINE.into(), "true".into());
+        // Not selected (other role): not authorised either.
+        let mut cam = edge_node("cam-1");
+        cam.labels_mut().insert("role".into(), "camera".into());
+        world.nodes.insert("cam-1".into(), cam);
+        let h = Harness::new(world, pipeline.clone());
+        h.step("r").await.unwrap();
+        assert_eq!(
+            pipeline.indexed_peers(),
+            vec![vec!["gw-00".to_string(), "gw-01".into(), "gw-03".into()]]
+        );
+        // A node joining later is assigned but does not re-sign the index.
+        h.w().nodes.insert("gw-04".into(), edge_node("gw-04"));
+        h.step("r").await.unwrap();
+        assert_eq!(pipeline.indexed_peers().len(), 1);
+        // A new artifact re-indexes with the current selection.
+        h.w()
+            .rollouts
+            .get_mut(&format!("{NS}/r"))
+            .unwrap()
+            .spec
+            .artifact
+            .reference = "registry.test/fw:2.0".into();
+        h.step("r").await.unwrap();
+        assert_eq!(
+            pipeline.indexed_peers().last().unwrap(),
+            &vec![
+                "gw-00".to_string(),
+                "gw-01".into(),
+                "gw-03".into(),
+                "gw-04".into()
+            ]
+        );
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn a_selection_of_quarantined_nodes_only_is_not_indexed() {
+        let pipeline = ScriptedPipeline::signed();
+        let mut world = world_with(2, vec![UpdateRollout::test("r").finalized()]);
+        for n in world.nodes.values_mut() {
+            n.labels_mut()
+                .insert(pollen_crds::labels::QUARANTINE.into(), "true".into());
+        }
+        let h = Harness::new(world, pipeline.clone());
+        h.step("r").await.unwrap();
+        {
+            let w = h.w();
+            let st = w.status("r");
+            assert_eq!(st.phase, RolloutPhase::Pending);
+            assert_eq!(cond(&st, types::PROGRESSING).reason, reasons::NO_TARGETS);
+            assert!(st.chunk_index.is_none());
+            assert_eq!(w.edge_node_writes(), 0);
+        }
+        assert!(
+            pipeline.indexed_peers().is_empty(),
+            "an index with no peers authorises everyone"
+        );
+        // The quarantine is lifted from one node: the index names that node only.
+        h.w()
+            .nodes
+            .get_mut("gw-01")
+            .unwrap()
+            .labels_mut()
+            .remove(pollen_crds::labels::QUARANTINE);
+        h.step("r").await.unwrap();
+        assert_eq!(pipeline.indexed_peers(), vec![vec!["gw-01".to_string()]]);
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn more_nodes_than_an_index_can_authorise_fail_with_a_condition() {
+        let pipeline = ScriptedPipeline::signed();
+        let h = Harness::new(
+            world_with(
+                MAX_INDEX_PEERS as usize + 1,
+                vec![UpdateRollout::test("r").finalized()],
+            ),
+            pipeline.clone(),
+        );
+        h.step("r").await.unwrap();
+        {
+            let w = h.w();
+            let st = w.status("r");
+            assert_eq!(st.phase, RolloutPhase::Failed);
+            assert_eq!(cond(&st, types::INDEXED).reason, TOO_MANY_PEERS);
+            assert!(cond(&st, types::FAILED).message.contains("4097"), "{st:?}");
+            assert_eq!(w.edge_node_writes(), 0);
+        }
+        assert!(pipeline.calls().is_empty(), "{:?}", pipeline.calls());
+        // One node leaves the selection: the index is built with the maximum.
+        let last = format!("gw-{:02}", MAX_INDEX_PEERS);
+        h.w().nodes.remove(&last);
+        h.step("r").await.unwrap();
+        assert_eq!(pipeline.indexed_peers()[0].len(), MAX_INDEX_PEERS as usize);
         h.finish().await;
     }
 

@@ -157,6 +157,8 @@ pub struct ScriptedPipeline {
     pub index_down: std::sync::atomic::AtomicBool,
     /// The calls made, in order (`resolve`, `verify`, `index`).
     pub calls: Mutex<Vec<&'static str>>,
+    /// Every index request received, in order.
+    pub index_requests: Mutex<Vec<IndexRequest>>,
 }
 
 impl ScriptedPipeline {
@@ -167,6 +169,7 @@ impl ScriptedPipeline {
             registry_down: false,
             calls: Mutex::default(),
             index_down: Default::default(),
+            index_requests: Mutex::default(),
         })
     }
     /// Artifacts without a signature.
@@ -176,6 +179,7 @@ impl ScriptedPipeline {
             registry_down: false,
             calls: Mutex::default(),
             index_down: Default::default(),
+            index_requests: Mutex::default(),
         })
     }
     /// Artifacts signed by a key the policy does not trust.
@@ -185,6 +189,7 @@ impl ScriptedPipeline {
             registry_down: false,
             calls: Mutex::default(),
             index_down: Default::default(),
+            index_requests: Mutex::default(),
         })
     }
     /// A registry that refuses every request.
@@ -194,11 +199,21 @@ impl ScriptedPipeline {
             registry_down: true,
             calls: Mutex::default(),
             index_down: Default::default(),
+            index_requests: Mutex::default(),
         })
     }
     /// The calls made so far.
     pub fn calls(&self) -> Vec<&'static str> {
         self.calls.lock().unwrap().clone()
+    }
+    /// The peer lists of the index requests received so far.
+    pub fn indexed_peers(&self) -> Vec<Vec<String>> {
+        self.index_requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.peers.clone())
+            .collect()
     }
     fn hash(s: &str) -> String {
         hex::encode(Sha256::digest(s.as_bytes()))
@@ -245,6 +260,7 @@ impl ArtifactPipeline for ScriptedPipeline {
     ) -> BoxFuture<'a, Result<IndexedArtifact, PipelineError>> {
         Box::pin(async move {
             self.calls.lock().unwrap().push("index");
+            self.index_requests.lock().unwrap().push(request.clone());
             if self.index_down.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(PipelineError::Unavailable("index push refused".into()));
             }

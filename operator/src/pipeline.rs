@@ -41,6 +41,9 @@ pub struct IndexRequest {
     pub chunk_size: Option<u32>,
     /// The monotonic sequence number for this install path.
     pub sequence: u64,
+    /// The EdgeNode names allowed to exchange chunks of this index, sorted and unique, never empty
+    /// (an empty list in a chunk index means "any fleet member").
+    pub peers: Vec<String>,
 }
 
 /// The signed chunk index, pushed.

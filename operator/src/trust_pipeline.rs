@@ -163,7 +163,7 @@ impl ArtifactPipeline for TrustPipeline {
                 },
                 downgrade: false,
                 expires_at: None,
-                peers: Vec::new(),
+                peers: request.peers.clone(),
                 chunk_size: request.chunk_size,
             };
             let published = publish::create_index(
