@@ -12,6 +12,11 @@
 //! - the **persist loop**: makes verified chunks durable once a second;
 //! - the **trust loop**: reacts to revocation lists and certificate rotations (see below).
 //!
+//! Authorisation is decided when a connection registers: a peer whose certificate names a node the
+//! signed index does not list gets a typed `NotAuthorised` error before anything else (no hello,
+//! have-map, addresses or fetching hints) and is closed; the refused side leaves that address alone for a
+//! minute.
+//!
 //! Fleet identity. Every handshake is verified against the fleet CA and the current revocation set of
 //! the shared [`FleetTls`] (rotations and new lists apply to the next handshake; see `tls`). The
 //! revocation list also travels peer to peer: it is sent after `Hello` when held, and a node that
@@ -60,6 +65,10 @@ const READ_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 const SLOT_WAIT: Duration = Duration::from_secs(5);
 const DIAL_INTERVAL: Duration = Duration::from_secs(2);
 const MAX_KNOWN_ADDRS: usize = 256;
+/// How long a peer that refused this node as not authorised is left alone before it is dialled again.
+const NOT_AUTHORISED_REDIAL: Duration = Duration::from_secs(60);
+/// How long a refusal waits for the peer to receive the typed error before closing.
+const REFUSAL_NOTICE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The persisted fleet revocation list (DER), under the data dir.
 const CRL_FILE: &str = "revocations.crl";
 
@@ -233,6 +242,9 @@ struct Shared {
     /// Addresses of peers closed or refused as revoked, with the serial they presented: not dialled while
     /// that serial stays revoked.
     revoked_addrs: Mutex<HashMap<SocketAddr, String>>,
+    /// Addresses of peers that refused this node as not authorised for the index, until when they are
+    /// not dialled.
+    refused_by: Mutex<HashMap<SocketAddr, Instant>>,
     known: Mutex<BTreeSet<SocketAddr>>,
     dialing: Mutex<HashSet<SocketAddr>>,
     dial_now: tokio::sync::Notify,
@@ -325,6 +337,7 @@ impl Engine {
             banned: Mutex::new(HashSet::new()),
             banned_addrs: Mutex::new(HashSet::new()),
             revoked_addrs: Mutex::new(HashMap::new()),
+            refused_by: Mutex::new(HashMap::new()),
             known: Mutex::new(known),
             dialing: Mutex::new(HashSet::new()),
             dial_now: tokio::sync::Notify::new(),
@@ -784,6 +797,14 @@ impl Shared {
                     }
                     still
                 });
+            let now = Instant::now();
+            self.refused_by.lock().expect("refused").retain(|addr, until| {
+                let still = *until > now;
+                if still {
+                    banned.insert(*addr);
+                }
+                still
+            });
             for addr in known {
                 if connected.contains(&addr)
                     || banned.contains(&addr)
@@ -836,6 +857,10 @@ impl Shared {
             conn.close(protocol::CLOSE_REFUSED.into(), b"banned");
             return;
         }
+        if !self.index.authorises(&name) {
+            self.refuse_unauthorised(&conn, dialer).await;
+            return;
+        }
         let hs = async {
             let (mut send, mut recv) = if dialer {
                 conn.open_bi().await?
@@ -864,14 +889,30 @@ impl Shared {
                 return;
             }
         };
-        let Message::Hello {
-            version,
-            site,
-            indexes,
-        } = peer_hello
-        else {
-            conn.close(protocol::CLOSE_PROTOCOL.into(), b"expected hello");
-            return;
+        let (version, site, indexes) = match peer_hello {
+            Message::Hello {
+                version,
+                site,
+                indexes,
+            } => (version, site, indexes),
+            Message::Error {
+                code: ErrorCode::NotAuthorised,
+                message,
+                ..
+            } => {
+                // The peer's copy of the index does not list this node: leave it alone for a while.
+                info!(%message, "the peer refuses this node: not authorised for this index");
+                self.refused_by
+                    .lock()
+                    .expect("refused")
+                    .insert(conn.remote_address(), Instant::now() + NOT_AUTHORISED_REDIAL);
+                conn.close(protocol::CLOSE_REFUSED.into(), b"not authorised");
+                return;
+            }
+            _ => {
+                conn.close(protocol::CLOSE_PROTOCOL.into(), b"expected hello");
+                return;
+            }
         };
         if version != protocol::VERSION {
             conn.close(protocol::CLOSE_PROTOCOL.into(), b"version");
@@ -1024,6 +1065,32 @@ impl Shared {
         });
         self.bump();
         info!(peer_id = id, reason = ?conn.close_reason(), "peer disconnected");
+    }
+
+    /// Refuses a peer that the index does not authorise, before anything about the swarm is sent (not
+    /// even `Hello`): a typed `NotAuthorised` error on the control stream, then the connection is closed.
+    async fn refuse_unauthorised(&self, conn: &quinn::Connection, dialer: bool) {
+        self.refused("not_authorised");
+        info!("peer not authorised for this index: refused");
+        let notice = async {
+            let mut send = if dialer {
+                conn.open_bi().await?.0
+            } else {
+                conn.accept_bi().await?.0
+            };
+            let error = Message::Error {
+                code: ErrorCode::NotAuthorised,
+                index: self.id,
+                message: "not authorised for this index".into(),
+            };
+            write_msg(&mut send, &error).await?;
+            let _ = send.finish();
+            // Until the peer has the error (or closes), so that the close does not overtake it.
+            let _ = send.stopped().await;
+            Ok::<_, FetchError>(())
+        };
+        let _ = tokio::time::timeout(REFUSAL_NOTICE_TIMEOUT, notice).await;
+        conn.close(protocol::CLOSE_REFUSED.into(), b"not authorised");
     }
 
     async fn control_reader(

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use pollen_edge_node::engine::{Engine, EngineConfig, EngineError};
 use pollen_edge_node::metrics::Metrics;
+use pollen_edge_node::net::read_frame;
+use pollen_edge_node::protocol::{self, ErrorCode, Message};
 use pollen_edge_node::store::Store;
 use pollen_edge_node::tls::{self, FleetTls, TlsIdentity, TransportLimits};
 use pollen_trust::pki::{FleetCa, RevocationSet, Revoked, verify_revocation_list};
@@ -682,7 +684,9 @@ async fn rotation_mid_transfer_completes_and_new_connections_use_the_new_certifi
     seed.engine.shutdown().await;
 }
 
-/// A fleet member the index does not list gets no chunk, and the refusal is counted.
+/// A fleet member the index does not list is refused at connection registration: it gets a typed
+/// `NotAuthorised` error and nothing about the swarm (no hello, have-map, peer addresses or fetching
+/// hints), it gets no chunk, the refusal is counted, and it does not redial the refusing peer at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unassigned_peer_gets_nothing_and_the_refusal_is_counted() {
     init();
@@ -701,15 +705,6 @@ async fn unassigned_peer_gets_nothing_and_the_refusal_is_counted() {
     )
     .await;
     let addr = seed.engine.local_addr();
-    let mut outsider = start(
-        identity(&ca, "outsider"),
-        &fx,
-        Opts {
-            peers: &[addr],
-            ..Opts::default()
-        },
-    )
-    .await;
     let mut member = start(
         identity(&ca, "n0"),
         &fx,
@@ -723,21 +718,68 @@ async fn unassigned_peer_gets_nothing_and_the_refusal_is_counted() {
         .await
         .unwrap()
         .unwrap();
-    wait_for(
-        Duration::from_secs(10),
-        "the seed refuses the outsider's requests",
-        || seed.metrics.refusals("not_authorised") >= 1,
+
+    // A raw client with the outsider's (valid) certificate sees only the refusal.
+    let client = quinn_client(&FleetTls::new(identity(&ca, "outsider")));
+    let conn = client.connect(addr, "pollen-peer").unwrap().await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let hello = Message::Hello {
+        version: protocol::VERSION,
+        site: "default".into(),
+        indexes: vec![fx.verified.id()],
+    };
+    send.write_all(&hello.to_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut received = Vec::new();
+    while let Ok(Ok(Some(m))) =
+        tokio::time::timeout(Duration::from_secs(5), read_frame(&mut recv, &mut buf)).await
+    {
+        received.push(m);
+    }
+    assert!(
+        matches!(
+            received.as_slice(),
+            [Message::Error {
+                code: ErrorCode::NotAuthorised,
+                ..
+            }]
+        ),
+        "the outsider received {received:?}"
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&closed, quinn::ConnectionError::ApplicationClosed(c)
+            if c.error_code == protocol::CLOSE_REFUSED.into()),
+        "{closed:?}"
+    );
+    assert_eq!(seed.metrics.refusals("not_authorised"), 1);
+
+    // An outsider engine: refused, never registered on either side, gets nothing.
+    let mut outsider = start(
+        identity(&ca, "outsider"),
+        &fx,
+        Opts {
+            peers: &[addr],
+            ..Opts::default()
+        },
     )
     .await;
-    let r = tokio::time::timeout(Duration::from_secs(3), outsider.engine.wait_complete()).await;
+    wait_for(
+        Duration::from_secs(10),
+        "the seed refuses the outsider engine",
+        || seed.metrics.refusals("not_authorised") >= 2,
+    )
+    .await;
+    let r = tokio::time::timeout(Duration::from_secs(5), outsider.engine.wait_complete()).await;
     assert!(r.is_err(), "the unassigned node must not complete");
     assert_eq!(outsider.metrics.received("peer"), 0);
-    assert!(outsider.engine.peer_names().iter().any(|p| p == "seed"));
-    eprintln!(
-        "not_authorised refusals: seed {}, n0 {}",
-        seed.metrics.refusals("not_authorised"),
-        member.metrics.refusals("not_authorised")
-    );
+    assert!(outsider.engine.peer_names().is_empty());
+    assert!(!seed.engine.peer_names().iter().any(|p| p == "outsider"));
+    assert!(!member.engine.peer_names().iter().any(|p| p == "outsider"));
+    // Refused once: the outsider leaves the seed alone instead of redialling every 2 s.
+    assert_eq!(seed.metrics.refusals("not_authorised"), 2);
     for n in [outsider, member, seed] {
         n.engine.shutdown().await;
     }
