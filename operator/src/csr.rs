@@ -7,7 +7,9 @@
 //! - undecided: look up the requesting pod (only when the token names no node) and the EdgeNode,
 //!   decide; a denial is the `Denied` condition on the `/approval` subresource with the reason and a
 //!   message; an approval is the `Approved` condition there, then the certificate
-//!   (`FleetCa::sign_request`) in `status.certificate` through `/status`;
+//!   (`FleetCa::sign_request`) is recorded in the EdgeNode's durable ledger
+//!   ([`revocation::ISSUED_ANNOTATION`]) and only then written to `status.certificate` through
+//!   `/status`;
 //! - approved (by us or anyone else) but not signed: the rules are checked again; if they still
 //!   hold, sign; if not (say, the node was quarantined since), the `Failed` condition says why.
 //!
@@ -37,7 +39,7 @@ use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
 use crate::progress::is_quarantined;
-use crate::revocation::Issued;
+use crate::revocation::{self, Issued, Ledger};
 use crate::signer::{self, Decision, NodeStanding, PodFacts, SignerPolicy, Stage};
 
 /// The condition reason when signing itself failed.
@@ -177,13 +179,12 @@ pub async fn reconcile(
         }
         None => None,
     };
-    let node_standing = match signer::requested_node(&csr) {
-        Some(node) => {
-            let nodes: Api<EdgeNode> = Api::all(ctx.client.clone());
-            standing(nodes.get_opt(&node).await.map_err(Error::Kube)?.as_ref())
-        }
-        None => NodeStanding::Absent,
+    let nodes: Api<EdgeNode> = Api::all(ctx.client.clone());
+    let edge_node = match signer::requested_node(&csr) {
+        Some(node) => nodes.get_opt(&node).await.map_err(Error::Kube)?,
+        None => None,
     };
+    let node_standing = standing(edge_node.as_ref());
     let decision = signer::decide(&csr, policy, pod.as_ref(), node_standing);
     let api: Api<CertificateSigningRequest> = Api::all(ctx.client.clone());
     let now = (ctx.clock)();
@@ -229,14 +230,23 @@ pub async fn reconcile(
                     .await
                     .map_err(Error::Kube)?;
             }
+            // Recorded before it is handed out: durably on the EdgeNode when it exists, in memory
+            // in any case (copied to the EdgeNode once it is created).
+            let not_after = Timestamp::try_from(issued.facts.not_after).unwrap_or(Timestamp::MAX);
+            ctx.issued.record(&node, &issued.facts.serial, not_after);
+            let entry = Ledger::from([(issued.facts.serial.clone(), not_after)]);
+            let durable = revocation::record_durably(&nodes, &node, edge_node, &entry, now)
+                .await
+                .map_err(Error::Kube)?;
+            if !durable {
+                debug!(node = %node, "no EdgeNode yet: the certificate is recorded in memory until it exists");
+            }
             current.status.get_or_insert_with(Default::default).certificate =
                 Some(ByteString(issued.cert_pem.clone().into_bytes()));
             api.replace_status(&name, &PostParams::default(), &current)
                 .await
                 .map_err(Error::Kube)?;
             ctx.signed.lock().expect("signed lock").insert(uid);
-            let not_after = Timestamp::try_from(issued.facts.not_after).unwrap_or(Timestamp::MAX);
-            ctx.issued.record(&node, &issued.facts.serial, not_after);
             ctx.metrics.csr_decided("approve", signer::APPROVED_REASON);
             info!(
                 csr = %name,
@@ -326,6 +336,8 @@ mod tests {
         pod: Option<Pod>,
         node: Option<EdgeNode>,
         log: Vec<Seen>,
+        /// EdgeNode patches answered 409 Conflict before one is applied.
+        conflicts: usize,
     }
 
     fn not_found() -> (StatusCode, Value) {
@@ -347,6 +359,28 @@ mod tests {
                 },
                 ("GET", ["apis", "pollen.dev", "v1alpha1", "edgenodes", name]) => match &self.node {
                     Some(n) if n.name_any() == *name => (StatusCode::OK, serde_json::to_value(n).unwrap()),
+                    _ => not_found(),
+                },
+                ("PATCH", ["apis", "pollen.dev", "v1alpha1", "edgenodes", name]) => match &mut self.node {
+                    Some(n) if n.name_any() == *name => {
+                        let rv = n.metadata.resource_version.clone().unwrap_or_default();
+                        let guarded = body["metadata"]["resourceVersion"].as_str() == Some(rv.as_str());
+                        if self.conflicts > 0 || !guarded {
+                            self.conflicts = self.conflicts.saturating_sub(1);
+                            // Someone else wrote in between: a new version.
+                            n.metadata.resource_version = Some(format!("{rv}x"));
+                            return (
+                                StatusCode::CONFLICT,
+                                json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"Conflict","code":409}),
+                            );
+                        }
+                        for (k, v) in body["metadata"]["annotations"].as_object().unwrap() {
+                            n.annotations_mut()
+                                .insert(k.clone(), v.as_str().unwrap().to_string());
+                        }
+                        n.metadata.resource_version = Some(format!("{rv}p"));
+                        (StatusCode::OK, serde_json::to_value(&*n).unwrap())
+                    }
                     _ => not_found(),
                 },
                 (
@@ -390,6 +424,7 @@ mod tests {
             pod,
             node,
             log: Vec::new(),
+            conflicts: 0,
         }));
         let m = mock.clone();
         let server = tokio::spawn(async move {
@@ -427,7 +462,9 @@ mod tests {
             Arc::new(Issued::default()),
             Metrics::default(),
         );
-        ctx.clock = Arc::new(|| Timestamp::from_second(1_800_000_000).unwrap());
+        // The CA signs with the system clock, so the signer's clock is the system clock too (the
+        // ledger drops certificates expired by its clock).
+        ctx.clock = Arc::new(Timestamp::now);
         Harness {
             ctx: Arc::new(ctx),
             mock,
@@ -460,11 +497,9 @@ mod tests {
     #[tokio::test]
     async fn an_approved_request_gets_the_approved_condition_then_a_certificate() {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let h = harness(
-            csr_for("gw-01", "gw-01"),
-            None,
-            Some(EdgeNode::new("gw-01", Default::default())),
-        );
+        let mut node = EdgeNode::new("gw-01", Default::default());
+        node.metadata.resource_version = Some("41".into());
+        let h = harness(csr_for("gw-01", "gw-01"), None, Some(node));
         let log = h.run().await;
         let gets: Vec<&str> = log
             .iter()
@@ -472,9 +507,20 @@ mod tests {
             .map(|s| s.path.as_str())
             .collect();
         assert_eq!(gets, vec!["/apis/pollen.dev/v1alpha1/edgenodes/gw-01"]);
-        let writes = Harness::writes(&log);
-        assert_eq!(writes.len(), 2, "{writes:?}");
-        // Updates only (RBAC verb `update` on the subresources).
+        let all_writes = Harness::writes(&log);
+        assert_eq!(all_writes.len(), 3, "{all_writes:?}");
+        // Between approval and certificate: the durable record on the EdgeNode, guarded by the
+        // version read.
+        let ledger = &all_writes[1];
+        assert_eq!(ledger.method, Method::PATCH);
+        assert_eq!(ledger.path, "/apis/pollen.dev/v1alpha1/edgenodes/gw-01");
+        assert_eq!(ledger.body["metadata"]["resourceVersion"], "41");
+        let writes: Vec<Seen> = all_writes
+            .iter()
+            .filter(|w| w.method != Method::PATCH)
+            .cloned()
+            .collect();
+        // The request itself: updates only (RBAC verb `update` on the subresources).
         assert!(writes.iter().all(|w| w.method == Method::PUT), "{writes:?}");
         // 1: the approval, on the version it was decided on, the request itself unchanged.
         assert_eq!(writes[0].body["spec"]["signerName"], pollen_crds::SIGNER_NAME);
@@ -503,7 +549,14 @@ mod tests {
         assert!(verifies_with(&pem, h.ca.cert_pem()));
         let foreign = FleetCa::generate("another fleet", Duration::from_secs(3600)).unwrap();
         assert!(!verifies_with(&pem, foreign.cert_pem()));
-        // Recorded for revocation, counted.
+        // Recorded for revocation, durably and in memory, counted.
+        let stored = h.mock.lock().unwrap().node.clone().unwrap();
+        let durable = revocation::ledger_of(&stored);
+        assert_eq!(durable.keys().collect::<Vec<_>>(), vec![&facts.serial]);
+        assert_eq!(
+            durable[&facts.serial],
+            Timestamp::try_from(facts.not_after).unwrap()
+        );
         assert!(h.ctx.issued.snapshot(Timestamp::now())["gw-01"].contains_key(&facts.serial));
         assert_eq!(
             h.ctx
@@ -516,7 +569,38 @@ mod tests {
         again.status = h.mock.lock().unwrap().csr.status.clone();
         again.status.as_mut().unwrap().certificate = None;
         reconcile(Arc::new(again), h.ctx.clone()).await.unwrap();
-        assert_eq!(Harness::writes(&h.mock.lock().unwrap().log).len(), 2);
+        assert_eq!(Harness::writes(&h.mock.lock().unwrap().log).len(), 3);
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn the_durable_record_survives_a_concurrent_edgenode_write_and_keeps_older_entries() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let mut node = EdgeNode::new("gw-01", Default::default());
+        node.metadata.resource_version = Some("41".into());
+        let now = Timestamp::now().as_second();
+        let older = Timestamp::from_second(now + 3600).unwrap();
+        let expired = Timestamp::from_second(now - 1).unwrap();
+        node.annotations_mut().insert(
+            revocation::ISSUED_ANNOTATION.into(),
+            revocation::ledger_annotation(&Ledger::from([
+                ("0a0b".to_string(), older),
+                ("0c0d".to_string(), expired),
+            ])),
+        );
+        let h = harness(csr_for("gw-01", "gw-01"), None, Some(node));
+        h.mock.lock().unwrap().conflicts = 1;
+        let log = h.run().await;
+        let patches = log.iter().filter(|s| s.method == Method::PATCH).count();
+        assert_eq!(patches, 2, "one conflict, then read again and written: {log:?}");
+        let stored = h.mock.lock().unwrap().node.clone().unwrap();
+        let durable = revocation::ledger_of(&stored);
+        assert_eq!(durable.len(), 2, "{durable:?}");
+        assert_eq!(durable["0a0b"], older, "the older certificate stays");
+        assert!(!durable.contains_key("0c0d"), "the expired one is pruned");
+        // The certificate was handed out after the record.
+        let last = log.iter().rfind(|s| s.method != Method::GET).unwrap();
+        assert!(last.path.ends_with("/status"), "{last:?}");
         h.finish().await;
     }
 

@@ -3,9 +3,12 @@
 //! When an EdgeNode is labelled `pollen.dev/quarantine=true`, or is deleted (the finalizer
 //! [`FINALIZER`] holds it until its serials are revoked), the operator adds the node's certificate
 //! serials to the one RevocationList `fleet`: the serial in `EdgeNode.status.certificate` plus every
-//! unexpired certificate the operator signed for that node (the [`Issued`] ledger, filled from signed
-//! CertificateSigningRequests where the cluster serves them). The list carries a CRL signed by the
-//! fleet CA, numbered one higher than the last; agents watch it and pass the signed CRL on to peers.
+//! unexpired certificate the operator signed for that node. Those are recorded durably on the
+//! EdgeNode ([`ISSUED_ANNOTATION`], written by the signer before it hands the certificate out, so an
+//! operator restart loses none) and in memory ([`Issued`], which also covers a node whose EdgeNode
+//! does not exist yet; the EdgeNode watch copies it into the annotation once it does). The list
+//! carries a CRL signed by the fleet CA, numbered one higher than the last; agents watch it and pass
+//! the signed CRL on to peers.
 //!
 //! Rules (pure, in [`targets`], [`next_entries`] and [`next_number`]):
 //! - only unexpired certificates are added (an expired one is refused by every peer anyway);
@@ -83,8 +86,109 @@ pub struct Target {
     pub reason: RevokeReason,
 }
 
-/// Node → serial → `notAfter` of the certificates the operator signed (in memory; filled as signed
-/// CertificateSigningRequests are seen).
+/// The EdgeNode annotation holding the durable ledger: the certificates the operator signed for
+/// the node, a JSON list of `{"serial": "<hex>", "notAfter": "<RFC 3339>"}`, entries dropped after
+/// their `notAfter`. Written by the operator before the certificate is handed out.
+pub const ISSUED_ANNOTATION: &str = "pollen.dev/issued-certificates";
+
+/// Serial → `notAfter` of the certificates signed for one node.
+pub type Ledger = BTreeMap<String, Timestamp>;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LedgerEntry {
+    serial: String,
+    not_after: String,
+}
+
+/// The durable ledger of `node` (its [`ISSUED_ANNOTATION`]); an absent or unreadable annotation is
+/// an empty ledger, entries with an invalid serial or time are skipped.
+pub fn ledger_of(node: &EdgeNode) -> Ledger {
+    let Some(text) = node.annotations().get(ISSUED_ANNOTATION) else {
+        return Ledger::new();
+    };
+    match serde_json::from_str::<Vec<LedgerEntry>>(text) {
+        Ok(entries) => entries
+            .into_iter()
+            .filter(|e| valid_serial(&e.serial))
+            .filter_map(|e| Some((e.serial, e.not_after.parse::<Timestamp>().ok()?)))
+            .collect(),
+        Err(e) => {
+            warn!(node = %node.name_any(), "unreadable {ISSUED_ANNOTATION} annotation: {e}");
+            Ledger::new()
+        }
+    }
+}
+
+/// The annotation value for `ledger` (sorted by serial).
+pub fn ledger_annotation(ledger: &Ledger) -> String {
+    let entries: Vec<LedgerEntry> = ledger
+        .iter()
+        .map(|(serial, t)| LedgerEntry {
+            serial: serial.clone(),
+            not_after: t.to_string(),
+        })
+        .collect();
+    serde_json::to_string(&entries).expect("a ledger serialises")
+}
+
+/// `stored` with `more` added, certificates expired at `now` dropped.
+pub fn merge_ledger(stored: &Ledger, more: &Ledger, now: Timestamp) -> Ledger {
+    stored
+        .iter()
+        .chain(more.iter())
+        .filter(|(_, t)| **t > now)
+        .map(|(s, t)| (s.clone(), *t))
+        .collect()
+}
+
+/// Write `more` into `node`'s durable ledger (and prune it), guarded by the resourceVersion read, so
+/// that concurrent writers never lose an entry. `node` is the version already read, if any. Returns
+/// `false` when the EdgeNode does not exist (the in-memory [`Issued`] ledger then keeps the
+/// certificate until the EdgeNode appears, see [`run`]).
+pub async fn record_durably(
+    api: &Api<EdgeNode>,
+    name: &str,
+    mut node: Option<EdgeNode>,
+    more: &Ledger,
+    now: Timestamp,
+) -> Result<bool, kube::Error> {
+    const ATTEMPTS: usize = 5;
+    for attempt in 1..=ATTEMPTS {
+        let n = match node.take() {
+            Some(n) => n,
+            None => match api.get_opt(name).await? {
+                Some(n) => n,
+                None => return Ok(false),
+            },
+        };
+        let merged = merge_ledger(&ledger_of(&n), more, now);
+        let value = ledger_annotation(&merged);
+        if n.annotations().get(ISSUED_ANNOTATION) == Some(&value) {
+            return Ok(true);
+        }
+        let patch = json!({
+            "metadata": {
+                "resourceVersion": n.resource_version(),
+                "annotations": { ISSUED_ANNOTATION: value },
+            },
+        });
+        match api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt < ATTEMPTS => continue,
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// Node → serial → `notAfter` of the certificates the operator signed, in memory: filled as
+/// certificates are signed and as signed CertificateSigningRequests are seen. It covers a node
+/// whose EdgeNode does not exist yet; [`run`] copies it into the durable ledger once it does.
 #[derive(Debug, Default)]
 pub struct Issued(Mutex<BTreeMap<String, BTreeMap<String, Timestamp>>>);
 
@@ -109,6 +213,16 @@ impl Issued {
             }
             Err(_) => false,
         }
+    }
+
+    /// The unexpired certificates of one node.
+    pub fn of(&self, node: &str, now: Timestamp) -> Ledger {
+        self.0
+            .lock()
+            .expect("issued lock")
+            .get(node)
+            .map(|l| merge_ledger(l, &Ledger::new(), now))
+            .unwrap_or_default()
     }
 
     /// A copy of the ledger, with certificates expired at `now` dropped.
@@ -143,8 +257,10 @@ pub fn revoke_reason(node: &EdgeNode) -> Option<RevokeReason> {
     }
 }
 
-/// The unexpired certificates of quarantined and deleted nodes: each node's reported certificate
-/// plus the ones the operator signed for it. Sorted by node, then serial; invalid serials are skipped.
+/// The certificates of quarantined and deleted nodes: the unexpired ones the operator signed for
+/// each (its durable ledger, [`ISSUED_ANNOTATION`], and the in-memory `issued`), plus the serial the
+/// node reports in its status. The reported serial counts whatever `notAfter` the node reports (the
+/// node writes both). Sorted by node, then serial; invalid serials are skipped.
 pub fn targets<'a>(
     nodes: impl IntoIterator<Item = &'a EdgeNode>,
     issued: &BTreeMap<String, BTreeMap<String, Timestamp>>,
@@ -156,12 +272,12 @@ pub fn targets<'a>(
             continue;
         };
         let name = n.name_any();
+        let ledger = ledger_of(n);
         let mut serials: BTreeSet<&str> = BTreeSet::new();
-        if let Some(c) = n.status.as_ref().and_then(|s| s.certificate.as_ref())
-            && c.not_after.0 > now
-        {
+        if let Some(c) = n.status.as_ref().and_then(|s| s.certificate.as_ref()) {
             serials.insert(&c.serial);
         }
+        serials.extend(ledger.iter().filter(|(_, t)| **t > now).map(|(s, _)| s.as_str()));
         if let Some(mine) = issued.get(&name) {
             serials.extend(mine.iter().filter(|(_, t)| **t > now).map(|(s, _)| s.as_str()));
         }
@@ -288,6 +404,26 @@ impl Revoker {
         self
     }
 
+    /// Copy what the in-memory ledger knows of `node` into its durable ledger, pruning expired
+    /// entries; writes only on a difference. Returns whether it wrote.
+    pub async fn persist_ledger(&self, api: &Api<EdgeNode>, node: &EdgeNode) -> Result<bool, Error> {
+        let now = (self.clock)();
+        let name = node.name_any();
+        let memory = self.issued.of(&name, now);
+        let merged = merge_ledger(&ledger_of(node), &memory, now);
+        let stored = node.annotations().get(ISSUED_ANNOTATION);
+        let unchanged = match stored {
+            None => merged.is_empty(),
+            Some(v) => *v == ledger_annotation(&merged),
+        };
+        if unchanged {
+            return Ok(false);
+        }
+        record_durably(api, &name, Some(node.clone()), &memory, now)
+            .await
+            .map_err(Error::Kube)
+    }
+
     /// The list as stored, or `None` when there is none.
     pub async fn current(&self) -> Result<Option<Current>, Error> {
         let api: Api<RevocationList> = Api::all(self.client.clone());
@@ -393,6 +529,9 @@ async fn reconcile(node: Arc<EdgeNode>, ctx: Arc<Ctx>) -> Result<Action, Error> 
     finalizer(&ctx.api, FINALIZER, node, |event| async {
         match event {
             Finalizer::Apply(node) => {
+                if ctx.revoker.persist_ledger(&ctx.api, &node).await? {
+                    debug!(node = %node.name_any(), "issued certificates recorded on the EdgeNode");
+                }
                 if revoke_reason(&node).is_some() {
                     ctx.revoker.sync(&ctx.nodes_with(&node)).await?;
                 }
@@ -556,8 +695,57 @@ mod tests {
                 ("gw-01".into(), "bb01".into(), q),
                 ("gw-02".into(), "cc01".into(), RevokeReason::Deleted),
                 ("gw-03".into(), "ee01".into(), q),
+                // The reported serial counts whatever notAfter the node reports.
+                ("gw-04".into(), "dd01".into(), q),
             ]
         );
+    }
+
+    fn with_ledger(mut n: EdgeNode, ledger: &[(&str, i64)]) -> EdgeNode {
+        let l: Ledger = ledger.iter().map(|(s, at)| (s.to_string(), t(*at))).collect();
+        n.annotations_mut()
+            .insert(ISSUED_ANNOTATION.into(), ledger_annotation(&l));
+        n
+    }
+
+    #[test]
+    fn after_a_restart_the_durable_ledger_names_the_certificates() {
+        // Nothing in memory (a restarted operator, the signed requests cleaned up); the node reports
+        // a made-up serial with a notAfter in the past.
+        let nodes = [
+            quarantined(with_ledger(
+                node("gw-01", Some(("ff01", -DAY))),
+                &[("aa01", DAY), ("aa02", 2 * DAY), ("aa00", -1)],
+            )),
+            with_ledger(node("gw-02", None), &[("bb01", DAY)]),
+        ];
+        let got: Vec<String> = targets(&nodes, &BTreeMap::new(), t(0))
+            .into_iter()
+            .map(|x| format!("{}/{}", x.node, x.serial))
+            .collect();
+        assert_eq!(got, vec!["gw-01/aa01", "gw-01/aa02", "gw-01/ff01"]);
+    }
+
+    #[test]
+    fn the_ledger_annotation_round_trips_and_prunes() {
+        let l: Ledger = BTreeMap::from([("0a".to_string(), t(10)), ("0b".to_string(), t(20))]);
+        let n = with_ledger(node("gw-01", None), &[]);
+        assert!(ledger_of(&n).is_empty());
+        let mut n = node("gw-01", None);
+        n.annotations_mut()
+            .insert(ISSUED_ANNOTATION.into(), ledger_annotation(&l));
+        assert_eq!(ledger_of(&n), l);
+        let merged = merge_ledger(&l, &BTreeMap::from([("0c".to_string(), t(30))]), t(15));
+        assert_eq!(merged.keys().collect::<Vec<_>>(), vec!["0b", "0c"]);
+        // Garbage is an empty ledger, bad entries are skipped.
+        n.annotations_mut()
+            .insert(ISSUED_ANNOTATION.into(), "not json".into());
+        assert!(ledger_of(&n).is_empty());
+        n.annotations_mut().insert(
+            ISSUED_ANNOTATION.into(),
+            r#"[{"serial":"XYZ","notAfter":"2027-01-01T00:00:00Z"},{"serial":"0d","notAfter":"soon"},{"serial":"0e","notAfter":"2027-01-01T00:00:00Z"}]"#.into(),
+        );
+        assert_eq!(ledger_of(&n).keys().collect::<Vec<_>>(), vec!["0e"]);
     }
 
     #[test]
@@ -613,8 +801,8 @@ mod tests {
             vec![entry("gw-02", "cc01", "Deleted", 10)]
         );
         assert!(next_entries(&current, &[], t(week + 10)).is_empty());
-        // A still-quarantined node whose certificate expired long ago is not listed again.
-        let nodes = [quarantined(node("gw-01", Some(("bb01", DAY))))];
+        // A still-quarantined node's signed certificate that expired long ago is not listed again.
+        let nodes = [quarantined(with_ledger(node("gw-01", None), &[("bb01", DAY)]))];
         let targets = targets(&nodes, &BTreeMap::new(), t(week + 10));
         assert!(next_entries(&current, &targets, t(week + 10)).is_empty());
     }
