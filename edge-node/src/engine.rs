@@ -21,7 +21,10 @@
 //! the shared [`FleetTls`] (rotations and new lists apply to the next handshake; see `tls`). The
 //! revocation list also travels peer to peer: it is sent after `Hello` when held, and a node that
 //! receives a newer list verifies it against the fleet CA, installs it, persists it under the data dir
-//! (loaded again at start) and passes it on to every peer. Whenever a newer list is installed, however
+//! (loaded again at start) and passes it on to every peer. Lists from peers go through `crl_intake`: one
+//! not newer than ours is dropped unverified, a peer gets at most one list verified every few seconds
+//! (off the runtime threads), and one that does not verify closes the connection (counted as
+//! `bad_revocation_list`). Whenever a newer list is installed, however
 //! it arrived (a peer, `--crl`, or the agent's watch of the cluster's list), the trust loop closes every
 //! open connection whose peer serial it revokes (close code [`protocol::CLOSE_REVOKED`]) at once, event
 //! driven. A node whose own serial is revoked stops taking part: every connection is closed, nothing is
@@ -50,6 +53,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::crl_intake::{ListGate, crl_number};
 use crate::metrics::{CodeLabel, IndexLabel, Metrics, PeerLabel, ReasonLabel, SourceLabel};
 use crate::net::{NetError, read_frame, write_msg};
 use crate::picker::{PeerId, Picker, PickerConfig, Source, UploadSlots};
@@ -67,6 +71,8 @@ const DIAL_INTERVAL: Duration = Duration::from_secs(2);
 const MAX_KNOWN_ADDRS: usize = 256;
 /// How long a peer that refused this node as not authorised is left alone before it is dialled again.
 const NOT_AUTHORISED_REDIAL: Duration = Duration::from_secs(60);
+/// Each peer gets at most one revocation list verified per this interval (see `crl_intake`).
+const CRL_VERIFY_INTERVAL: Duration = Duration::from_secs(3);
 /// How long a refusal waits for the peer to receive the typed error before closing.
 const REFUSAL_NOTICE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The persisted fleet revocation list (DER), under the data dir.
@@ -657,20 +663,55 @@ impl Shared {
         }
     }
 
-    /// A peer sent a revocation list: install it if it verifies against the fleet CA and is newer (the
-    /// trust loop then acts on it and passes it on).
-    fn receive_revocations(&self, crl: &[u8]) {
-        if self.tls.holds_revocation_list(crl) {
-            return; // the usual case: another peer passing on the list we hold
-        }
-        match pollen_trust::pki::verify_revocation_list(crl, self.tls.ca_pem()) {
-            Ok(set) => {
-                let number = set.number;
-                if self.tls.install_revocations(set) {
-                    info!(list = number, "newer revocation list received from a peer");
-                }
+    /// Closes a connection whose peer sent a revocation list that is malformed or does not verify.
+    fn bad_revocation_list(&self, conn: &quinn::Connection, error: &dyn std::fmt::Display) {
+        warn!(%error, "the peer sent a revocation list that does not verify: connection closed");
+        self.refused("bad_revocation_list");
+        conn.close(protocol::CLOSE_REFUSED.into(), b"bad revocation list");
+    }
+
+    /// Verifies the newer revocation lists one peer sends (admitted by `control_reader`), at most one per
+    /// [`CRL_VERIFY_INTERVAL`], off the runtime threads; installs those that verify (the trust loop then
+    /// acts on them and passes them on) and closes the connection on one that does not.
+    async fn revocation_intake(
+        self: Arc<Self>,
+        conn: quinn::Connection,
+        mut lists: mpsc::Receiver<(u64, Vec<u8>)>,
+        stop: CancellationToken,
+    ) {
+        let mut gate = ListGate::new(CRL_VERIFY_INTERVAL);
+        loop {
+            let ready = gate.ready_at();
+            tokio::select! {
+                l = lists.recv() => match l {
+                    Some((number, der)) => {
+                        gate.offer(number, der, self.tls.revocation_number());
+                    }
+                    None => return,
+                },
+                _ = tokio::time::sleep_until(ready.map_or_else(tokio::time::Instant::now, Into::into)), if ready.is_some() => {}
+                _ = stop.cancelled() => return,
             }
-            Err(e) => warn!(error = %e, "a peer sent a revocation list that does not verify; ignored"),
+            let Some(der) = gate.take(self.tls.revocation_number(), Instant::now()) else {
+                continue;
+            };
+            let ca = self.tls.ca_pem().to_owned();
+            match tokio::task::spawn_blocking(move || pollen_trust::pki::verify_revocation_list(&der, &ca))
+                .await
+            {
+                Ok(Ok(set)) => {
+                    let number = set.number;
+                    if self.tls.install_revocations(set) {
+                        info!(list = number, "newer revocation list received from a peer");
+                    }
+                }
+                Ok(Err(e)) => {
+                    self.bad_revocation_list(&conn, &e);
+                    stop.cancel();
+                    return;
+                }
+                Err(e) => warn!(error = %e, "revocation list verification task failed"),
+            }
         }
     }
 
@@ -1006,9 +1047,22 @@ impl Shared {
         let cancelled_reqs: Arc<Mutex<HashSet<u32>>> = Arc::default();
         let mut tasks = JoinSet::new();
         tasks.spawn(control_writer(send, rx, conn_cancel.clone()).in_current_span());
+        let (crl_tx, crl_rx) = mpsc::channel(4);
         tasks.spawn(
             self.clone()
-                .control_reader(recv, id, cancelled_reqs.clone(), conn_cancel.clone())
+                .control_reader(
+                    conn.clone(),
+                    recv,
+                    id,
+                    cancelled_reqs.clone(),
+                    crl_tx,
+                    conn_cancel.clone(),
+                )
+                .in_current_span(),
+        );
+        tasks.spawn(
+            self.clone()
+                .revocation_intake(conn.clone(), crl_rx, conn_cancel.clone())
                 .in_current_span(),
         );
         tasks.spawn(
@@ -1095,9 +1149,11 @@ impl Shared {
 
     async fn control_reader(
         self: Arc<Self>,
+        conn: quinn::Connection,
         mut recv: quinn::RecvStream,
         id: PeerId,
         cancelled: Arc<Mutex<HashSet<u32>>>,
+        lists: mpsc::Sender<(u64, Vec<u8>)>,
         stop: CancellationToken,
     ) {
         let mut buf = Vec::new();
@@ -1150,7 +1206,22 @@ impl Shared {
                         self.dial_now.notify_one();
                     }
                 }
-                Message::Revocations { crl } => self.receive_revocations(&crl),
+                Message::Revocations { crl } => {
+                    // Read the number before any signature check: a list not newer than ours (the usual
+                    // case, peers passing on the list we hold) is dropped unverified.
+                    match crl_number(&crl) {
+                        Some(n) if n <= self.tls.revocation_number() => {}
+                        Some(n) => {
+                            if lists.send((n, crl)).await.is_err() {
+                                break;
+                            }
+                        }
+                        None => {
+                            self.bad_revocation_list(&conn, &"not a numbered X.509 CRL");
+                            break;
+                        }
+                    }
+                }
                 Message::Error { code, message, .. } => info!(code = code.name(), %message, "peer error"),
                 Message::Hello { .. } | Message::Request { .. } | Message::Data { .. } => {
                     warn!("unexpected message on the control stream");

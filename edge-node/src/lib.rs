@@ -1,8 +1,8 @@
 //! Pollen's edge-node data plane: a verified chunk swarm over QUIC with mutual TLS.
 //!
 //! Layers, from pure to I/O:
-//! - [`bitfield`], [`protocol`] and [`picker`]: pure logic (wire format, piece and peer choice), tested
-//!   without sockets or clocks;
+//! - [`bitfield`], [`protocol`], [`picker`] and [`crl_intake`]: pure logic (wire format, piece and peer
+//!   choice, admission of peers' revocation lists), tested without sockets or clocks;
 //! - [`store`] and [`install`]: the chunk store (verify before marking present, crash-safe bitfield) and
 //!   the atomic installer;
 //! - [`tls`], [`net`], [`origin`], [`engine`]: QUIC with mutual TLS against the fleet CA, the origin
@@ -15,6 +15,7 @@
 
 pub mod agent;
 pub mod bitfield;
+pub mod crl_intake;
 pub mod engine;
 pub mod install;
 pub mod metrics;

@@ -44,7 +44,8 @@ pub struct CodeLabel {
 /// Label: why a peer was refused.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
-    /// `not_authorised`, `revoked`, `expired`, `not_yet_valid`, `unknown_ca`, `bad_certificate` or `banned`.
+    /// `not_authorised`, `revoked`, `expired`, `not_yet_valid`, `unknown_ca`, `bad_certificate`,
+    /// `bad_revocation_list` or `banned`.
     pub reason: &'static str,
 }
 

@@ -358,6 +358,16 @@ impl FleetTls {
             .cloned()
     }
 
+    /// The number of the revocation list in force (0 before any list).
+    pub fn revocation_number(&self) -> u64 {
+        self.state
+            .revocations
+            .read()
+            .expect("revocations")
+            .as_ref()
+            .map_or(0, |r| r.number)
+    }
+
     /// Whether `der` is exactly the revocation list in force (a cheap check before verifying a copy).
     pub fn holds_revocation_list(&self, der: &[u8]) -> bool {
         self.state

@@ -846,3 +846,119 @@ async fn connections_close_when_the_peer_certificate_expires() {
     brief.engine.shutdown().await;
     seed.engine.shutdown().await;
 }
+
+/// A revocation list from a peer that is not newer than the one in force is dropped without a signature
+/// check; a newer one that does not verify (or is not a list) closes the connection and is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_lists_that_do_not_verify_is_cut_off() {
+    init();
+    let data = payload(64 * 1024);
+    let fx = Fixture::new("127.0.0.1:1", "test/app", &data, 64 * 1024, test_meta()).unwrap();
+    let ca = ca();
+    let node_tls = FleetTls::new(identity(&ca, "node"));
+    assert!(node_tls.install_revocations(revocation_list(&ca, 5, &[])));
+    let node = start(node_tls.clone(), &fx, Opts::default()).await;
+    let forger = FleetCa::generate("test fleet", 30 * DAY).unwrap();
+    let forged = |number| revocation_list(&forger, number, &[]).der;
+
+    let client = quinn_client(&FleetTls::new(identity(&ca, "prober")));
+    let connect = async || {
+        let conn = client
+            .connect(node.engine.local_addr(), "pollen-peer")
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let hello = Message::Hello {
+            version: protocol::VERSION,
+            site: "default".into(),
+            indexes: vec![fx.verified.id()],
+        };
+        send.write_all(&hello.to_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let first = read_frame(&mut recv, &mut buf).await.unwrap();
+        assert!(matches!(first, Some(Message::Hello { .. })), "{first:?}");
+        (conn, send, recv)
+    };
+    let refused = |conn: &quinn::Connection| {
+        matches!(conn.close_reason(), Some(quinn::ConnectionError::ApplicationClosed(c))
+            if c.error_code == protocol::CLOSE_REFUSED.into())
+    };
+
+    // Older and equal numbers, forged or not: dropped unverified, the connection lives on.
+    let (conn, mut send, _recv) = connect().await;
+    for crl in [forged(3), forged(5), revocation_list(&ca, 5, &[]).der] {
+        send.write_all(&Message::Revocations { crl }.to_bytes())
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(conn.close_reason().is_none(), "{:?}", conn.close_reason());
+    assert_eq!(node.metrics.refusals("bad_revocation_list"), 0);
+    // A newer forged list: closed and counted, the list in force stays.
+    send.write_all(&Message::Revocations { crl: forged(9) }.to_bytes())
+        .await
+        .unwrap();
+    wait_for(Duration::from_secs(5), "closed after a forged list", || {
+        refused(&conn)
+    })
+    .await;
+    assert_eq!(node.metrics.refusals("bad_revocation_list"), 1);
+    assert_eq!(node_tls.revocation_number(), 5);
+
+    // Bytes that are not a list at all: closed without a signature check.
+    let (conn, mut send, _recv) = connect().await;
+    send.write_all(
+        &Message::Revocations {
+            crl: vec![0x30, 0x03, 1, 2, 3],
+        }
+        .to_bytes(),
+    )
+    .await
+    .unwrap();
+    wait_for(Duration::from_secs(5), "closed after garbage", || refused(&conn)).await;
+    assert_eq!(node.metrics.refusals("bad_revocation_list"), 2);
+
+    // A genuine newer list is still taken from a peer.
+    let (conn, mut send, _recv) = connect().await;
+    send.write_all(
+        &Message::Revocations {
+            crl: revocation_list(&ca, 6, &[]).der,
+        }
+        .to_bytes(),
+    )
+    .await
+    .unwrap();
+    wait_for(Duration::from_secs(5), "the newer list is installed", || {
+        node_tls.revocation_number() == 6
+    })
+    .await;
+    assert!(conn.close_reason().is_none());
+
+    // What a verification costs: a list near the wire limit.
+    let serials: Vec<String> = (0..3000u32)
+        .map(|i| format!("{:032x}", u128::from(i) << 64 | 0xabc))
+        .collect();
+    let refs: Vec<&str> = serials.iter().map(String::as_str).collect();
+    let big = revocation_list(&ca, 7, &refs).der;
+    assert!(big.len() <= protocol::MAX_CRL_LEN as usize, "{} bytes", big.len());
+    let t0 = Instant::now();
+    let n = 20;
+    for _ in 0..n {
+        verify_revocation_list(&big, ca.cert_pem()).unwrap();
+    }
+    let per = t0.elapsed() / n;
+    let t0 = Instant::now();
+    for _ in 0..n {
+        assert_eq!(pollen_edge_node::crl_intake::crl_number(&big), Some(7));
+    }
+    let number = t0.elapsed() / n;
+    eprintln!(
+        "a {}-byte list ({} serials): number read in {:.3} ms, full verification {:.3} ms (debug build)",
+        big.len(),
+        serials.len(),
+        number.as_secs_f64() * 1000.0,
+        per.as_secs_f64() * 1000.0
+    );
+    node.engine.shutdown().await;
+}
