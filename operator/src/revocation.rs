@@ -336,9 +336,14 @@ pub struct Current {
 /// The number to write the `desired` entries under, or `None` when the stored list stands: same
 /// entries, signed by this CA less than [`RESIGN_AFTER`] ago. No list and nothing to revoke: nothing
 /// is written.
+///
+/// A new number is the higher of the stored number + 1 and the current unix time in seconds, so
+/// numbers grow even when the stored list is gone (deleted, or a new cluster): the nodes keep the
+/// last list they verified and take only a higher number.
 pub fn next_number(current: Option<&Current>, desired: &[RevocationEntry], now: Timestamp) -> Option<u64> {
+    let clock = u64::try_from(now.as_second()).unwrap_or(0);
     let Some(c) = current else {
-        return (!desired.is_empty()).then_some(1);
+        return (!desired.is_empty()).then_some(clock.max(1));
     };
     let same = {
         let key = |e: &RevocationEntry| (e.node.clone(), e.serial.clone(), e.reason.clone(), e.revoked_at.0);
@@ -353,7 +358,7 @@ pub fn next_number(current: Option<&Current>, desired: &[RevocationEntry], now: 
     if same && fresh {
         None
     } else {
-        Some(c.number.saturating_add(1))
+        Some(c.number.saturating_add(1).max(clock))
     }
 }
 
@@ -811,14 +816,22 @@ mod tests {
     fn the_number_moves_only_on_change_or_when_the_crl_is_due() {
         let e = vec![entry("gw-01", "bb01", "Quarantined", 0)];
         assert_eq!(next_number(None, &[], t(0)), None);
-        assert_eq!(next_number(None, &e, t(0)), Some(1));
-        let cur = Current {
+        // Without a stored list: the clock, so a deleted list never restarts the numbering.
+        assert_eq!(next_number(None, &e, t(0)), Some(1_800_000_000));
+        // Behind the clock: the clock.
+        let behind = Current {
             number: 4,
+            entries: e.clone(),
+            signed_at: None,
+        };
+        assert_eq!(next_number(Some(&behind), &e, t(7)), Some(1_800_000_007));
+        let cur = Current {
+            number: 1_900_000_004,
             entries: e.clone(),
             signed_at: Some(t(0)),
         };
         assert_eq!(next_number(Some(&cur), &e, t(DAY - 1)), None);
-        assert_eq!(next_number(Some(&cur), &e, t(DAY)), Some(5));
+        assert_eq!(next_number(Some(&cur), &e, t(DAY)), Some(1_900_000_005));
         let more = next_entries(
             &e,
             &[Target {
@@ -828,15 +841,15 @@ mod tests {
             }],
             t(5),
         );
-        assert_eq!(next_number(Some(&cur), &more, t(5)), Some(5));
+        assert_eq!(next_number(Some(&cur), &more, t(5)), Some(1_900_000_005));
         // Pruned down to nothing: the empty list is written (peers must learn the smaller list).
-        assert_eq!(next_number(Some(&cur), &[], t(5)), Some(5));
+        assert_eq!(next_number(Some(&cur), &[], t(5)), Some(1_900_000_005));
         // A CRL that does not verify with this CA is replaced at once.
         let foreign = Current {
             signed_at: None,
             ..cur
         };
-        assert_eq!(next_number(Some(&foreign), &e, t(5)), Some(5));
+        assert_eq!(next_number(Some(&foreign), &e, t(5)), Some(1_900_000_005));
     }
 
     #[test]
@@ -924,6 +937,8 @@ mod tests {
             let revoker = Revoker::new(client, ca.clone(), Arc::new(Issued::default()), metrics.clone())
                 .with_clock(Arc::new(move || *clock_now.lock().unwrap()));
             let in_a_day = (start + jiff::SignedDuration::from_hours(24)).as_second() - 1_800_000_000;
+            // Numbers follow the clock (unix seconds) when it is ahead of the stored number + 1.
+            let at = |hours: i64| (start + jiff::SignedDuration::from_hours(hours)).as_second() as u64;
 
             // Nothing revoked, no list: nothing written.
             assert_eq!(
@@ -932,18 +947,18 @@ mod tests {
             );
             assert!(server.lock().unwrap().writes.is_empty());
 
-            // A quarantined node: number 1, by server-side apply with our field manager.
+            // A quarantined node: the clock's number, by server-side apply with our field manager.
             let nodes = [
                 node("gw-00", Some(("aa01", in_a_day))),
                 quarantined(node("gw-01", Some(("bb01", in_a_day)))),
             ];
-            assert_eq!(revoker.sync(&nodes).await.unwrap(), Some(1));
+            assert_eq!(revoker.sync(&nodes).await.unwrap(), Some(at(0)));
             {
                 let s = server.lock().unwrap();
                 let (query, body) = &s.writes[0];
                 assert!(query.contains("fieldManager=pollen-operator"), "{query}");
                 assert!(query.contains("force=true"), "{query}");
-                assert_eq!(body["spec"]["number"], 1);
+                assert_eq!(body["spec"]["number"], at(0));
                 assert_eq!(body["spec"]["entries"][0]["serial"], "bb01");
                 assert_eq!(body["spec"]["entries"][0]["reason"], "Quarantined");
                 let set = pki::verify_revocation_list(
@@ -951,30 +966,33 @@ mod tests {
                     ca.cert_pem(),
                 )
                 .unwrap();
-                assert_eq!(set.number, 1);
+                assert_eq!(set.number, at(0));
                 assert!(set.is_revoked("bb01") && !set.is_revoked("aa01"));
             }
-            assert_eq!(metrics.revocation_list(), (1, 1));
+            assert_eq!(metrics.revocation_list(), (at(0) as i64, 1));
 
             // The same state an hour later: read, not rewritten.
             *now.lock().unwrap() = start + jiff::SignedDuration::from_hours(1);
             assert_eq!(revoker.sync(&nodes).await.unwrap(), None);
             assert_eq!(server.lock().unwrap().writes.len(), 1);
 
-            // A day later: re-signed under the next number, same entries.
+            // A day later: re-signed under a higher number, same entries.
             *now.lock().unwrap() = start + jiff::SignedDuration::from_hours(25);
-            assert_eq!(revoker.sync(&[] as &[EdgeNode]).await.unwrap(), Some(2));
+            assert_eq!(revoker.sync(&[] as &[EdgeNode]).await.unwrap(), Some(at(25)));
             {
                 let s = server.lock().unwrap();
                 let (_, body) = &s.writes[1];
-                assert_eq!(body["spec"]["number"], 2);
+                assert_eq!(body["spec"]["number"], at(25));
                 assert_eq!(body["spec"]["entries"].as_array().unwrap().len(), 1);
             }
 
             // A week after the revocation: pruned, and the smaller list is written.
             *now.lock().unwrap() = start + jiff::SignedDuration::from_hours(7 * 24 + 1);
-            assert_eq!(revoker.sync(&[] as &[EdgeNode]).await.unwrap(), Some(3));
-            assert_eq!(metrics.revocation_list(), (3, 0));
+            assert_eq!(
+                revoker.sync(&[] as &[EdgeNode]).await.unwrap(),
+                Some(at(7 * 24 + 1))
+            );
+            assert_eq!(metrics.revocation_list(), (at(7 * 24 + 1) as i64, 0));
             drop(revoker);
             tokio::time::timeout(Duration::from_secs(1), task)
                 .await
