@@ -39,7 +39,8 @@ agent='system:serviceaccount:pollen-system:pollen-edge-node'
 def req(op, res='edgenodes', sub='', node='gw-1', user=agent):
     return {'operation':op,'resource':{'group':'pollen.dev','version':'v1alpha1','resource':res},'subResource':sub,
             'userInfo':{'username':user,'extra':{'authentication.kubernetes.io/node-name':[node]}}}
-en=lambda name,labels=None,spec=None,fin=None: {'metadata':{'name':name,**({'labels':labels} if labels else {}),**({'finalizers':fin} if fin is not None else {})},**({'spec':spec} if spec is not None else {})}
+en=lambda name,labels=None,spec=None,fin=None,ann=None: {'metadata':{'name':name,**({'labels':labels} if labels else {}),**({'finalizers':fin} if fin is not None else {}),**({'annotations':ann} if ann is not None else {})},**({'spec':spec} if spec is not None else {})}
+led={'pollen.dev/issued-certificates':'[{"serial":"ab"}]'}
 rev=['pollen.dev/revocation']
 spec={'assignments':[{'rollout':'a/b'}]}
 cases=[
@@ -57,8 +58,12 @@ cases=[
  ('drop finalizers field', req('UPDATE'), en('gw-1',None,spec), en('gw-1',None,spec,rev), [3]),
  ('add finalizer', req('UPDATE'), en('gw-1',None,spec,rev+['x']), en('gw-1',None,spec,rev), [3]),
  ('keep finalizer, labels change', req('UPDATE'), en('gw-1',{'a':'b'},spec,rev), en('gw-1',None,spec,rev), 'allowed'),
+ ('drop ledger', req('UPDATE'), en('gw-1',None,spec,ann={}), en('gw-1',None,spec,ann=led), [4]),
+ ('edit ledger', req('UPDATE'), en('gw-1',None,spec,ann={'pollen.dev/issued-certificates':'[]'}), en('gw-1',None,spec,ann=led), [4]),
+ ('create with ledger', req('CREATE'), en('gw-1',ann=led), None, [4]),
+ ('keep ledger, other annotation', req('UPDATE'), en('gw-1',None,spec,ann={**led,'x':'y'}), en('gw-1',None,spec,ann=led), 'allowed'),
  ('csr ok', {**req('CREATE',res='certificatesigningrequests')}, {'metadata':{'name':'x'},'spec':{'signerName':'pollen.dev/edge-peer'}}, None, 'allowed'),
- ('csr other signer', {**req('CREATE',res='certificatesigningrequests')}, {'metadata':{'name':'x'},'spec':{'signerName':'kubernetes.io/kube-apiserver-client'}}, None, [4]),
+ ('csr other signer', {**req('CREATE',res='certificatesigningrequests')}, {'metadata':{'name':'x'},'spec':{'signerName':'kubernetes.io/kube-apiserver-client'}}, None, [5]),
  ('operator not matched', req('UPDATE',user='system:serviceaccount:pollen-system:pollen-operator'), en('gw-2',spec={}), en('gw-2',spec=spec), 'not matched'),
 ]
 bad=0
