@@ -8,8 +8,10 @@
 //!   decide; a denial is the `Denied` condition on the `/approval` subresource with the reason and a
 //!   message; an approval is the `Approved` condition there, then the certificate
 //!   (`FleetCa::sign_request`) is recorded in the EdgeNode's durable ledger
-//!   ([`revocation::ISSUED_ANNOTATION`]) and only then written to `status.certificate` through
-//!   `/status`;
+//!   ([`revocation::ISSUED_ANNOTATION`]); the EdgeNode is read once more, and only if it is still
+//!   neither quarantined nor deleted is the certificate written to `status.certificate` through
+//!   `/status` (otherwise `Failed`, and the revocation loop is woken: a quarantine during signing
+//!   is never missed until the next resync);
 //! - approved (by us or anyone else) but not signed: the rules are checked again; if they still
 //!   hold, sign; if not (say, the node was quarantined since), the `Failed` condition says why.
 //!
@@ -40,7 +42,7 @@ use tracing::{debug, info, warn};
 use crate::metrics::Metrics;
 use crate::progress::is_quarantined;
 use crate::revocation::{self, Issued, Ledger};
-use crate::signer::{self, Decision, NodeStanding, PodFacts, SignerPolicy, Stage};
+use crate::signer::{self, Decision, DenyReason, NodeStanding, PodFacts, SignerPolicy, Stage};
 
 /// The condition reason when signing itself failed.
 pub const SIGNING_FAILED: &str = "SigningFailed";
@@ -235,11 +237,34 @@ pub async fn reconcile(
             let not_after = Timestamp::try_from(issued.facts.not_after).unwrap_or(Timestamp::MAX);
             ctx.issued.record(&node, &issued.facts.serial, not_after);
             let entry = Ledger::from([(issued.facts.serial.clone(), not_after)]);
+            let was_present = edge_node.is_some();
             let durable = revocation::record_durably(&nodes, &node, edge_node, &entry, now)
                 .await
                 .map_err(Error::Kube)?;
             if !durable {
                 debug!(node = %node, "no EdgeNode yet: the certificate is recorded in memory until it exists");
+            }
+            // The node may have been quarantined or deleted while this was signed, after the
+            // revocation controller last looked: look again now that the certificate is recorded.
+            // A change after this look revokes the certificate (revocation reads the ledger); one
+            // before it stops the certificate here, and revocation syncs at once all the same.
+            let again = standing(nodes.get_opt(&node).await.map_err(Error::Kube)?.as_ref());
+            let turned = match again {
+                NodeStanding::Quarantined => Some(DenyReason::NodeQuarantined),
+                NodeStanding::Deleting => Some(DenyReason::NodeDeleted),
+                NodeStanding::Absent if was_present => Some(DenyReason::NodeDeleted),
+                NodeStanding::Absent | NodeStanding::Active => None,
+            };
+            if let Some(reason) = turned {
+                ctx.issued.request_sync();
+                let msg = format!(
+                    "EdgeNode {node} was quarantined or deleted while its certificate was signed; \
+                     the certificate (serial {}) is not handed out and is revoked",
+                    issued.facts.serial
+                );
+                return fail(&api, &ctx, &current, &name, reason.as_str(), &msg, now)
+                    .await
+                    .map(|()| Action::await_change());
             }
             current.status.get_or_insert_with(Default::default).certificate =
                 Some(ByteString(issued.cert_pem.clone().into_bytes()));
@@ -338,6 +363,8 @@ mod tests {
         log: Vec<Seen>,
         /// EdgeNode patches answered 409 Conflict before one is applied.
         conflicts: usize,
+        /// Quarantine the EdgeNode right after it is first read (a label set while signing).
+        quarantine_after_read: bool,
     }
 
     fn not_found() -> (StatusCode, Value) {
@@ -357,8 +384,15 @@ mod tests {
                     }
                     _ => not_found(),
                 },
-                ("GET", ["apis", "pollen.dev", "v1alpha1", "edgenodes", name]) => match &self.node {
-                    Some(n) if n.name_any() == *name => (StatusCode::OK, serde_json::to_value(n).unwrap()),
+                ("GET", ["apis", "pollen.dev", "v1alpha1", "edgenodes", name]) => match &mut self.node {
+                    Some(n) if n.name_any() == *name => {
+                        let out = serde_json::to_value(&*n).unwrap();
+                        if std::mem::take(&mut self.quarantine_after_read) {
+                            n.labels_mut()
+                                .insert(pollen_crds::labels::QUARANTINE.into(), "true".into());
+                        }
+                        (StatusCode::OK, out)
+                    }
                     _ => not_found(),
                 },
                 ("PATCH", ["apis", "pollen.dev", "v1alpha1", "edgenodes", name]) => match &mut self.node {
@@ -425,6 +459,7 @@ mod tests {
             node,
             log: Vec::new(),
             conflicts: 0,
+            quarantine_after_read: false,
         }));
         let m = mock.clone();
         let server = tokio::spawn(async move {
@@ -506,7 +541,8 @@ mod tests {
             .filter(|s| s.method == Method::GET)
             .map(|s| s.path.as_str())
             .collect();
-        assert_eq!(gets, vec!["/apis/pollen.dev/v1alpha1/edgenodes/gw-01"]);
+        // The standing, then again once the certificate is recorded.
+        assert_eq!(gets, vec!["/apis/pollen.dev/v1alpha1/edgenodes/gw-01"; 2]);
         let all_writes = Harness::writes(&log);
         assert_eq!(all_writes.len(), 3, "{all_writes:?}");
         // Between approval and certificate: the durable record on the EdgeNode, guarded by the
@@ -570,6 +606,41 @@ mod tests {
         again.status.as_mut().unwrap().certificate = None;
         reconcile(Arc::new(again), h.ctx.clone()).await.unwrap();
         assert_eq!(Harness::writes(&h.mock.lock().unwrap().log).len(), 3);
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn a_node_quarantined_while_signing_gets_no_certificate_and_revocation_is_woken() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let mut node = EdgeNode::new("gw-01", Default::default());
+        node.metadata.resource_version = Some("41".into());
+        let h = harness(csr_for("gw-01", "gw-01"), None, Some(node));
+        h.mock.lock().unwrap().quarantine_after_read = true;
+        let log = h.run().await;
+        let writes = Harness::writes(&log);
+        assert_eq!(writes.len(), 3, "{writes:?}");
+        assert_eq!(writes[0].body["status"]["conditions"][0]["type"], "Approved");
+        assert_eq!(writes[1].method, Method::PATCH, "recorded first");
+        let last = &writes[2];
+        assert_eq!(last.path, format!("{CSR_PATH}/status"));
+        assert!(last.body["status"].get("certificate").is_none(), "{last:?}");
+        let conds = last.body["status"]["conditions"].as_array().unwrap();
+        assert_eq!(conds.last().unwrap()["type"], "Failed");
+        assert_eq!(conds.last().unwrap()["reason"], "NodeQuarantined");
+        // The serial is known to revocation, durably and in memory, and revocation was woken.
+        let stored = h.mock.lock().unwrap().node.clone().unwrap();
+        let durable = revocation::ledger_of(&stored);
+        assert_eq!(durable.len(), 1);
+        assert_eq!(
+            h.ctx.issued.snapshot(Timestamp::now())["gw-01"]
+                .keys()
+                .collect::<Vec<_>>(),
+            durable.keys().collect::<Vec<_>>()
+        );
+        tokio::time::timeout(Duration::from_secs(1), h.ctx.issued.sync_requested())
+            .await
+            .expect("a revocation sync was requested");
+        assert_eq!(h.ctx.metrics.csr_decision_count("fail", "NodeQuarantined"), 1);
         h.finish().await;
     }
 

@@ -190,12 +190,16 @@ pub async fn record_durably(
 /// certificates are signed and as signed CertificateSigningRequests are seen. It covers a node
 /// whose EdgeNode does not exist yet; [`run`] copies it into the durable ledger once it does.
 #[derive(Debug, Default)]
-pub struct Issued(Mutex<BTreeMap<String, BTreeMap<String, Timestamp>>>);
+pub struct Issued {
+    ledger: Mutex<BTreeMap<String, BTreeMap<String, Timestamp>>>,
+    /// Set by the signer when a node it just signed for is quarantined or deleted meanwhile.
+    wake: tokio::sync::Notify,
+}
 
 impl Issued {
     /// Record one certificate.
     pub fn record(&self, node: &str, serial: &str, not_after: Timestamp) {
-        self.0
+        self.ledger
             .lock()
             .expect("issued lock")
             .entry(node.to_owned())
@@ -217,7 +221,7 @@ impl Issued {
 
     /// The unexpired certificates of one node.
     pub fn of(&self, node: &str, now: Timestamp) -> Ledger {
-        self.0
+        self.ledger
             .lock()
             .expect("issued lock")
             .get(node)
@@ -225,9 +229,20 @@ impl Issued {
             .unwrap_or_default()
     }
 
+    /// Ask the revocation loop for a sync now (the signer recorded a certificate for a node that
+    /// turned out quarantined or deleted). Requests made while none is waiting are not lost.
+    pub fn request_sync(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Resolves when [`Issued::request_sync`] was called.
+    pub async fn sync_requested(&self) {
+        self.wake.notified().await;
+    }
+
     /// A copy of the ledger, with certificates expired at `now` dropped.
     pub fn snapshot(&self, now: Timestamp) -> BTreeMap<String, BTreeMap<String, Timestamp>> {
-        let mut map = self.0.lock().expect("issued lock");
+        let mut map = self.ledger.lock().expect("issued lock");
         map.retain(|_, serials| {
             serials.retain(|_, not_after| *not_after > now);
             !serials.is_empty()
@@ -581,7 +596,10 @@ pub async fn run(
             if let Err(e) = revoker.sync(&nodes).await {
                 warn!("revocation list resync failed: {e}");
             }
-            tokio::time::sleep(RESYNC).await;
+            tokio::select! {
+                () = tokio::time::sleep(RESYNC) => {}
+                () = revoker.issued.sync_requested() => debug!("revocation sync requested by the signer"),
+            }
         }
     });
     info!("revocation: watching EdgeNodes for quarantine and deletion");
