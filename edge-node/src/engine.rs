@@ -71,6 +71,8 @@ const DIAL_INTERVAL: Duration = Duration::from_secs(2);
 const MAX_KNOWN_ADDRS: usize = 256;
 /// How long a peer that refused this node as not authorised is left alone before it is dialled again.
 const NOT_AUTHORISED_REDIAL: Duration = Duration::from_secs(60);
+/// How long the address of a peer with a revoked certificate is left alone before it is dialled again.
+const REVOKED_REDIAL: Duration = Duration::from_secs(60);
 /// Each peer gets at most one revocation list verified per this interval (see `crl_intake`).
 const CRL_VERIFY_INTERVAL: Duration = Duration::from_secs(3);
 /// How long a refusal waits for the peer to receive the typed error before closing.
@@ -228,6 +230,14 @@ struct PeerEntry {
     tx: mpsc::Sender<Message>,
 }
 
+/// A peer address left alone because its certificate is revoked.
+struct RevokedAddr {
+    /// The serial it presented, when known (our verifier refused it otherwise, before the engine saw it).
+    serial: Option<String>,
+    /// When it is dialled again (it may have a new certificate by then).
+    retry_at: Instant,
+}
+
 struct Shared {
     name: String,
     tls: FleetTls,
@@ -245,9 +255,9 @@ struct Shared {
     next_id: Mutex<PeerId>,
     banned: Mutex<HashSet<String>>,
     banned_addrs: Mutex<HashSet<SocketAddr>>,
-    /// Addresses of peers closed or refused as revoked, with the serial they presented: not dialled while
-    /// that serial stays revoked.
-    revoked_addrs: Mutex<HashMap<SocketAddr, String>>,
+    /// Addresses of peers closed or refused as revoked (by us or, when dialling, by our verifier): not
+    /// dialled again before a minute has passed, or until the serial they presented is no longer revoked.
+    revoked_addrs: Mutex<HashMap<SocketAddr, RevokedAddr>>,
     /// Addresses of peers that refused this node as not authorised for the index, until when they are
     /// not dialled.
     refused_by: Mutex<HashMap<SocketAddr, Instant>>,
@@ -619,10 +629,7 @@ impl Shared {
                 if set.is_revoked(&p.serial) {
                     p.conn.close(protocol::CLOSE_REVOKED.into(), b"revoked");
                     self.refused("revoked");
-                    self.revoked_addrs
-                        .lock()
-                        .expect("revoked")
-                        .insert(p.conn.remote_address(), p.serial.clone());
+                    self.hold_off_revoked(p.conn.remote_address(), Some(p.serial.clone()));
                     info!(peer = %name, serial = %p.serial, list = set.number, "closed the connection to a revoked peer");
                 } else if own_revoked {
                     p.conn
@@ -661,6 +668,15 @@ impl Shared {
                 Err(e) => warn!(error = %e, "revocation list persist task failed"),
             }
         }
+    }
+
+    /// Leaves `addr` alone for [`REVOKED_REDIAL`] (or until `serial` is no longer revoked).
+    fn hold_off_revoked(&self, addr: SocketAddr, serial: Option<String>) {
+        let retry_at = Instant::now() + REVOKED_REDIAL;
+        self.revoked_addrs
+            .lock()
+            .expect("revoked")
+            .insert(addr, RevokedAddr { serial, retry_at });
     }
 
     /// Closes a connection whose peer sent a revocation list that is malformed or does not verify.
@@ -828,17 +844,14 @@ impl Shared {
                 .collect();
             let known: Vec<SocketAddr> = self.known.lock().expect("known").iter().copied().collect();
             let mut banned = self.banned_addrs.lock().expect("banned").clone();
-            self.revoked_addrs
-                .lock()
-                .expect("revoked")
-                .retain(|addr, serial| {
-                    let still = self.tls.is_revoked(serial);
-                    if still {
-                        banned.insert(*addr);
-                    }
-                    still
-                });
             let now = Instant::now();
+            self.revoked_addrs.lock().expect("revoked").retain(|addr, r| {
+                let still = r.retry_at > now && r.serial.as_ref().is_none_or(|s| self.tls.is_revoked(s));
+                if still {
+                    banned.insert(*addr);
+                }
+                still
+            });
             self.refused_by.lock().expect("refused").retain(|addr, until| {
                 let still = *until > now;
                 if still {
@@ -858,6 +871,11 @@ impl Shared {
                     match s.endpoint.connect(addr, "pollen-peer") {
                         Ok(connecting) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
                             Ok(Ok(conn)) => s.clone().run_conn(conn, true).await,
+                            Ok(Err(e)) if tls::refused_as_revoked(&e) => {
+                                // Our own verifier refused its certificate: do not redial it every few seconds.
+                                debug!(%addr, "dialled peer presents a revoked certificate");
+                                s.hold_off_revoked(addr, None);
+                            }
                             Ok(Err(e)) => debug!(%addr, error = %e, "dial failed"),
                             Err(_) => debug!(%addr, "dial timed out"),
                         },
@@ -968,10 +986,7 @@ impl Shared {
             // Checked under the peers lock: a list installed after this point finds the entry and closes it.
             if self.tls.is_revoked(&serial) {
                 self.refused("revoked");
-                self.revoked_addrs
-                    .lock()
-                    .expect("revoked")
-                    .insert(conn.remote_address(), serial);
+                self.hold_off_revoked(conn.remote_address(), Some(serial));
                 conn.close(protocol::CLOSE_REVOKED.into(), b"revoked");
                 return;
             }
@@ -1006,6 +1021,11 @@ impl Shared {
             p.add_peer(id, &name, site == self.site);
         }
         self.known.lock().expect("known").insert(conn.remote_address());
+        // A peer that was refused as revoked and now connects with a valid certificate is dialled again.
+        self.revoked_addrs
+            .lock()
+            .expect("revoked")
+            .remove(&conn.remote_address());
         // First messages: the revocation list we hold, our have-map and a few peer addresses.
         if let Some(set) = self.tls.revocations()
             && set.der.len() <= protocol::MAX_CRL_LEN as usize

@@ -613,6 +613,13 @@ pub fn peer_certificate(conn: &quinn::Connection) -> Option<PeerCert> {
     peer_end_entity(conn).as_ref().and_then(cert_details)
 }
 
+/// Whether a dial failed because this node's verifier refused the server's certificate as revoked (a
+/// local TLS alert `certificate_revoked`, as opposed to the peer closing the connection).
+pub fn refused_as_revoked(e: &quinn::ConnectionError) -> bool {
+    let revoked = quinn::TransportErrorCode::crypto(rustls::AlertDescription::CertificateRevoked.into());
+    matches!(e, quinn::ConnectionError::TransportError(t) if t.code == revoked)
+}
+
 /// Server verifier: the chain must lead to the fleet CA (webpki: signature, validity window, usage) and
 /// the serial must not be revoked; the name is read from the certificate afterwards.
 #[derive(Debug)]

@@ -962,3 +962,50 @@ async fn a_peer_sending_lists_that_do_not_verify_is_cut_off() {
     );
     node.engine.shutdown().await;
 }
+
+/// A node whose own verifier refuses a static peer as revoked does not redial it every few seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_refused_as_revoked_when_dialled_is_not_redialled_at_once() {
+    init();
+    let data = payload(64 * 1024);
+    let fx = Fixture::new("127.0.0.1:1", "test/app", &data, 64 * 1024, test_meta()).unwrap();
+    let ca = ca();
+    // The revoked node does not hold the list, so it keeps accepting handshakes.
+    let revoked_id = identity(&ca, "revoked");
+    let revoked = start(
+        revoked_id.clone(),
+        &fx,
+        Opts {
+            seed_with: Some(&data),
+            ..Opts::default()
+        },
+    )
+    .await;
+    let dialer_tls = FleetTls::new(identity(&ca, "dialer"));
+    assert!(dialer_tls.install_revocations(revocation_list(&ca, 1, &[revoked_id.serial()])));
+    let dialer = start(
+        dialer_tls,
+        &fx,
+        Opts {
+            peers: &[revoked.engine.local_addr()],
+            ..Opts::default()
+        },
+    )
+    .await;
+    wait_for(
+        Duration::from_secs(10),
+        "the dialer refuses the revoked server",
+        || dialer.metrics.refusals("revoked") >= 1,
+    )
+    .await;
+    // The dial loop runs every 2 s: three periods without a new handshake.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        dialer.metrics.refusals("revoked"),
+        1,
+        "the revoked peer was redialled"
+    );
+    assert!(dialer.engine.peer_names().is_empty());
+    dialer.engine.shutdown().await;
+    revoked.engine.shutdown().await;
+}
