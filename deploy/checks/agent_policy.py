@@ -1,8 +1,9 @@
 """Evaluates the chart's agent ValidatingAdmissionPolicy (CEL) on admission requests an agent could send.
 
-Run: python3 -m venv /tmp/cel && /tmp/cel/bin/pip install cel-python==0.5.0 pyyaml
+Run: python3 -m pip install --target .tools/cel cel-python==0.5.0 pyyaml   (e2e/tools/install-deps.sh does it)
      helm template pollen charts/pollen -n pollen-system -s templates/agent-admission-policy.yaml > /tmp/vap.yaml
-     /tmp/cel/bin/python deploy/checks/agent_policy.py /tmp/vap.yaml
+     PYTHONPATH=.tools/cel python3 deploy/checks/agent_policy.py /tmp/vap.yaml
+The chart test agent_admission_policy_allows_and_denies_what_it_says runs it.
 cel-python is a CEL implementation, not the API server's (cel-go with Kubernetes' extensions); this checks
 the policy's logic, and the API server still checks it when the policy is created. Exit status 1 on a mismatch.
 """

@@ -90,6 +90,24 @@ pub fn require_all<const N: usize>(names: [&str; N]) -> Option<[PathBuf; N]> {
     Some(out)
 }
 
+/// The folder holding cel-python (installed with `pip --target` by the install script), for tests that
+/// evaluate the chart's admission-policy CEL: `Some(dir)` when `celpy` imports from it; otherwise the
+/// skip/panic of [`require`].
+pub fn require_cel_python() -> Option<PathBuf> {
+    let dir = workspace_root().join(".tools/cel");
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import celpy, yaml"])
+        .env("PYTHONPATH", &dir)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        Some(dir)
+    } else {
+        missing("cel-python", "not installed in .tools/cel");
+        None
+    }
+}
+
 /// The effective user id of this process, read from `/proc/self/status`.
 pub fn effective_uid() -> Option<u32> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -510,6 +510,39 @@ fn rbac_is_exactly_the_least_privilege_set() {
     assert_eq!(strs(&binding["spec"]["validationActions"]), vec!["Deny"]);
 }
 
+/// The agent admission policy's CEL, evaluated by cel-python on the admission requests an agent could
+/// send (deploy/checks/agent_policy.py: own and other nodes, spec writes, the quarantine label, the
+/// revocation finalizer, the issued-certificates ledger, CSR signer names). cel-python is not the API
+/// server's cel-go: this checks the policy's logic; the API server compiles it when it is created.
+#[test]
+fn agent_admission_policy_allows_and_denies_what_it_says() {
+    let Some(helm) = tools::require("helm") else {
+        return;
+    };
+    let Some(cel) = tools::require_cel_python() else {
+        return;
+    };
+    let vap = helm_template(&helm, &["-s", "templates/agent-admission-policy.yaml"]).expect("renders");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), vap).unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(root().join("deploy/checks/agent_policy.py"))
+        .arg(file.path())
+        .env("PYTHONPATH", cel)
+        .output()
+        .expect("run python3");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && report.contains("failures 0"),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        report.lines().filter(|l| l.starts_with("ok")).count() >= 20,
+        "{report}"
+    );
+}
+
 #[test]
 fn variants_change_what_they_document() {
     let Some(helm) = tools::require("helm") else {

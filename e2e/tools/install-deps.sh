@@ -121,6 +121,19 @@ else
 fi
 log "helm: $("$BIN/helm" version --short 2>&1)"
 
+# --- 3b. cel-python, to evaluate the chart's agent admission policy (deploy/checks/agent_policy.py) --------
+if PYTHONPATH="$TOOLS/cel" python3 -c 'import celpy, yaml' 2>/dev/null; then
+  log "cel-python: present"
+else
+  log "cel-python: pip install --target $TOOLS/cel cel-python==0.5.0 pyyaml"
+  rm -rf "$TOOLS/cel"
+  PIP=(python3 -m pip)
+  "${PIP[@]}" --version >/dev/null 2>&1 || PIP=(pip3)
+  "${PIP[@]}" install -q --disable-pip-version-check --no-warn-conflicts --target "$TOOLS/cel" 'cel-python==0.5.0' 'pyyaml>=6' 2>&1 \
+    | grep -v -e 'Running pip as the' || true
+  PYTHONPATH="$TOOLS/cel" python3 -c 'import celpy, yaml'
+fi
+
 # --- 4. the test Kubernetes API server (crd-apiserver, etcd, kubectl), built once and cached ----------------
 if [ "${POLLEN_SKIP_APISERVER:-0}" = 1 ]; then
   log "apiserver: skipped (POLLEN_SKIP_APISERVER=1)"
