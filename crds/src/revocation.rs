@@ -63,4 +63,10 @@ pub struct RevocationEntry {
 
     /// When it was revoked.
     pub revoked_at: Time,
+
+    /// When the certificate expires, where known. The entry is kept until the later of this and a
+    /// week (the longest node certificate lifetime the signer grants) after `revokedAt`, so a longer
+    /// lived certificate (provisioned as files) stays revoked while it is valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<Time>,
 }

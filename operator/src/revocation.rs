@@ -12,8 +12,9 @@
 //!
 //! Rules (pure, in [`targets`], [`next_entries`] and [`next_number`]):
 //! - only unexpired certificates are added (an expired one is refused by every peer anyway);
-//! - an entry stays [`MAX_NODE_LIFETIME`] after its revocation (every certificate it can name has
-//!   expired by then), then it is pruned;
+//! - an entry stays until the later of [`MAX_NODE_LIFETIME`] after its revocation (every certificate
+//!   the signer grants has expired by then) and its certificate's `notAfter` (a certificate
+//!   provisioned as files may live longer), then it is pruned ([`keep_until`]);
 //! - lifting the quarantine does not un-revoke: the node needs a new certificate, which the signer
 //!   grants again once the label is gone;
 //! - the CRL is re-signed (number + 1) at least every [`RESIGN_AFTER`], and whenever the stored one does
@@ -84,6 +85,9 @@ pub struct Target {
     pub serial: String,
     /// Why.
     pub reason: RevokeReason,
+    /// When the certificate expires: as signed (the ledger) where the operator signed it, else as
+    /// the node reports it.
+    pub not_after: Option<Timestamp>,
 }
 
 /// The EdgeNode annotation holding the durable ledger: the certificates the operator signed for
@@ -288,21 +292,21 @@ pub fn targets<'a>(
         };
         let name = n.name_any();
         let ledger = ledger_of(n);
-        let mut serials: BTreeSet<&str> = BTreeSet::new();
+        // Serial -> notAfter; what the operator signed overrides what the node reports.
+        let mut serials: BTreeMap<&str, Timestamp> = BTreeMap::new();
         if let Some(c) = n.status.as_ref().and_then(|s| s.certificate.as_ref()) {
-            serials.insert(&c.serial);
+            serials.insert(&c.serial, c.not_after.0);
         }
-        serials.extend(ledger.iter().filter(|(_, t)| **t > now).map(|(s, _)| s.as_str()));
-        if let Some(mine) = issued.get(&name) {
-            serials.extend(mine.iter().filter(|(_, t)| **t > now).map(|(s, _)| s.as_str()));
-        }
-        for s in serials.into_iter().filter(|s| valid_serial(s)) {
+        let signed = ledger.iter().chain(issued.get(&name).into_iter().flatten());
+        serials.extend(signed.filter(|(_, t)| **t > now).map(|(s, t)| (s.as_str(), *t)));
+        for (s, not_after) in serials.into_iter().filter(|(s, _)| valid_serial(s)) {
             out.insert(
                 (name.clone(), s.to_owned()),
                 Target {
                     node: name.clone(),
                     serial: s.to_owned(),
                     reason,
+                    not_after: Some(not_after),
                 },
             );
         }
@@ -310,15 +314,22 @@ pub fn targets<'a>(
     out.into_values().collect()
 }
 
-/// The entries the list should hold: the current ones not yet [`MAX_NODE_LIFETIME`] old, plus every
-/// target whose serial is not listed yet (revoked `now`). Sorted by node, then serial; one entry per
-/// serial.
-pub fn next_entries(current: &[RevocationEntry], targets: &[Target], now: Timestamp) -> Vec<RevocationEntry> {
+/// Until when an entry stays listed: the later of [`MAX_NODE_LIFETIME`] after its revocation and
+/// its certificate's `notAfter` (a certificate provisioned as files may live longer than a week).
+pub fn keep_until(e: &RevocationEntry) -> Timestamp {
     let keep_for = jiff::SignedDuration::try_from(MAX_NODE_LIFETIME).expect("a week fits");
+    let by_age = e.revoked_at.0.checked_add(keep_for).unwrap_or(Timestamp::MAX);
+    e.not_after.as_ref().map_or(by_age, |t| by_age.max(t.0))
+}
+
+/// The entries the list should hold: the current ones not past [`keep_until`], plus every target
+/// whose serial is not listed yet (revoked `now`, with the target's `notAfter`). A listed entry is
+/// never rewritten (a node changing the `notAfter` it reports does not churn the list). Sorted by
+/// node, then serial; one entry per serial.
+pub fn next_entries(current: &[RevocationEntry], targets: &[Target], now: Timestamp) -> Vec<RevocationEntry> {
     let mut by_serial: BTreeMap<String, RevocationEntry> = BTreeMap::new();
     for e in current {
-        let expires = e.revoked_at.0.checked_add(keep_for).unwrap_or(Timestamp::MAX);
-        if expires > now && valid_serial(&e.serial) {
+        if keep_until(e) > now && valid_serial(&e.serial) {
             by_serial.entry(e.serial.clone()).or_insert_with(|| e.clone());
         }
     }
@@ -330,6 +341,7 @@ pub fn next_entries(current: &[RevocationEntry], targets: &[Target], now: Timest
                 serial: t.serial.clone(),
                 reason: t.reason.as_str().into(),
                 revoked_at: Time(now),
+                not_after: t.not_after.map(Time),
             });
     }
     let mut out: Vec<RevocationEntry> = by_serial.into_values().collect();
@@ -361,7 +373,15 @@ pub fn next_number(current: Option<&Current>, desired: &[RevocationEntry], now: 
         return (!desired.is_empty()).then_some(clock.max(1));
     };
     let same = {
-        let key = |e: &RevocationEntry| (e.node.clone(), e.serial.clone(), e.reason.clone(), e.revoked_at.0);
+        let key = |e: &RevocationEntry| {
+            (
+                e.node.clone(),
+                e.serial.clone(),
+                e.reason.clone(),
+                e.revoked_at.0,
+                e.not_after.as_ref().map(|t| t.0),
+            )
+        };
         let a: BTreeSet<_> = c.entries.iter().map(key).collect();
         let b: BTreeSet<_> = desired.iter().map(key).collect();
         a == b
@@ -679,6 +699,7 @@ mod tests {
             serial: serial.into(),
             reason: reason.into(),
             revoked_at: Time(t(at)),
+            not_after: None,
         }
     }
 
@@ -792,11 +813,13 @@ mod tests {
                 node: "gw-01".into(),
                 serial: "bb01".into(),
                 reason: RevokeReason::Deleted,
+                not_after: None,
             },
             Target {
                 node: "gw-02".into(),
                 serial: "cc01".into(),
                 reason: RevokeReason::Quarantined,
+                not_after: None,
             },
         ];
         let next = next_entries(&current, &targets, t(0));
@@ -831,6 +854,39 @@ mod tests {
     }
 
     #[test]
+    fn a_certificate_living_longer_than_a_week_stays_listed_until_it_expires() {
+        let week = 7 * DAY;
+        // A files-mode node (no ledger) reporting a certificate valid for 30 days, and a signed
+        // one: the signed notAfter wins over what the node reports for the same serial.
+        let nodes = [
+            quarantined(node("gw-01", Some(("aa01", 30 * DAY)))),
+            deleting(with_ledger(
+                node("gw-02", Some(("bb01", 90 * DAY))),
+                &[("bb01", DAY)],
+            )),
+        ];
+        let targets = targets(&nodes, &BTreeMap::new(), t(0));
+        let not_after: Vec<(String, Option<Timestamp>)> =
+            targets.iter().map(|x| (x.serial.clone(), x.not_after)).collect();
+        assert_eq!(
+            not_after,
+            vec![("aa01".into(), Some(t(30 * DAY))), ("bb01".into(), Some(t(DAY)))]
+        );
+        let listed = next_entries(&[], &targets, t(0));
+        assert_eq!(listed[0].not_after, Some(Time(t(30 * DAY))));
+        // A week on, the nodes gone: the 30-day certificate stays, the one-day one is pruned.
+        let later = next_entries(&listed, &[], t(week + 1));
+        assert_eq!(later.len(), 1);
+        assert_eq!(later[0].serial, "aa01");
+        assert_eq!(next_entries(&later, &[], t(30 * DAY - 1)).len(), 1);
+        assert!(next_entries(&later, &[], t(30 * DAY)).is_empty());
+        // A listed entry is not rewritten when the node reports another notAfter.
+        let bumped = [quarantined(node("gw-01", Some(("aa01", 60 * DAY))))];
+        let again = next_entries(&listed, &super::targets(&bumped, &BTreeMap::new(), t(5)), t(5));
+        assert_eq!(again, listed);
+    }
+
+    #[test]
     fn the_number_moves_only_on_change_or_when_the_crl_is_due() {
         let e = vec![entry("gw-01", "bb01", "Quarantined", 0)];
         assert_eq!(next_number(None, &[], t(0)), None);
@@ -856,6 +912,7 @@ mod tests {
                 node: "gw-02".into(),
                 serial: "cc01".into(),
                 reason: RevokeReason::Quarantined,
+                not_after: None,
             }],
             t(5),
         );
