@@ -205,15 +205,25 @@ pub async fn issue(
     let kr = pollen_trust::pki::new_request(node).map_err(IdentityError::Request)?;
     let key_next = sibling(&files.key, ".next");
     let cert_next = sibling(&files.cert, ".next");
-    keyfile::write_private(&key_next, kr.key_pem.as_bytes())?;
+    // File writes sync to disk: they run off the runtime threads.
+    let (path, key_pem) = (key_next.clone(), kr.key_pem.clone());
+    keyfile::off_runtime(&key_next, move || {
+        keyfile::write_private(&path, key_pem.as_bytes())
+    })
+    .await?;
     let result = async {
         let csr = csr::build(node, &kr.request_pem, &settings.signer_name, settings.lifetime);
         let cert_pem = csr::request_certificate(api, &csr, settings.wait).await?;
         check_certificate(&cert_pem, node, &ca_pem, SystemTime::now())?;
         let id = TlsIdentity::from_pem(cert_pem.as_bytes(), kr.key_pem.as_bytes(), ca_pem.as_bytes())?;
-        keyfile::write_public(&cert_next, cert_pem.as_bytes())?;
-        keyfile::commit(&key_next, &files.key)?;
-        keyfile::commit(&cert_next, &files.cert)?;
+        let (key_next, cert_next) = (key_next.clone(), cert_next.clone());
+        let (key, cert) = (files.key.clone(), files.cert.clone());
+        keyfile::off_runtime(&files.cert, move || {
+            keyfile::write_public(&cert_next, cert_pem.as_bytes())?;
+            keyfile::commit(&key_next, &key)?;
+            keyfile::commit(&cert_next, &cert)
+        })
+        .await?;
         Ok(id)
     }
     .await;

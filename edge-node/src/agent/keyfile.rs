@@ -94,6 +94,21 @@ pub fn commit(from: &Path, to: &Path) -> Result<(), WriteError> {
     Ok(())
 }
 
+/// Runs `write` (file writes, fsync included) on the blocking thread pool, off the async runtime's
+/// threads. `path` names the file in the error if the blocking task itself fails.
+pub async fn off_runtime<T, F>(path: &Path, write: F) -> Result<T, WriteError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, WriteError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(write).await.unwrap_or_else(|e| {
+        Err(WriteError {
+            path: path.display().to_string(),
+            source: std::io::Error::other(e),
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +175,25 @@ mod tests {
             })
             .count();
         assert_eq!(leftovers, 0, "the temporary file is removed");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn off_runtime_writes_on_another_thread_and_reports_a_failed_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cert.pem");
+        let runtime_thread = std::thread::current().id();
+        let p = path.clone();
+        let writer_thread = off_runtime(&path, move || {
+            write_public(&p, b"cert")?;
+            Ok(std::thread::current().id())
+        })
+        .await
+        .unwrap();
+        assert_ne!(writer_thread, runtime_thread);
+        assert_eq!(std::fs::read(&path).unwrap(), b"cert");
+        let e = off_runtime::<(), _>(&path, || panic!("writer failed"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.path, path.display().to_string());
     }
 }

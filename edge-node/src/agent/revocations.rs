@@ -94,8 +94,10 @@ pub async fn persist(tls: FleetTls, path: PathBuf, shutdown: CancellationToken) 
     loop {
         let current = tls.revocations();
         if let Some(set) = current.filter(|s| s.number > written) {
-            match keyfile::write_public(&path, &set.der) {
-                Ok(()) => written = set.number,
+            // The write syncs to disk: off the runtime threads.
+            let (p, number, der) = (path.clone(), set.number, set.der);
+            match keyfile::off_runtime(&path, move || keyfile::write_public(&p, &der)).await {
+                Ok(()) => written = number,
                 Err(e) => warn!(error = %e, "cannot persist the revocation list"),
             }
         }
