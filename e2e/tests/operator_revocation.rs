@@ -290,6 +290,27 @@ async fn quarantine_and_deletion_revoke_the_node_and_the_rollout_counts_it_faile
         (listed.len() == nodes.len() && listed.iter().all(assigned)).then_some(())
     })
     .await;
+    // The director-signed index authorises exactly the selected nodes.
+    let chunk_index = wait_for("the rollout's chunk index", Duration::from_secs(30), async || {
+        urs.get(&rollout_name).await.ok()?.status?.chunk_index
+    })
+    .await;
+    let trust = pollen_trust::TrustPolicy {
+        publisher_keys: vec![publisher.public_key().unwrap()],
+        director_key: director.public_key().unwrap(),
+    };
+    let verified =
+        pollen_trust::verify::verify(&oci, &chunk_index, &trust, &pollen_trust::VerifyContext::now())
+            .await
+            .expect("the chunk index verifies with the director key");
+    let mut expected = nodes.clone();
+    expected.sort();
+    assert_eq!(
+        verified.index().peers,
+        expected,
+        "the index lists the selected nodes as its peers"
+    );
+    assert!(!verified.index().authorises("not-in-the-fleet"));
     if baseline == 0 {
         assert!(
             rls.get_opt(REVOCATION_LIST_NAME).await.unwrap().is_none(),
@@ -332,6 +353,9 @@ async fn quarantine_and_deletion_revoke_the_node_and_the_rollout_counts_it_faile
         .unwrap_or_else(|| panic!("an entry for {victim}: {:?}", rl.spec.entries));
     assert_eq!(entry.serial, serials[victim]);
     assert_eq!(entry.reason, "Quarantined");
+    // The entry keeps the certificate's notAfter (it is pruned no earlier than that).
+    let not_after = entry.not_after.as_ref().expect("the entry carries notAfter").0;
+    assert!(SystemTime::from(not_after) > SystemTime::now(), "{not_after}");
     let set = pki::verify_revocation_list(rl.spec.crl.as_bytes(), ca.cert_pem()).expect("the CRL verifies");
     assert_eq!(set.number, first as u64);
     assert!(set.is_revoked(&serials[victim]));
