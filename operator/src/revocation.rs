@@ -279,26 +279,60 @@ pub fn revoke_reason(node: &EdgeNode) -> Option<RevokeReason> {
 /// The certificates of quarantined and deleted nodes: the unexpired ones the operator signed for
 /// each (its durable ledger, [`ISSUED_ANNOTATION`], and the in-memory `issued`), plus the serial the
 /// node reports in its status. The reported serial counts whatever `notAfter` the node reports (the
-/// node writes both). Sorted by node, then serial; invalid serials are skipped.
+/// node writes both), but only where it cannot be another node's: when the operator signed
+/// unexpired certificates for the node, only a reported serial among them counts; when it signed
+/// none (files mode), a reported serial the operator signed for another node does not count. Sorted by node,
+/// then serial; invalid serials are skipped.
 pub fn targets<'a>(
     nodes: impl IntoIterator<Item = &'a EdgeNode>,
     issued: &BTreeMap<String, BTreeMap<String, Timestamp>>,
     now: Timestamp,
 ) -> Vec<Target> {
+    let nodes: Vec<(&EdgeNode, String, Ledger)> = nodes
+        .into_iter()
+        .map(|n| {
+            let name = n.name_any();
+            let mut signed = ledger_of(n);
+            signed.extend(
+                issued
+                    .get(&name)
+                    .into_iter()
+                    .flatten()
+                    .map(|(s, t)| (s.clone(), *t)),
+            );
+            signed.retain(|_, t| *t > now);
+            (n, name, signed)
+        })
+        .collect();
+    // Serial -> the node the operator signed it for.
+    let mut owner: BTreeMap<&str, &str> = BTreeMap::new();
+    for (_, name, signed) in &nodes {
+        owner.extend(signed.keys().map(|s| (s.as_str(), name.as_str())));
+    }
+    for (node, mine) in issued {
+        let unexpired = mine.iter().filter(|(_, t)| **t > now);
+        owner.extend(unexpired.map(|(s, _)| (s.as_str(), node.as_str())));
+    }
     let mut out = BTreeMap::new();
-    for n in nodes {
+    for (n, name, signed) in &nodes {
         let Some(reason) = revoke_reason(n) else {
             continue;
         };
-        let name = n.name_any();
-        let ledger = ledger_of(n);
         // Serial -> notAfter; what the operator signed overrides what the node reports.
         let mut serials: BTreeMap<&str, Timestamp> = BTreeMap::new();
         if let Some(c) = n.status.as_ref().and_then(|s| s.certificate.as_ref()) {
-            serials.insert(&c.serial, c.not_after.0);
+            let own = if signed.is_empty() {
+                owner.get(c.serial.as_str()).is_none_or(|o| o == name)
+            } else {
+                signed.contains_key(&c.serial)
+            };
+            if own {
+                serials.insert(&c.serial, c.not_after.0);
+            } else {
+                warn!(node = %name, serial = %c.serial, "the node reports a certificate the operator did not sign for it; not revoking that serial");
+            }
         }
-        let signed = ledger.iter().chain(issued.get(&name).into_iter().flatten());
-        serials.extend(signed.filter(|(_, t)| **t > now).map(|(s, t)| (s.as_str(), *t)));
+        serials.extend(signed.iter().map(|(s, t)| (s.as_str(), *t)));
         for (s, not_after) in serials.into_iter().filter(|(s, _)| valid_serial(s)) {
             out.insert(
                 (name.clone(), s.to_owned()),
@@ -755,7 +789,7 @@ mod tests {
     #[test]
     fn after_a_restart_the_durable_ledger_names_the_certificates() {
         // Nothing in memory (a restarted operator, the signed requests cleaned up); the node reports
-        // a made-up serial with a notAfter in the past.
+        // a made-up serial with a notAfter in the past: the ledger counts, the made-up serial not.
         let nodes = [
             quarantined(with_ledger(
                 node("gw-01", Some(("ff01", -DAY))),
@@ -767,7 +801,39 @@ mod tests {
             .into_iter()
             .map(|x| format!("{}/{}", x.node, x.serial))
             .collect();
-        assert_eq!(got, vec!["gw-01/aa01", "gw-01/aa02", "gw-01/ff01"]);
+        assert_eq!(got, vec!["gw-01/aa01", "gw-01/aa02"]);
+        // Reporting a serial from its own ledger counts, with the signed notAfter.
+        let honest = [quarantined(with_ledger(
+            node("gw-01", Some(("aa02", 9 * DAY))),
+            &[("aa02", 2 * DAY)],
+        ))];
+        let t2 = targets(&honest, &BTreeMap::new(), t(0));
+        assert_eq!(
+            (t2[0].serial.as_str(), t2[0].not_after),
+            ("aa02", Some(t(2 * DAY)))
+        );
+    }
+
+    #[test]
+    fn a_node_reporting_another_nodes_serial_does_not_get_it_revoked() {
+        let nodes = [
+            // Files mode (no ledger) reporting a serial the operator signed for gw-02.
+            quarantined(node("gw-01", Some(("bb01", DAY)))),
+            with_ledger(node("gw-02", Some(("bb01", DAY))), &[("bb01", DAY)]),
+            // Files mode reporting a serial nobody signed: its own, as far as anyone knows.
+            quarantined(node("gw-03", Some(("cc01", DAY)))),
+            // Files mode reporting a serial signed (in memory) for gw-05.
+            deleting(node("gw-04", Some(("ee01", DAY)))),
+        ];
+        let issued = BTreeMap::from([(
+            "gw-05".to_string(),
+            BTreeMap::from([("ee01".to_string(), t(DAY))]),
+        )]);
+        let got: Vec<String> = targets(&nodes, &issued, t(0))
+            .into_iter()
+            .map(|x| format!("{}/{}", x.node, x.serial))
+            .collect();
+        assert_eq!(got, vec!["gw-03/cc01"]);
     }
 
     #[test]
