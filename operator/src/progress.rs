@@ -132,9 +132,21 @@ pub enum NodeState {
     Quarantined,
 }
 
-/// Whether an object's labels quarantine it: `pollen.dev/quarantine` set to exactly `"true"`.
+/// Whether an object's labels quarantine it: `pollen.dev/quarantine` set to `"true"` in any case
+/// (`True`, `TRUE` quarantine too: a cut-off must not fail on spelling).
 pub fn is_quarantined(labels: &std::collections::BTreeMap<String, String>) -> bool {
-    labels.get(pollen_crds::labels::QUARANTINE).map(String::as_str) == Some("true")
+    labels
+        .get(pollen_crds::labels::QUARANTINE)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
+/// The value of a `pollen.dev/quarantine` label that neither quarantines nor clearly lifts a
+/// quarantine (anything but `true`/`false` in any case), to warn about.
+pub fn unclear_quarantine(labels: &std::collections::BTreeMap<String, String>) -> Option<&str> {
+    labels
+        .get(pollen_crds::labels::QUARANTINE)
+        .map(String::as_str)
+        .filter(|v| !v.eq_ignore_ascii_case("true") && !v.eq_ignore_ascii_case("false"))
 }
 
 /// How many quarantined nodes a condition message names before it says "and N more".
@@ -753,13 +765,21 @@ mod tests {
     }
 
     #[test]
-    fn only_the_value_true_quarantines() {
+    fn only_the_value_true_in_any_case_quarantines() {
         use std::collections::BTreeMap;
         let l = |v: &str| BTreeMap::from([(pollen_crds::labels::QUARANTINE.to_string(), v.to_string())]);
         assert!(is_quarantined(&l("true")));
+        assert!(is_quarantined(&l("True")));
+        assert!(is_quarantined(&l("TRUE")));
         assert!(!is_quarantined(&l("false")));
+        assert!(!is_quarantined(&l("yes")));
         assert!(!is_quarantined(&l("True ")));
         assert!(!is_quarantined(&BTreeMap::new()));
+        assert_eq!(unclear_quarantine(&l("yes")), Some("yes"));
+        assert_eq!(unclear_quarantine(&l("1")), Some("1"));
+        assert_eq!(unclear_quarantine(&l("TRUE")), None);
+        assert_eq!(unclear_quarantine(&l("False")), None);
+        assert_eq!(unclear_quarantine(&BTreeMap::new()), None);
     }
 
     #[test]

@@ -42,7 +42,7 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
-use crate::progress::is_quarantined;
+use crate::progress::{is_quarantined, unclear_quarantine};
 
 /// The finalizer that holds a deleted EdgeNode until its certificates are revoked.
 pub const FINALIZER: &str = "pollen.dev/revocation";
@@ -603,6 +603,13 @@ async fn reconcile(node: Arc<EdgeNode>, ctx: Arc<Ctx>) -> Result<Action, Error> 
     finalizer(&ctx.api, FINALIZER, node, |event| async {
         match event {
             Finalizer::Apply(node) => {
+                if let Some(value) = unclear_quarantine(node.labels()) {
+                    warn!(
+                        node = %node.name_any(),
+                        "label {}={value:?} does not quarantine the node: only \"true\" does",
+                        pollen_crds::labels::QUARANTINE
+                    );
+                }
                 if ctx.revoker.persist_ledger(&ctx.api, &node).await? {
                     debug!(node = %node.name_any(), "issued certificates recorded on the EdgeNode");
                 }
