@@ -258,8 +258,8 @@ struct Shared {
     /// Addresses of peers closed or refused as revoked (by us or, when dialling, by our verifier): not
     /// dialled again before a minute has passed, or until the serial they presented is no longer revoked.
     revoked_addrs: Mutex<HashMap<SocketAddr, RevokedAddr>>,
-    /// Addresses of peers that refused this node as not authorised for the index, until when they are
-    /// not dialled.
+    /// Addresses of peers that refused this node as not authorised for the index, or that this node
+    /// dialled and refused as not authorised: until when they are not dialled.
     refused_by: Mutex<HashMap<SocketAddr, Instant>>,
     known: Mutex<BTreeSet<SocketAddr>>,
     dialing: Mutex<HashSet<SocketAddr>>,
@@ -1146,6 +1146,13 @@ impl Shared {
     async fn refuse_unauthorised(&self, conn: &quinn::Connection, dialer: bool) {
         self.refused("not_authorised");
         info!("peer not authorised for this index: refused");
+        if dialer {
+            // A static or gossiped address of a node the index does not list: do not redial it at once.
+            self.refused_by
+                .lock()
+                .expect("refused")
+                .insert(conn.remote_address(), Instant::now() + NOT_AUTHORISED_REDIAL);
+        }
         let notice = async {
             let mut send = if dialer {
                 conn.open_bi().await?.0

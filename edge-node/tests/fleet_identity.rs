@@ -1009,3 +1009,40 @@ async fn a_peer_refused_as_revoked_when_dialled_is_not_redialled_at_once() {
     dialer.engine.shutdown().await;
     revoked.engine.shutdown().await;
 }
+
+/// A node that dials a peer its index does not authorise refuses it once and does not redial it every
+/// few seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dialled_peer_the_index_does_not_list_is_not_redialled_at_once() {
+    init();
+    let data = payload(64 * 1024);
+    let mut meta = test_meta();
+    meta.peers = vec!["member".into(), "seed".into()];
+    let fx = Fixture::new("127.0.0.1:1", "test/app", &data, 64 * 1024, meta).unwrap();
+    let ca = ca();
+    let outsider = start(identity(&ca, "outsider"), &fx, Opts::default()).await;
+    let member = start(
+        identity(&ca, "member"),
+        &fx,
+        Opts {
+            peers: &[outsider.engine.local_addr()],
+            ..Opts::default()
+        },
+    )
+    .await;
+    wait_for(Duration::from_secs(10), "the member refuses the outsider", || {
+        member.metrics.refusals("not_authorised") >= 1
+    })
+    .await;
+    // The dial loop runs every 2 s: three periods without a new connection.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        member.metrics.refusals("not_authorised"),
+        1,
+        "the unlisted peer was redialled"
+    );
+    assert!(member.engine.peer_names().is_empty());
+    assert!(outsider.engine.peer_names().is_empty());
+    member.engine.shutdown().await;
+    outsider.engine.shutdown().await;
+}
