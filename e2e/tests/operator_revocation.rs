@@ -5,9 +5,13 @@
 //! - every EdgeNode gets the `pollen.dev/revocation` finalizer;
 //! - labelling an EdgeNode `pollen.dev/quarantine=true` makes RevocationList `fleet` appear with the
 //!   serial from the node's `status.certificate`, in a CRL that verifies against the fleet CA;
+//! - the director-signed chunk index lists the selected EdgeNodes as its peers;
 //! - the running rollout counts the node as failed, names it and the label in its condition message,
 //!   and takes its assignment away;
-//! - deleting another EdgeNode revokes its serial under a higher CRL number, then the EdgeNode goes.
+//! - the durable ledger of signed certificates (`pollen.dev/issued-certificates`) is written to an
+//!   EdgeNode from a stale copy (the write reads again), and deleting that EdgeNode revokes its
+//!   reported serial and the recorded one (with its `notAfter`) under a higher CRL number, then the
+//!   EdgeNode goes. Numbers never fall behind the unix time in seconds.
 //!
 //! The CRD-only server serves no CertificateSigningRequests: the operator says so and revokes from
 //! `EdgeNode.status.certificate` alone; the CSR path is then covered by the mocked tests in
@@ -35,6 +39,7 @@ use pollen_crds::{
 use pollen_e2e::apiserver::{ApiServer, KUBECONFIG_ENV, retry_throttled};
 use pollen_e2e::registry::Registry as TestRegistry;
 use pollen_e2e::tools;
+use pollen_operator::revocation;
 use pollen_trust::keys::SigningKey;
 use pollen_trust::pki::{self, FleetCa};
 use pollen_trust::publish::{self, PublishOptions};
@@ -180,6 +185,7 @@ async fn quarantine_and_deletion_revoke_the_node_and_the_rollout_counts_it_faile
     let ens: Api<EdgeNode> = Api::all(client.clone());
     let nodes: Vec<String> = (0..3).map(|i| format!("{label}-gw-{i}")).collect();
     let mut serials = BTreeMap::new();
+    let mut not_afters = BTreeMap::new();
     for name in &nodes {
         let mut en = EdgeNode::new(name, EdgeNodeSpec::default());
         en.metadata.labels = Some(BTreeMap::from([("fleet".to_string(), label.clone())]));
@@ -191,6 +197,7 @@ async fn quarantine_and_deletion_revoke_the_node_and_the_rollout_counts_it_faile
             .unwrap();
         report_certificate(&client, name, &kp.cert.facts.serial, kp.cert.facts.not_after).await;
         serials.insert(name.clone(), kp.cert.facts.serial);
+        not_afters.insert(name.clone(), kp.cert.facts.not_after);
     }
 
     // The operator, with the fleet CA mounted.
@@ -399,8 +406,34 @@ async fn quarantine_and_deletion_revoke_the_node_and_the_rollout_counts_it_faile
     );
     println!("measured: quarantine label -> rollout counts the node failed with the reason: {to_failed:?}");
 
-    // Delete node 1: revoked under a higher number, then released.
+    // Node 1's certificates as the signer records them, durably on its EdgeNode: the one it reports
+    // and an older one it no longer reports. Written from a stale copy of the EdgeNode: the write
+    // reads again and lands.
     let doomed = &nodes[1];
+    let stale = ens.get(doomed).await.unwrap();
+    ens.patch(
+        doomed,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "metadata": { "labels": { "site": "moved" } } })),
+    )
+    .await
+    .expect("a concurrent write");
+    let signed = ca
+        .issue(doomed, SystemTime::now(), Duration::from_secs(3600))
+        .unwrap();
+    let signed_not_after = jiff_of(signed.cert.facts.not_after);
+    let ledger = revocation::Ledger::from([
+        (signed.cert.facts.serial.clone(), signed_not_after),
+        (serials[doomed].clone(), jiff_of(not_afters[doomed])),
+    ]);
+    let written = revocation::record_durably(&ens, doomed, Some(stale), &ledger, jiff_of(SystemTime::now()))
+        .await
+        .expect("the ledger is written");
+    assert!(written);
+    let on_node = revocation::ledger_of(&ens.get(doomed).await.unwrap());
+    assert_eq!(on_node, ledger, "the annotation holds the signed certificate");
+
+    // Delete node 1: revoked under a higher number, then released.
     let deleted_at = Instant::now();
     ens.delete(doomed, &DeleteParams::default())
         .await
@@ -418,6 +451,20 @@ async fn quarantine_and_deletion_revoke_the_node_and_the_rollout_counts_it_faile
     let set = pki::verify_revocation_list(rl.spec.crl.as_bytes(), ca.cert_pem()).expect("the CRL verifies");
     assert_eq!(set.number, second as u64);
     assert!(set.serials.contains(&serials[doomed]) && set.serials.contains(&serials[victim]));
+    assert!(
+        set.serials.contains(&signed.cert.facts.serial),
+        "the certificate from the durable ledger is revoked too"
+    );
+    let ledger_entry = rl
+        .spec
+        .entries
+        .iter()
+        .find(|e| e.serial == signed.cert.facts.serial)
+        .expect("an entry for the signed certificate");
+    assert_eq!(
+        ledger_entry.not_after.as_ref().map(|t| t.0),
+        Some(signed_not_after)
+    );
     assert!(!set.serials.contains(&serials[&nodes[2]]));
     let entry = rl
         .spec
@@ -442,7 +489,8 @@ async fn quarantine_and_deletion_revoke_the_node_and_the_rollout_counts_it_faile
     );
     if baseline == 0 {
         assert!(
-            metrics.contains("pollen_operator_revoked_certificates 2"),
+            // Node 0's, and node 1's two (reported and recorded).
+            metrics.contains("pollen_operator_revoked_certificates 3"),
             "{metrics}"
         );
     }
@@ -707,6 +755,11 @@ fn verifies_with(cert_pem: &str, ca_pem: &str) -> bool {
         .build()
         .unwrap();
     verifier.verify_client_cert(&leaf, &[], UnixTime::now()).is_ok()
+}
+
+/// A system time as the timestamp type the Kubernetes types use.
+fn jiff_of(t: SystemTime) -> k8s_openapi::jiff::Timestamp {
+    k8s_openapi::jiff::Timestamp::try_from(t).expect("a representable time")
 }
 
 /// The current unix time in seconds.
