@@ -1190,5 +1190,78 @@ mod tests {
                 json!({"metadata": {"resourceVersion": "41", "finalizers": ["example.com/other"]}})
             );
         }
+
+        #[tokio::test]
+        async fn the_in_memory_ledger_is_copied_to_the_edgenode_and_pruned() {
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+            let patches = Arc::new(Mutex::new(Vec::<(String, Value)>::new()));
+            let seen = patches.clone();
+            let task = tokio::spawn(async move {
+                while let Some((req, send)) = handle.next_request().await {
+                    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+                    let bytes = req.into_body().collect_bytes().await.unwrap();
+                    assert_eq!(method, Method::PATCH, "{path}");
+                    let body: Value = serde_json::from_slice(&bytes).unwrap();
+                    seen.lock().unwrap().push((path, body));
+                    let mut n = node("gw-01", None);
+                    n.metadata.resource_version = Some("42".into());
+                    send.send_response(
+                        Response::builder()
+                            .body(Body::from(serde_json::to_vec(&n).unwrap()))
+                            .unwrap(),
+                    );
+                }
+            });
+            let client = Client::new(service, "default");
+            let api: Api<EdgeNode> = Api::all(client.clone());
+            let ca = Arc::new(FleetCa::generate("test fleet", Duration::from_secs(3600)).unwrap());
+            let issued = Arc::new(Issued::default());
+            let revoker =
+                Revoker::new(client, ca, issued.clone(), Metrics::default()).with_clock(Arc::new(|| t(0)));
+
+            // Nothing known, nothing stored: no write.
+            let mut plain = node("gw-01", None);
+            plain.metadata.resource_version = Some("41".into());
+            assert!(!revoker.persist_ledger(&api, &plain).await.unwrap());
+            // A certificate signed before the EdgeNode existed: written, guarded by the version.
+            issued.record("gw-01", "aa01", t(DAY));
+            assert!(revoker.persist_ledger(&api, &plain).await.unwrap());
+            {
+                let p = patches.lock().unwrap();
+                assert_eq!(p.len(), 1);
+                assert_eq!(p[0].0, "/apis/pollen.dev/v1alpha1/edgenodes/gw-01");
+                assert_eq!(p[0].1["metadata"]["resourceVersion"], "41");
+                let value = p[0].1["metadata"]["annotations"][ISSUED_ANNOTATION]
+                    .as_str()
+                    .unwrap();
+                let mut stored = plain.clone();
+                stored
+                    .annotations_mut()
+                    .insert(ISSUED_ANNOTATION.into(), value.into());
+                assert_eq!(ledger_of(&stored), BTreeMap::from([("aa01".to_string(), t(DAY))]));
+            }
+            // Already stored: no write.
+            let stored = with_ledger(plain.clone(), &[("aa01", DAY)]);
+            assert!(!revoker.persist_ledger(&api, &stored).await.unwrap());
+            // An expired entry is pruned from the annotation.
+            let stale = with_ledger(plain.clone(), &[("aa01", DAY), ("0f", -1)]);
+            assert!(revoker.persist_ledger(&api, &stale).await.unwrap());
+            {
+                let p = patches.lock().unwrap();
+                assert_eq!(p.len(), 2);
+                let value = p[1].1["metadata"]["annotations"][ISSUED_ANNOTATION]
+                    .as_str()
+                    .unwrap();
+                assert!(!value.contains("\"0f\""), "{value}");
+                assert!(value.contains("\"aa01\""), "{value}");
+            }
+            drop(revoker);
+            drop(api);
+            tokio::time::timeout(Duration::from_secs(1), task)
+                .await
+                .unwrap()
+                .unwrap();
+        }
     }
 }
