@@ -1586,26 +1586,37 @@ impl Shared {
             }));
         }
         let mut w = self.store.writer(c)?;
+        let received = self
+            .metrics
+            .received_bytes
+            .get_or_create(&SourceLabel { source: "peer" })
+            .clone();
+        // QUIC hands data over a packet (about 1.2 KiB) at a time; gather up to IO_PIECE bytes before each
+        // store write, so that the pwrite and the hash update run on large pieces (BLAKE3 hashes 1 KiB
+        // blocks of a large update in parallel with SIMD).
+        let mut buf = vec![0u8; IO_PIECE.min(len as usize)];
         let mut remaining = len as usize;
         while remaining > 0 {
-            let piece = tokio::select! {
-                r = tokio::time::timeout(READ_IDLE_TIMEOUT, recv.read_chunk(remaining.min(IO_PIECE), true)) =>
-                    r.map_err(|_| FetchError::Timeout)?.map_err(NetError::from)?,
-                _ = cancel.cancelled() => {
-                    let _ = recv.stop(protocol::STREAM_CANCELLED.into());
-                    return Err(FetchError::Cancelled);
-                }
-            };
-            let Some(piece) = piece else {
-                return Err(FetchError::Net(NetError::Truncated));
-            };
-            self.down.acquire(piece.bytes.len()).await;
-            self.metrics
-                .received_bytes
-                .get_or_create(&SourceLabel { source: "peer" })
-                .inc_by(piece.bytes.len() as u64);
-            w.write(&piece.bytes)?;
-            remaining -= piece.bytes.len();
+            let want = remaining.min(buf.len());
+            let mut filled = 0;
+            while filled < want {
+                let n = tokio::select! {
+                    r = tokio::time::timeout(READ_IDLE_TIMEOUT, recv.read(&mut buf[filled..want])) =>
+                        r.map_err(|_| FetchError::Timeout)?.map_err(NetError::from)?,
+                    _ = cancel.cancelled() => {
+                        let _ = recv.stop(protocol::STREAM_CANCELLED.into());
+                        return Err(FetchError::Cancelled);
+                    }
+                };
+                let Some(n) = n else {
+                    return Err(FetchError::Net(NetError::Truncated));
+                };
+                filled += n;
+            }
+            self.down.acquire(filled).await;
+            received.inc_by(filled as u64);
+            w.write(&buf[..filled])?;
+            remaining -= filled;
         }
         w.finish()?;
         Ok(())
