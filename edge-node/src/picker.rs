@@ -101,6 +101,8 @@ pub struct Picker {
     availability: Vec<u16>,
     site_availability: Vec<u16>,
     inflight: HashMap<u32, Vec<Source>>,
+    /// The keys of `inflight` as a bitfield, for cheap membership tests in the pick loops.
+    requested: Bitfield,
     origin_inflight: u32,
     origin_bytes: u64,
     peers: BTreeMap<PeerId, PeerState>,
@@ -141,6 +143,7 @@ impl Picker {
             availability: vec![0; n],
             site_availability: vec![0; n],
             inflight: HashMap::new(),
+            requested: Bitfield::new(n as u32),
             origin_inflight: 0,
             origin_bytes: 0,
             peers: BTreeMap::new(),
@@ -241,6 +244,9 @@ impl Picker {
                 true
             }
         });
+        for &c in &freed {
+            self.requested.clear(c);
+        }
         freed.sort_unstable();
         freed
     }
@@ -350,7 +356,7 @@ impl Picker {
     }
 
     fn wanted(&self, c: u32) -> bool {
-        !self.have.get(c) && !self.inflight.contains_key(&c)
+        !self.have.get(c) && !self.requested.get(c)
     }
 
     /// Whether a chunk held by peer `p` may be fetched from it under the site rules.
@@ -369,27 +375,52 @@ impl Picker {
             return Vec::new();
         };
         let room = target.saturating_sub(p.inflight) as usize;
-        if room == 0 || self.is_complete() {
+        // Refill in batches of a quarter of the target: each pick scans the peer's have-map, so picking
+        // after every single completion would cost O(chunks) per chunk.
+        if room == 0 || room < (target / 4) as usize || self.is_complete() {
             return Vec::new();
         }
         let stalled = self.stalled(now);
         let random_phase = self.have.count() < self.cfg.random_first;
-        // (rarity, random tie-break, chunk)
-        let mut cands: Vec<(u16, u32, u32)> = Vec::new();
-        for c in p.have.iter_ones() {
-            if self.wanted(c) && self.site_allows(p, c, stalled) {
+        // (rarity, chunk)
+        let mut cands: Vec<(u16, u32)> = Vec::new();
+        for c in p.have.iter_ones_not_in(&self.have) {
+            if !self.requested.get(c) && self.site_allows(p, c, stalled) {
                 let rarity = if random_phase {
                     0
                 } else {
                     self.availability[c as usize]
                 };
-                cands.push((rarity, self.rng.random(), c));
+                cands.push((rarity, c));
             }
         }
         let mut picked: Vec<u32> = Vec::new();
         if !cands.is_empty() {
-            cands.sort_unstable();
-            picked.extend(cands.iter().take(room).map(|t| t.2));
+            if cands.len() > room {
+                // The `room` rarest, ties at the cut-off rarity broken at random: partition by rarity
+                // (linear), then draw only as many random numbers as there are places left.
+                let cut = cands.select_nth_unstable_by_key(room, |t| t.0).1.0;
+                let mut sure: Vec<(u16, u32)> = Vec::new();
+                let mut ties: Vec<u32> = Vec::new();
+                for &(r, c) in &cands {
+                    if r < cut {
+                        sure.push((r, c));
+                    } else if r == cut {
+                        ties.push(c);
+                    }
+                }
+                let need = room - sure.len();
+                for i in 0..need {
+                    let j = self.rng.random_range(i..ties.len());
+                    ties.swap(i, j);
+                }
+                sure.sort_unstable();
+                picked.extend(sure.iter().map(|t| t.1));
+                picked.extend(&ties[..need]);
+            } else {
+                cands.sort_unstable();
+                picked.extend(cands.iter().map(|t| t.1));
+            }
         } else if self.endgame() {
             // Endgame: duplicate in-flight chunks this peer holds, fewest sources first.
             let mut dup: Vec<(usize, u32, u32)> = self
@@ -410,6 +441,7 @@ impl Picker {
         }
         for &c in &picked {
             self.inflight.entry(c).or_default().push(Source::Peer(id));
+            self.requested.set(c);
         }
         if let Some(p) = self.peers.get_mut(&id) {
             p.inflight += picked.len() as u32;
@@ -469,6 +501,7 @@ impl Picker {
         }
         for &c in &picked {
             self.inflight.entry(c).or_default().push(Source::Origin);
+            self.requested.set(c);
         }
         self.origin_inflight += picked.len() as u32;
         picked
@@ -489,6 +522,7 @@ impl Picker {
             }
             if srcs.is_empty() {
                 self.inflight.remove(&c);
+                self.requested.clear(c);
             }
         }
     }
