@@ -125,7 +125,11 @@ async fn main() {
     let rounds: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3);
     let size = mib * 1024 * 1024;
     let data = payload(size);
-    let chunk = pollen_trust::index::auto_chunk_size(size as u64);
+    // LOOPBACK_CHUNK_KIB overrides the chunk size `auto_chunk_size` would choose.
+    let chunk = std::env::var("LOOPBACK_CHUNK_KIB")
+        .ok()
+        .and_then(|k| k.parse::<u32>().ok())
+        .map_or_else(|| pollen_trust::index::auto_chunk_size(size as u64), |k| k * 1024);
     let fx = Fixture::new("127.0.0.1:1", "bench/app", &data, chunk, test_meta()).unwrap();
     let ca = TestCa::new("bench fleet");
     let seed_dir = tempfile::tempdir().unwrap();
@@ -144,9 +148,19 @@ async fn main() {
         rounds
     );
     let (mut p_best, mut r_best) = (Duration::MAX, Duration::MAX);
+    // LOOPBACK_ONLY=pollen or =raw runs one side only (for profiling); the ratio is then meaningless.
+    let only = std::env::var("LOOPBACK_ONLY").unwrap_or_default();
     for round in 0..rounds {
-        let r = raw_round(&ca, data.clone()).await;
-        let p = pollen_round(&ca, &fx, seed_dir.path(), round).await;
+        let r = if only == "pollen" {
+            Duration::MAX
+        } else {
+            raw_round(&ca, data.clone()).await
+        };
+        let p = if only == "raw" {
+            Duration::MAX
+        } else {
+            pollen_round(&ca, &fx, seed_dir.path(), round).await
+        };
         let mbs = |d: Duration| size as f64 / d.as_secs_f64() / 1e6;
         println!(
             "round {round}: raw quinn {:.0} MB/s, pollen pair {:.0} MB/s",
