@@ -7,7 +7,8 @@
 # pollen-edge-node and pollen (cargo build --release -p pollen-edge-node -p pollen-trust).
 # Starts a registry, publishes and indexes MIB MiB of random bytes with fresh keys, issues a fleet CA and two
 # node certificates, runs node a (origin allowed) and node b, and samples VmRSS of both every 100 ms.
-# Prints per node: steady RSS (median of the samples while the transfer runs) and peak RSS (VmHWM).
+# Prints per node: steady RSS (median of the samples while the transfer runs) and peak RSS (VmHWM), and
+# the median split of RSS into anonymous memory (heap, stacks) and file pages (the mapped binary and libraries).
 set -euo pipefail
 MIB=${1:-1024}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -73,7 +74,7 @@ run a "$PA" "$PB" --seed-for 600
 A=$LAST
 run b "$PB" "$PA" --exit-when-done
 B=$LAST
-: > rss_a; : > rss_b
+: > rss_a; : > rss_b; : > anon_a; : > anon_b; : > file_a; : > file_b
 hwm_a=0; hwm_b=0
 while kill -0 "$B" 2>/dev/null; do
   for n in a b; do
@@ -81,6 +82,7 @@ while kill -0 "$B" 2>/dev/null; do
     s=$(cat "/proc/$pid/status" 2>/dev/null) || continue
     rss=$(awk '/^VmRSS/{print $2}' <<<"$s"); hwm=$(awk '/^VmHWM/{print $2}' <<<"$s")
     [ -n "$rss" ] && echo "$rss" >> "rss_$n"
+    awk '/^RssAnon/{print $2}' <<<"$s" >> "anon_$n"; awk '/^RssFile/{print $2}' <<<"$s" >> "file_$n"
     if [ $n = a ]; then hwm_a=${hwm:-$hwm_a}; else hwm_b=${hwm:-$hwm_b}; fi
   done
   sleep 0.1
@@ -94,3 +96,7 @@ printf 'node a (origin + seed): steady RSS %.1f MiB, peak RSS (VmHWM) %.1f MiB, 
   "$(echo "$(med rss_a) / 1024" | bc -l)" "$(echo "$hwm_a / 1024" | bc -l)" "$(wc -l < rss_a)"
 printf 'node b (peer + origin):  steady RSS %.1f MiB, peak RSS (VmHWM) %.1f MiB, %d samples\n' \
   "$(echo "$(med rss_b) / 1024" | bc -l)" "$(echo "$hwm_b / 1024" | bc -l)" "$(wc -l < rss_b)"
+for n in a b; do
+  printf 'node %s: median RssAnon %.1f MiB, RssFile %.1f MiB\n' "$n" \
+    "$(echo "$(med "anon_$n") / 1024" | bc -l)" "$(echo "$(med "file_$n") / 1024" | bc -l)"
+done
