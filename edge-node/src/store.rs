@@ -175,6 +175,11 @@ impl Store {
         self.state.lock().expect("store lock").have.get(c)
     }
 
+    /// Number of chunks present.
+    pub fn present_count(&self) -> u32 {
+        self.state.lock().expect("store lock").have.count()
+    }
+
     /// Whether every chunk is present.
     pub fn is_complete(&self) -> bool {
         self.state.lock().expect("store lock").have.is_complete()
@@ -384,6 +389,7 @@ mod tests {
             assert!(s.put(0, &data[..4096]).unwrap());
             assert!(!s.put(0, &data[..4096]).unwrap(), "second copy is not new");
             assert_eq!(s.unpersisted(), 2);
+            assert_eq!(s.present_count(), 2);
             s.persist().unwrap();
             assert_eq!(s.unpersisted(), 0);
             // chunk 2 written but never persisted: after a "crash" it must be fetched again
