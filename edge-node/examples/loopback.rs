@@ -9,7 +9,7 @@
 //! fetches it (origin off), timed from the fetching engine's start to its last verified, durable chunk;
 //! chunk hashing, store writes and the persisted bitfield are included. Raw: one connection, one stream,
 //! the same bytes sent from memory and read into nothing. Both use `TlsIdentity::quic_server` /
-//! `quic_client` with the default `TransportLimits`.
+//! `quic_client` with the same `TransportLimits` (the defaults unless `LOOPBACK_WINDOW_KIB` is set).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +21,19 @@ use pollen_edge_node::tls::TransportLimits;
 use pollen_edge_node::tls::testing::TestCa;
 use pollen_trust::testing::{Fixture, test_meta};
 use tokio_util::sync::CancellationToken;
+
+/// The transport limits both sides use: the defaults, or a connection receive window of
+/// `LOOPBACK_WINDOW_KIB` (the stream window is half of it, as in `TransportLimits`).
+fn limits() -> TransportLimits {
+    let mut l = TransportLimits::default();
+    if let Some(k) = std::env::var("LOOPBACK_WINDOW_KIB")
+        .ok()
+        .and_then(|k| k.parse::<u32>().ok())
+    {
+        l.receive_window = k * 1024;
+    }
+    l
+}
 
 fn payload(n: usize) -> Vec<u8> {
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
@@ -43,6 +56,7 @@ async fn pollen_round(ca: &TestCa, fx: &Fixture, seed_dir: &std::path::Path, rou
             seed_dir.into(),
         );
         c.origin = false;
+        c.transport = limits();
         c
     };
     let seed = Engine::start(
@@ -61,6 +75,7 @@ async fn pollen_round(ca: &TestCa, fx: &Fixture, seed_dir: &std::path::Path, rou
     );
     cfg.origin = false;
     cfg.peers = vec![seed.local_addr()];
+    cfg.transport = limits();
     let t0 = Instant::now();
     let mut leech = Engine::start(
         cfg,
@@ -78,7 +93,7 @@ async fn pollen_round(ca: &TestCa, fx: &Fixture, seed_dir: &std::path::Path, rou
 }
 
 async fn raw_round(ca: &TestCa, data: Arc<Vec<u8>>) -> Duration {
-    let limits = TransportLimits::default();
+    let limits = limits();
     let server_id = ca.issue("raw-server").identity(ca);
     let client_id = ca.issue("raw-client").identity(ca);
     let server = quinn::Endpoint::server(
