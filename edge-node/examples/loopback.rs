@@ -76,6 +76,13 @@ async fn pollen_round(ca: &TestCa, fx: &Fixture, seed_dir: &std::path::Path, rou
     cfg.origin = false;
     cfg.peers = vec![seed.local_addr()];
     cfg.transport = limits();
+    // LOOPBACK_INFLIGHT_KIB overrides the picker's least bytes in flight per peer.
+    if let Some(k) = std::env::var("LOOPBACK_INFLIGHT_KIB")
+        .ok()
+        .and_then(|k| k.parse::<u64>().ok())
+    {
+        cfg.picker.min_inflight_bytes = k * 1024;
+    }
     let t0 = Instant::now();
     let mut leech = Engine::start(
         cfg,
