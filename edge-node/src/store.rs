@@ -11,8 +11,14 @@
 //! Layout: `<data-dir>/<index-id-hex>/payload.part` and `have.bits` (`PLBF`, `len: u32 BE`, the bits,
 //! BLAKE3 of all preceding bytes).
 //!
-//! Non-goals: space reservation with `fallocate` (the file is sized with `set_len`, which may be sparse;
-//! a full disk surfaces as a typed error on the chunk write), and deduplication across indexes.
+//! Space is reserved up front: the payload file is preallocated with `fallocate` (real blocks, not a
+//! sparse file), so a full disk fails [`Store::open`] with [`StoreError::Io`] (`ENOSPC`) before any byte
+//! is fetched, and a new file that could not be preallocated is removed again. Re-opening a store only
+//! fills holes that are left (a store sized by an older build, or a crash during preallocation); it never
+//! truncates or rewrites verified data. On a filesystem without `fallocate` (`EOPNOTSUPP`) the file is
+//! sized with `set_len` and may be sparse; a note is logged and a full disk then surfaces on a chunk write.
+//!
+//! Non-goals: deduplication across indexes.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -66,6 +72,54 @@ pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// How the payload file got its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Allocation {
+    /// `fallocate` reserved the blocks (or the payload is empty).
+    Preallocated,
+    /// The filesystem has no `fallocate`; the file was sized with `set_len` and may be sparse.
+    Sparse,
+}
+
+/// Whether a preallocation error means the filesystem cannot preallocate (rather than a real failure).
+fn preallocation_unsupported(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(rustix::io::Errno::OPNOTSUPP.raw_os_error())
+}
+
+/// Gives the payload file exactly `size` bytes backed by real blocks. Existing bytes below `size` are
+/// never touched: `fallocate` (mode 0) only allocates the holes left, so on a file already fully backed it
+/// changes nothing. A full disk is `ENOSPC` here, before anything is fetched.
+fn preallocate(file: &File, path: &Path, size: u64) -> Result<Allocation, StoreError> {
+    let len = file.metadata().map_err(io("stat", path))?.len();
+    if len > size {
+        // Not written for this index (the directory is named by the index id); drop the excess.
+        file.set_len(size).map_err(io("truncate", path))?;
+    }
+    if size == 0 {
+        return Ok(Allocation::Preallocated);
+    }
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, size) {
+        Ok(()) => Ok(Allocation::Preallocated),
+        Err(e) => {
+            let e = std::io::Error::from(e);
+            if !preallocation_unsupported(&e) {
+                return Err(StoreError::Io {
+                    op: "preallocate",
+                    path: path.to_owned(),
+                    source: e,
+                });
+            }
+            tracing::info!(
+                path = %path.display(),
+                "the filesystem cannot preallocate (EOPNOTSUPP); sizing the payload file with set_len, \
+                 so a full disk will surface on a chunk write instead"
+            );
+            file.set_len(size).map_err(io("size", path))?;
+            Ok(Allocation::Sparse)
+        }
+    }
+}
+
 /// The chunk store for one index.
 #[derive(Debug)]
 pub struct Store {
@@ -101,11 +155,13 @@ impl Store {
             .truncate(false)
             .open(&payload_path)
             .map_err(io("open", &payload_path))?;
-        let len = file.metadata().map_err(io("stat", &payload_path))?.len();
-        if len != index.payload.size {
-            file.set_len(index.payload.size)
-                .map_err(io("preallocate", &payload_path))?;
-        }
+        preallocate(&file, &payload_path, index.payload.size).inspect_err(|_| {
+            // Without a persisted bitfield nothing in the file is verified: give its blocks back.
+            if !bits_path.exists() {
+                let _ = fs::remove_file(&payload_path);
+                let _ = fs::remove_dir(&dir);
+            }
+        })?;
         let n = index.chunk_count();
         let store = Store {
             dir,
@@ -421,6 +477,140 @@ mod tests {
         f.write_all_at(b"XX", 4096 + 7).unwrap();
         let s = Store::open(dir.path(), &idx).unwrap();
         assert_eq!(s.have().iter_ones().collect::<Vec<_>>(), vec![0, 2]);
+    }
+
+    /// Bytes backed by allocated blocks.
+    fn allocated(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(path).unwrap().blocks() * 512
+    }
+
+    #[test]
+    fn preallocation_backs_the_whole_payload_with_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = payload(1024 * 1024 + 4096 * 3 + 100);
+        let idx = index_for(&data, 64 * 1024);
+        let s = Store::open(dir.path(), &idx).unwrap();
+        let size = data.len() as u64;
+        assert_eq!(fs::metadata(s.payload_path()).unwrap().len(), size);
+        assert!(
+            allocated(s.payload_path()) >= size,
+            "{} bytes allocated for a {size}-byte payload",
+            allocated(s.payload_path())
+        );
+    }
+
+    #[test]
+    fn reopen_fills_holes_without_touching_verified_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let chunk = 64 * 1024;
+        let data = payload(chunk * 8);
+        let idx = index_for(&data, chunk as u32);
+        let path;
+        {
+            let s = Store::open(dir.path(), &idx).unwrap();
+            for c in [0u32, 5] {
+                let at = c as usize * chunk;
+                assert!(s.put(c, &data[at..at + chunk]).unwrap());
+            }
+            s.persist().unwrap();
+            path = s.payload_path().to_owned();
+        }
+        // A store sized by `set_len` (an older build, or a crash before preallocation): sparse except
+        // for the two verified chunks.
+        let sparse = path.with_extension("sparse");
+        {
+            let f = File::create(&sparse).unwrap();
+            f.set_len(data.len() as u64).unwrap();
+            for c in [0usize, 5] {
+                f.write_all_at(&data[c * chunk..(c + 1) * chunk], (c * chunk) as u64)
+                    .unwrap();
+            }
+            f.sync_all().unwrap();
+        }
+        fs::rename(&sparse, &path).unwrap();
+        assert!(allocated(&path) < data.len() as u64, "the file starts sparse");
+
+        let s = Store::open(dir.path(), &idx).unwrap();
+        assert!(allocated(&path) >= data.len() as u64, "holes are allocated");
+        assert_eq!(fs::metadata(&path).unwrap().len(), data.len() as u64);
+        assert_eq!(s.have().iter_ones().collect::<Vec<_>>(), vec![0, 5]);
+        let mut buf = vec![0u8; chunk];
+        assert_eq!(s.read(5, 0, &mut buf).unwrap(), chunk);
+        assert_eq!(&buf[..], &data[5 * chunk..6 * chunk]);
+        drop(s);
+        // And a second open of a fully allocated store changes nothing.
+        let before = fs::read(&path).unwrap();
+        let s = Store::open(dir.path(), &idx).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), before);
+        assert_eq!(s.present_count(), 2);
+    }
+
+    #[test]
+    fn only_eopnotsupp_falls_back_to_a_sparse_file() {
+        let unsupported = std::io::Error::from(rustix::io::Errno::OPNOTSUPP);
+        assert!(preallocation_unsupported(&unsupported));
+        for e in [
+            rustix::io::Errno::NOSPC,
+            rustix::io::Errno::IO,
+            rustix::io::Errno::FBIG,
+        ] {
+            assert!(!preallocation_unsupported(&std::io::Error::from(e)), "{e}");
+        }
+    }
+
+    struct Tmpfs(PathBuf);
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+
+    #[test]
+    fn full_disk_fails_at_open_and_leaves_no_file() {
+        let is_root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        if !is_root {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "the full-disk store test needs root (mount -t tmpfs) under CI"
+            );
+            eprintln!("SKIPPED: the full-disk store test needs root to mount a small tmpfs");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs");
+        let _guard = Tmpfs(dir.path().to_owned());
+        let data = payload(2 * 1024 * 1024);
+        let idx = index_for(&data, 64 * 1024);
+        let err = Store::open(dir.path(), &idx).unwrap_err();
+        match &err {
+            StoreError::Io { op, source, .. } => {
+                assert_eq!(*op, "preallocate", "{err}");
+                assert_eq!(
+                    source.raw_os_error(),
+                    Some(rustix::io::Errno::NOSPC.raw_os_error()),
+                    "{err}"
+                );
+            }
+            other => panic!("expected a preallocation error, got {other:?}"),
+        }
+        assert!(
+            !dir.path().join(hex::encode(idx.id())).exists(),
+            "the unverified store is removed"
+        );
+        // A payload that fits still opens on the same disk.
+        let small = payload(256 * 1024);
+        let s = Store::open(dir.path(), &index_for(&small, 64 * 1024)).unwrap();
+        assert!(allocated(s.payload_path()) >= small.len() as u64);
     }
 
     #[test]
