@@ -4,7 +4,7 @@
 //! - `pollen_operator_reconcile_duration_seconds`: reconcile duration, measured by a drop guard;
 //! - `pollen_operator_rollouts{phase}`: rollouts by phase;
 //! - `pollen_operator_rollout_nodes{rollout,phase}`: nodes by phase per rollout;
-//! - `pollen_operator_rollout_bytes{rollout,source}`: bytes from `peers` and `origin` per rollout,
+//! - `pollen_operator_rollout_bytes{rollout,source}`: bytes by source (`peer` or `origin`, the values the edge node uses) per rollout,
 //!   summed from the EdgeNode statuses;
 //! - `pollen_operator_csr_decisions_total{decision,reason}`: node certificate requests decided
 //!   (`approve`, `deny`, `fail`) by condition reason;
@@ -119,7 +119,7 @@ impl Metrics {
         );
         registry.register(
             "rollout_bytes",
-            "Bytes the nodes of a rollout received, by source (peers or origin)",
+            "Bytes the nodes of a rollout received, by source (peer or origin)",
             self.bytes.clone(),
         );
         registry.register(
@@ -231,7 +231,7 @@ impl Metrics {
                 })
                 .set(v as i64);
         }
-        for (source, v) in [("peers", peers), ("origin", origin)] {
+        for (source, v) in [("peer", peers), ("origin", origin)] {
             self.bytes
                 .get_or_create(&ByteLabels {
                     rollout: rollout.into(),
@@ -252,7 +252,7 @@ impl Metrics {
                 phase: phase.into(),
             });
         }
-        for source in ["peers", "origin"] {
+        for source in ["peer", "origin"] {
             self.bytes.remove(&ByteLabels {
                 rollout: rollout.into(),
                 source: source.into(),
@@ -337,7 +337,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("pollen_operator_rollout_bytes{rollout=\"ns/a\",source=\"peers\"} 700"),
+            text.contains("pollen_operator_rollout_bytes{rollout=\"ns/a\",source=\"peer\"} 700"),
             "{text}"
         );
         m.forget_rollout("ns/a");
