@@ -32,6 +32,7 @@ drift: crds
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	sh images/lint.sh
 
 ## What CI runs (.ci/run): lint, drift, then the README's test command.
 ci: lint drift test
