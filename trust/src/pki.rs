@@ -99,6 +99,27 @@ pub fn check_node_name(name: &str) -> Result<(), PkiError> {
     }
 }
 
+/// Parses a lifetime or interval written as a number and a unit: `90s`, `30m`, `24h`, `7d` (the form
+/// the `pollen` CLI and the agent's flags take). At most 100 years: certificates and lists must end
+/// before the year 9999 (X.509 GeneralizedTime).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number and a unit (s, m, h, d)"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{s:?}: unit must be s, m, h or d")),
+    };
+    match n.checked_mul(mult) {
+        Some(secs) if secs <= 100 * 365 * 86400 => Ok(Duration::from_secs(secs)),
+        _ => Err(format!("{s:?}: longer than 100 years")),
+    }
+}
+
 /// Lowercase hex of serial bytes, leading zero bytes dropped (the form used everywhere in Pollen).
 pub fn serial_hex(bytes: &[u8]) -> String {
     let start = bytes
@@ -855,6 +876,17 @@ mod tests {
         // A key that does not match the certificate is refused.
         let other = KeyPair::generate().unwrap();
         assert!(FleetCa::from_pem(&cert.pem(), &other.serialize_pem()).is_err());
+    }
+
+    #[test]
+    fn durations_take_a_number_and_one_unit() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        for bad in ["", "h", "24", "24x", "1.5h", "-1h", "24 h", "999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

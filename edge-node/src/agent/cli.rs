@@ -1,5 +1,6 @@
 //! `pollen-edge-node agent`: the flags of the Kubernetes node agent, and its start-up.
 
+use pollen_trust::pki::parse_duration;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -96,24 +97,6 @@ pub struct AgentArgs {
     /// Download limit in bytes per second.
     #[arg(long)]
     pub download_limit: Option<u64>,
-}
-
-/// Parses `90s`, `30m`, `24h`, `7d`.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a number and a unit (s, m, h, d)"))?;
-    let mult = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return Err(format!("{s:?}: unit must be s, m, h or d")),
-    };
-    n.checked_mul(mult)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("{s:?}: too long"))
 }
 
 /// A certificate lifetime: a duration within what the fleet signer grants.

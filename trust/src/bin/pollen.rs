@@ -2,6 +2,7 @@
 //! for development and the lab (`pollen pki`). All logic lives in the `pollen_trust` library; this file
 //! parses flags and prints.
 
+use pollen_trust::pki::parse_duration;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -179,26 +180,6 @@ enum PkiCommand {
         #[arg(long, default_value = "7d", value_parser = parse_duration)]
         validity: std::time::Duration,
     },
-}
-
-/// Parses `90s`, `30m`, `24h`, `7d`.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a number and a unit (s, m, h, d)"))?;
-    let mult = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return Err(format!("{s:?}: unit must be s, m, h or d")),
-    };
-    // Certificates and lists end before the year 9999 (X.509 GeneralizedTime): cap at 100 years.
-    match n.checked_mul(mult) {
-        Some(secs) if secs <= 100 * 365 * 86400 => Ok(std::time::Duration::from_secs(secs)),
-        _ => Err(format!("{s:?}: longer than 100 years")),
-    }
 }
 
 fn load_ca(dir: &Path) -> Result<pollen_trust::pki::FleetCa> {
