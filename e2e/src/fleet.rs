@@ -256,6 +256,24 @@ impl LocalFleet {
         Ok(fleet)
     }
 
+    /// For tests: `nodes` agents with debug binaries in a temporary folder, progress on stderr. `None`
+    /// (after the skip, or the panic under `CI`, of [`crate::tools::require_all`]) when the registry or
+    /// the API server binaries are missing.
+    pub async fn start_for_test(nodes: usize) -> Option<Self> {
+        crate::tools::require_all(["docker-registry", "crd-apiserver", "etcd"])?;
+        let opts = FleetOptions {
+            nodes,
+            bin_dir: build_binaries(false).expect("build the fleet binaries"),
+            dir: None,
+            log: "info".into(),
+        };
+        Some(
+            Self::start(opts, |s| eprintln!("fleet: {s}"))
+                .await
+                .expect("local fleet"),
+        )
+    }
+
     fn spawn(&mut self, name: &str, mut cmd: Command, log_level: &str) -> anyhow::Result<()> {
         let log = self.dir.join(format!("{name}.log"));
         let f = std::fs::File::create(&log)?;

@@ -16,27 +16,16 @@ use kube::api::{Api, PostParams};
 use pollen_crds::conditions::types;
 use pollen_crds::{AssignmentPhase, EdgeNode, UpdateRollout, Wave};
 use pollen_e2e::apiserver::retry_throttled;
-use pollen_e2e::fleet::{self, FleetOptions, LocalFleet};
-use pollen_e2e::tools;
+use pollen_e2e::fleet::{self, LocalFleet};
 
 const NODES: usize = 3;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_goes_canary_first_then_fleet_to_complete_with_bytes_on_disk() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    if tools::require_all(["docker-registry", "crd-apiserver", "etcd"]).is_none() {
+    let Some(mut f) = LocalFleet::start_for_test(NODES).await else {
         return;
-    }
-    let bin_dir = fleet::build_binaries(false).expect("build");
-    let opts = FleetOptions {
-        nodes: NODES,
-        bin_dir,
-        dir: None,
-        log: "info".into(),
     };
-    let mut f = LocalFleet::start(opts, |s| eprintln!("fleet: {s}"))
-        .await
-        .expect("local fleet");
     let bytes = pollen_e2e::lab::payload::bytes(3 * 1024 * 1024 + 12345, 1);
     let artifact = f
         .publish("gateway-fw", "1.0.0", "gateway.bin", bytes.clone())

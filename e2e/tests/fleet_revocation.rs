@@ -19,8 +19,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use pollen_crds::conditions::types;
 use pollen_crds::{EdgeNode, REVOCATION_LIST_NAME, RevocationList, UpdateRollout, Wave, labels};
 use pollen_e2e::apiserver::retry_throttled;
-use pollen_e2e::fleet::{self, FleetOptions, LocalFleet};
-use pollen_e2e::tools;
+use pollen_e2e::fleet::{self, LocalFleet};
 use pollen_edge_node::tls::{TlsIdentity, TransportLimits};
 
 const NODES: usize = 3;
@@ -53,19 +52,9 @@ async fn accepted(identity: &TlsIdentity, addr: SocketAddr, hold: Duration) -> b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quarantined_node_is_refused_by_every_peer_within_the_target() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    if tools::require_all(["docker-registry", "crd-apiserver", "etcd"]).is_none() {
+    let Some(mut f) = LocalFleet::start_for_test(NODES).await else {
         return;
-    }
-    let bin_dir = fleet::build_binaries(false).expect("build");
-    let opts = FleetOptions {
-        nodes: NODES,
-        bin_dir,
-        dir: None,
-        log: "info".into(),
     };
-    let mut f = LocalFleet::start(opts, |s| eprintln!("fleet: {s}"))
-        .await
-        .expect("local fleet");
     let nodes: Api<EdgeNode> = Api::all(f.client.clone());
 
     // A rollout to every node, to completion: the nodes then seed, listening on their endpoints.
