@@ -358,7 +358,7 @@ pub async fn run_with_members(
 mod tests {
     use std::time::SystemTime;
 
-    use pollen_trust::pki::{FleetCa, Revoked};
+    use pollen_trust::pki::FleetCa;
 
     use super::*;
 
@@ -402,14 +402,7 @@ mod tests {
     }
 
     fn crl(ca: &FleetCa, serials: &[&str]) -> String {
-        let revoked: Vec<Revoked> = serials
-            .iter()
-            .map(|s| Revoked {
-                serial: (*s).into(),
-                revoked_at: SystemTime::now(),
-            })
-            .collect();
-        ca.revocation_list(5, &revoked, DAY).unwrap()
+        crate::tls::testing::crl_pem(ca, 5, serials)
     }
 
     #[tokio::test]

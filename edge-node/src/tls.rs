@@ -732,6 +732,29 @@ pub mod testing {
         KeyUsagePurpose,
     };
 
+    /// A revocation list (PEM) numbered `number` from the fleet CA `ca`, revoking `serials` now.
+    pub fn crl_pem(ca: &pollen_trust::pki::FleetCa, number: u64, serials: &[&str]) -> String {
+        let revoked: Vec<pollen_trust::pki::Revoked> = serials
+            .iter()
+            .map(|s| pollen_trust::pki::Revoked {
+                serial: (*s).to_owned(),
+                revoked_at: std::time::SystemTime::now(),
+            })
+            .collect();
+        ca.revocation_list(number, &revoked, std::time::Duration::from_secs(7 * 86400))
+            .expect("sign the revocation list")
+    }
+
+    /// [`crl_pem`], verified against `ca` as a node would: what `FleetTls::install_revocations` takes.
+    pub fn revocation_set(
+        ca: &pollen_trust::pki::FleetCa,
+        number: u64,
+        serials: &[&str],
+    ) -> pollen_trust::pki::RevocationSet {
+        pollen_trust::pki::verify_revocation_list(crl_pem(ca, number, serials).as_bytes(), ca.cert_pem())
+            .expect("a list the CA signed verifies")
+    }
+
     /// A certificate authority for tests.
     pub struct TestCa {
         /// CA certificate PEM.
@@ -824,7 +847,7 @@ pub mod testing {
 mod tests {
     use std::time::{Duration, SystemTime};
 
-    use pollen_trust::pki::{FleetCa, Revoked, verify_revocation_list};
+    use pollen_trust::pki::FleetCa;
 
     use super::*;
 
@@ -838,18 +861,6 @@ mod tests {
             ca.cert_pem().as_bytes(),
         )
         .unwrap()
-    }
-
-    fn list(ca: &FleetCa, number: u64, serials: &[&str]) -> RevocationSet {
-        let revoked: Vec<Revoked> = serials
-            .iter()
-            .map(|s| Revoked {
-                serial: (*s).into(),
-                revoked_at: SystemTime::now(),
-            })
-            .collect();
-        let pem = ca.revocation_list(number, &revoked, DAY).unwrap();
-        verify_revocation_list(pem.as_bytes(), ca.cert_pem()).unwrap()
     }
 
     #[test]
@@ -883,7 +894,7 @@ mod tests {
         let mut updates = tls.revocation_updates();
         assert_eq!(*updates.borrow(), 0);
         assert!(tls.revocations().is_none());
-        let two = list(&ca, 2, &["abc1"]);
+        let two = testing::revocation_set(&ca, 2, &["abc1"]);
         assert!(!tls.holds_revocation_list(&two.der));
         assert!(tls.install_revocations(two.clone()));
         assert!(tls.holds_revocation_list(&two.der));
@@ -891,15 +902,21 @@ mod tests {
         assert_eq!(*updates.borrow_and_update(), 2);
         assert!(tls.is_revoked("abc1"));
         assert!(!tls.is_revoked("abc2"));
-        assert!(!tls.install_revocations(list(&ca, 2, &["abc2"])), "same number");
-        assert!(!tls.install_revocations(list(&ca, 1, &["abc2"])), "older");
+        assert!(
+            !tls.install_revocations(testing::revocation_set(&ca, 2, &["abc2"])),
+            "same number"
+        );
+        assert!(
+            !tls.install_revocations(testing::revocation_set(&ca, 1, &["abc2"])),
+            "older"
+        );
         assert!(!updates.has_changed().unwrap());
         assert!(!tls.is_revoked("abc2"));
-        assert!(tls.install_revocations(list(&ca, 3, &[])));
+        assert!(tls.install_revocations(testing::revocation_set(&ca, 3, &[])));
         assert!(!tls.is_revoked("abc1"), "a newer list replaces the old one");
         assert!(!tls.own_revoked());
         let own = tls.current().serial().to_owned();
-        assert!(tls.install_revocations(list(&ca, 4, &[&own])));
+        assert!(tls.install_revocations(testing::revocation_set(&ca, 4, &[&own])));
         assert!(tls.own_revoked());
     }
 

@@ -14,7 +14,7 @@ use pollen_edge_node::net::read_frame;
 use pollen_edge_node::protocol::{self, ErrorCode, Message};
 use pollen_edge_node::store::Store;
 use pollen_edge_node::tls::{self, FleetTls, TlsIdentity, TransportLimits};
-use pollen_trust::pki::{FleetCa, RevocationSet, Revoked, verify_revocation_list};
+use pollen_trust::pki::{FleetCa, RevocationSet, verify_revocation_list};
 use pollen_trust::testing::{Fixture, test_meta};
 use tokio_util::sync::CancellationToken;
 
@@ -56,15 +56,7 @@ fn identity(ca: &FleetCa, name: &str) -> TlsIdentity {
 }
 
 fn revocation_list(ca: &FleetCa, number: u64, serials: &[&str]) -> RevocationSet {
-    let revoked: Vec<Revoked> = serials
-        .iter()
-        .map(|s| Revoked {
-            serial: (*s).to_owned(),
-            revoked_at: SystemTime::now(),
-        })
-        .collect();
-    let pem = ca.revocation_list(number, &revoked, 7 * DAY).unwrap();
-    verify_revocation_list(pem.as_bytes(), ca.cert_pem()).unwrap()
+    pollen_edge_node::tls::testing::revocation_set(ca, number, serials)
 }
 
 struct Node {

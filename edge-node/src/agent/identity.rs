@@ -387,7 +387,7 @@ mod tests {
         CertificateSigningRequestCondition, CertificateSigningRequestStatus,
     };
     use kube::client::Body;
-    use pollen_trust::pki::{FleetCa, NodeRequest, Revoked};
+    use pollen_trust::pki::{FleetCa, NodeRequest};
     use std::os::unix::fs::PermissionsExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tower_test::mock::Handle;
@@ -645,17 +645,7 @@ mod tests {
             0,
             "a fresh certificate is not renewed"
         );
-        let crl = ca
-            .revocation_list(
-                1,
-                &[Revoked {
-                    serial: first.clone(),
-                    revoked_at: SystemTime::now(),
-                }],
-                HOUR,
-            )
-            .unwrap();
-        let set = pollen_trust::pki::verify_revocation_list(crl.as_bytes(), ca.cert_pem()).unwrap();
+        let set = crate::tls::testing::revocation_set(&ca, 1, &[&first]);
         assert!(tls.install_revocations(set));
         let report = tokio::time::timeout(Duration::from_secs(5), next_report(&mut rx))
             .await

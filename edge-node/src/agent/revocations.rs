@@ -159,7 +159,7 @@ mod tests {
     use http::{Request, Response, StatusCode};
     use kube::client::Body;
     use pollen_crds::RevocationListSpec;
-    use pollen_trust::pki::{FleetCa, Revoked};
+    use pollen_trust::pki::FleetCa;
     use std::time::{Duration, SystemTime};
 
     fn ca(name: &str) -> FleetCa {
@@ -181,16 +181,7 @@ mod tests {
     }
 
     fn list(ca: &FleetCa, number: u64, serials: &[&str]) -> RevocationList {
-        let revoked: Vec<Revoked> = serials
-            .iter()
-            .map(|s| Revoked {
-                serial: s.to_string(),
-                revoked_at: SystemTime::now(),
-            })
-            .collect();
-        let crl = ca
-            .revocation_list(number, &revoked, Duration::from_secs(7 * 86400))
-            .unwrap();
+        let crl = crate::tls::testing::crl_pem(ca, number, serials);
         RevocationList::new(
             REVOCATION_LIST_NAME,
             RevocationListSpec {

@@ -346,7 +346,7 @@ async fn wait_for_new_identity(tls: &FleetTls, cancel: &CancellationToken) -> bo
 mod tests {
     use super::{target_root, wait_for_new_identity};
     use crate::tls::{FleetTls, TlsIdentity};
-    use pollen_trust::pki::{FleetCa, Revoked};
+    use pollen_trust::pki::FleetCa;
     use std::path::Path;
     use std::time::{Duration, SystemTime};
     use tokio_util::sync::CancellationToken;
@@ -364,17 +364,7 @@ mod tests {
     }
 
     fn revoke(ca: &FleetCa, tls: &FleetTls) {
-        let crl = ca
-            .revocation_list(
-                1,
-                &[Revoked {
-                    serial: tls.current().serial().to_string(),
-                    revoked_at: SystemTime::now(),
-                }],
-                Duration::from_secs(3600),
-            )
-            .unwrap();
-        let set = pollen_trust::pki::verify_revocation_list(crl.as_bytes(), ca.cert_pem()).unwrap();
+        let set = crate::tls::testing::revocation_set(ca, 1, &[tls.current().serial()]);
         assert!(tls.install_revocations(set));
     }
 
