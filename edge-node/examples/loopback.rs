@@ -10,6 +10,11 @@
 //! chunk hashing, store writes and the persisted bitfield are included. Raw: one connection, one stream,
 //! the same bytes sent from memory and read into nothing. Both use `TlsIdentity::quic_server` /
 //! `quic_client` with the same `TransportLimits` (the defaults unless `LOOPBACK_WINDOW_KIB` is set).
+//!
+//! Both sides of each pair run in this process on two runtime threads, so the figures are bound by CPU as
+//! much as by the protocol: each round also prints the process CPU time (user + system, all threads,
+//! from `/proc/self/stat`) it took. The stores live in the system temporary directory, or under
+//! `LOOPBACK_DIR` (e.g. a tmpfs, to take the disk out of the measurement).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +40,24 @@ fn limits() -> TransportLimits {
     l
 }
 
+/// CPU time of this process so far (user + system, every thread), from `/proc/self/stat`.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // Fields after the command name (which may hold spaces) start at state, field 3.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // The kernel reports in USER_HZ, 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+fn tempdir() -> tempfile::TempDir {
+    match std::env::var_os("LOOPBACK_DIR") {
+        Some(d) => tempfile::tempdir_in(d).unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    }
+}
+
 fn payload(n: usize) -> Vec<u8> {
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     let mut v = Vec::with_capacity(n);
@@ -48,7 +71,13 @@ fn payload(n: usize) -> Vec<u8> {
     v
 }
 
-async fn pollen_round(ca: &TestCa, fx: &Fixture, seed_dir: &std::path::Path, round: usize) -> Duration {
+/// One Pollen round: (wall time, CPU time), both from the fetching engine's start to its completion.
+async fn pollen_round(
+    ca: &TestCa,
+    fx: &Fixture,
+    seed_dir: &std::path::Path,
+    round: usize,
+) -> (Duration, Duration) {
     let seed_cfg = {
         let mut c = EngineConfig::new(
             ca.issue("seed").identity(ca),
@@ -67,7 +96,7 @@ async fn pollen_round(ca: &TestCa, fx: &Fixture, seed_dir: &std::path::Path, rou
     )
     .await
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let mut cfg = EngineConfig::new(
         ca.issue(&format!("leech{round}")).identity(ca),
         "127.0.0.1:0".parse().unwrap(),
@@ -83,7 +112,15 @@ async fn pollen_round(ca: &TestCa, fx: &Fixture, seed_dir: &std::path::Path, rou
     {
         cfg.picker.min_inflight_bytes = k * 1024;
     }
+    // LOOPBACK_RUN_KIB overrides the picker's longest run of consecutive chunks per request.
+    if let Some(k) = std::env::var("LOOPBACK_RUN_KIB")
+        .ok()
+        .and_then(|k| k.parse::<u64>().ok())
+    {
+        cfg.picker.run_bytes = k * 1024;
+    }
     let t0 = Instant::now();
+    let c0 = cpu_time();
     let mut leech = Engine::start(
         cfg,
         fx.verified.clone(),
@@ -94,12 +131,14 @@ async fn pollen_round(ca: &TestCa, fx: &Fixture, seed_dir: &std::path::Path, rou
     .unwrap();
     leech.wait_complete().await.unwrap();
     let dt = t0.elapsed();
+    let cpu = cpu_time() - c0;
     leech.shutdown().await;
     seed.shutdown().await;
-    dt
+    (dt, cpu)
 }
 
-async fn raw_round(ca: &TestCa, data: Arc<Vec<u8>>) -> Duration {
+/// One raw round: (wall time, CPU time), both from the connect to the last byte read.
+async fn raw_round(ca: &TestCa, data: Arc<Vec<u8>>) -> (Duration, Duration) {
     let limits = limits();
     let server_id = ca.issue("raw-server").identity(ca);
     let client_id = ca.issue("raw-client").identity(ca);
@@ -123,6 +162,7 @@ async fn raw_round(ca: &TestCa, data: Arc<Vec<u8>>) -> Duration {
     let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     client.set_default_client_config(client_id.quic_client(&limits).unwrap());
     let t0 = Instant::now();
+    let c0 = cpu_time();
     let conn = client.connect(addr, "raw-server").unwrap().await.unwrap();
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send.write_all(&[1]).await.unwrap();
@@ -131,10 +171,11 @@ async fn raw_round(ca: &TestCa, data: Arc<Vec<u8>>) -> Duration {
         n += c.bytes.len();
     }
     let dt = t0.elapsed();
+    let cpu = cpu_time() - c0;
     conn.close(0u32.into(), b"done");
     let _ = srv.await;
     assert!(n > 0);
-    dt
+    (dt, cpu)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -154,7 +195,7 @@ async fn main() {
         .map_or_else(|| pollen_trust::index::auto_chunk_size(size as u64), |k| k * 1024);
     let fx = Fixture::new("127.0.0.1:1", "bench/app", &data, chunk, test_meta()).unwrap();
     let ca = TestCa::new("bench fleet");
-    let seed_dir = tempfile::tempdir().unwrap();
+    let seed_dir = tempdir();
     {
         let s = Store::open(seed_dir.path(), &fx.verified).unwrap();
         for c in 0..fx.verified.chunk_count() {
@@ -170,33 +211,46 @@ async fn main() {
         rounds
     );
     let (mut p_best, mut r_best) = (Duration::MAX, Duration::MAX);
+    let (mut p_cpu, mut r_cpu) = (Vec::new(), Vec::new());
     // LOOPBACK_ONLY=pollen or =raw runs one side only (for profiling); the ratio is then meaningless.
     let only = std::env::var("LOOPBACK_ONLY").unwrap_or_default();
+    let mbs = |d: Duration| size as f64 / d.as_secs_f64() / 1e6;
     for round in 0..rounds {
-        let r = if only == "pollen" {
-            Duration::MAX
+        let (r, rc) = if only == "pollen" {
+            (Duration::MAX, Duration::ZERO)
         } else {
             raw_round(&ca, data.clone()).await
         };
-        let p = if only == "raw" {
-            Duration::MAX
+        let (p, pc) = if only == "raw" {
+            (Duration::MAX, Duration::ZERO)
         } else {
             pollen_round(&ca, &fx, seed_dir.path(), round).await
         };
-        let mbs = |d: Duration| size as f64 / d.as_secs_f64() / 1e6;
         println!(
-            "round {round}: raw quinn {:.0} MB/s, pollen pair {:.0} MB/s",
+            "round {round}: raw quinn {:.0} MB/s ({:.2} s CPU), pollen pair {:.0} MB/s ({:.2} s CPU)",
             mbs(r),
-            mbs(p)
+            rc.as_secs_f64(),
+            mbs(p),
+            pc.as_secs_f64(),
         );
         p_best = p_best.min(p);
         r_best = r_best.min(r);
+        r_cpu.push(rc);
+        p_cpu.push(pc);
     }
-    let mbs = |d: Duration| size as f64 / d.as_secs_f64() / 1e6;
+    r_cpu.sort();
+    p_cpu.sort();
+    let (r_med, p_med) = (r_cpu[rounds / 2], p_cpu[rounds / 2]);
     println!(
         "best: raw quinn {:.0} MB/s, pollen pair {:.0} MB/s, ratio {:.2}",
         mbs(r_best),
         mbs(p_best),
         r_best.as_secs_f64() / p_best.as_secs_f64()
+    );
+    println!(
+        "median CPU per round (both sides, 100 Hz ticks): raw quinn {:.2} s, pollen pair {:.2} s, pollen / raw {:.2}",
+        r_med.as_secs_f64(),
+        p_med.as_secs_f64(),
+        p_med.as_secs_f64() / r_med.as_secs_f64()
     );
 }

@@ -1432,35 +1432,53 @@ impl Shared {
         stop: CancellationToken,
     ) {
         let mut gen_rx = self.generation.subscribe();
-        let mut inflight: JoinSet<(u32, Duration, Result<(), FetchError>)> = JoinSet::new();
+        // Each task fetches one run of consecutive chunks and returns those it did not deliver.
+        let mut inflight: JoinSet<(Vec<u32>, Result<(), FetchError>)> = JoinSet::new();
         loop {
             if !matches!(*self.status.borrow(), Status::Running) && inflight.is_empty() {
                 // Complete (or failed): nothing more to fetch; keep serving until the connection ends.
                 stop.cancelled().await;
                 return;
             }
-            let picks = {
+            let (picks, far) = {
                 let mut p = self.picker.lock().expect("picker");
                 p.set_rtt(id, conn.rtt());
+                let far = p.same_site(id) == Some(false);
                 if matches!(*self.status.borrow(), Status::Running) {
-                    p.pick_for_peer(id, self.now())
+                    (p.pick_for_peer(id, self.now()), far)
                 } else {
-                    Vec::new()
+                    (Vec::new(), far)
                 }
             };
-            for c in picks {
+            if far && !picks.is_empty() {
+                // Fetching from another site: tell this site's peers, so that they wait for our `Have`
+                // instead of pulling the same chunks across the WAN.
+                self.broadcast(&Message::Fetching {
+                    index: self.id,
+                    chunks: picks.clone(),
+                });
+            }
+            for (first, count) in runs(&picks) {
+                // One token for the run: a copy of any of its chunks arriving elsewhere (endgame) stops
+                // the run, and what it did not deliver goes back to the picker.
                 let token = stop.child_token();
-                self.cancels
-                    .lock()
-                    .expect("cancels")
-                    .insert((c, id), token.clone());
+                {
+                    let mut cancels = self.cancels.lock().expect("cancels");
+                    for c in first..first + count {
+                        cancels.insert((c, id), token.clone());
+                    }
+                }
                 let s = self.clone();
                 let conn = conn.clone();
                 inflight.spawn(
                     async move {
-                        let t0 = Instant::now();
-                        let r = s.fetch_from_peer(&conn, c, &token).await;
-                        (c, t0.elapsed(), r)
+                        let mut next = first;
+                        let mut skipped = Vec::new();
+                        let r = s
+                            .fetch_run(&conn, id, first, count, &token, &mut next, &mut skipped)
+                            .await;
+                        skipped.extend(next..first + count);
+                        (skipped, r)
                     }
                     .in_current_span(),
                 );
@@ -1468,22 +1486,35 @@ impl Shared {
             tokio::select! {
                 _ = gen_rx.changed() => {},
                 Some(res) = inflight.join_next() => {
-                    let Ok((c, elapsed, r)) = res else { continue };
-                    self.cancels.lock().expect("cancels").remove(&(c, id));
+                    let Ok((undelivered, r)) = res else { continue };
+                    {
+                        let mut cancels = self.cancels.lock().expect("cancels");
+                        for c in &undelivered {
+                            cancels.remove(&(*c, id));
+                        }
+                    }
+                    {
+                        let mut p = self.picker.lock().expect("picker");
+                        for &c in &undelivered {
+                            p.failed(c, Source::Peer(id));
+                        }
+                    }
                     match r {
-                        Ok(()) => self.chunk_done(c, Source::Peer(id), elapsed),
+                        Ok(()) => {
+                            if !undelivered.is_empty() {
+                                self.bump();
+                            }
+                        }
                         Err(FetchError::Verify(e)) => {
-                            self.picker.lock().expect("picker").failed(c, Source::Peer(id));
                             self.ban(&conn, &name, &e);
                             stop.cancel();
                             return;
                         }
                         Err(e) => {
-                            debug!(chunk = c, error = %e, "fetch failed");
+                            debug!(chunks = ?undelivered, error = %e, "fetch failed");
                             if let FetchError::Store(se) = &e {
                                 self.handle_store_error(se);
                             }
-                            self.picker.lock().expect("picker").failed(c, Source::Peer(id));
                             if matches!(e, FetchError::Remote(ErrorCode::NotAuthorised, _)) {
                                 // This peer will not serve us this index: ask it rarely.
                                 debug!("peer refuses: not authorised for this index");
@@ -1542,84 +1573,116 @@ impl Shared {
         conn.close(protocol::CLOSE_REFUSED.into(), b"banned: bad chunk");
     }
 
-    async fn fetch_from_peer(
+    /// Fetches the run `first..first + count` from a peer on one request stream, storing and verifying
+    /// each chunk as it arrives and reporting it done at once (so its `Have` goes out and the pipeline
+    /// refills while the rest of the run streams). `next` is left at the first chunk not delivered;
+    /// chunks the server skipped (a `Cancel`) are added to `skipped`.
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_run(
         &self,
         conn: &quinn::Connection,
-        c: u32,
+        id: PeerId,
+        first: u32,
+        count: u32,
         cancel: &CancellationToken,
+        next: &mut u32,
+        skipped: &mut Vec<u32>,
     ) -> Result<(), FetchError> {
-        let lock = self.chunk_lock(c);
-        let _guard = tokio::select! {
-            g = lock.lock_owned() => g,
-            _ = cancel.cancelled() => return Err(FetchError::Cancelled),
-        };
-        if self.store.has(c) {
-            return Ok(());
-        }
+        let end = first + count;
         let (mut send, mut recv) = conn.open_bi().await?;
         write_msg(
             &mut send,
             &Message::Request {
                 index: self.id,
-                first: c,
-                count: 1,
+                first,
+                count,
             },
         )
         .await?;
         let _ = send.finish();
-        let mut buf = Vec::new();
-        let hdr = tokio::select! {
-            h = tokio::time::timeout(REQUEST_TIMEOUT, read_frame(&mut recv, &mut buf)) => h.map_err(|_| FetchError::Timeout)??,
-            _ = cancel.cancelled() => {
-                let _ = recv.stop(protocol::STREAM_CANCELLED.into());
-                return Err(FetchError::Cancelled);
-            }
-        };
-        let len = match hdr {
-            Some(Message::Data { index, chunk, len }) if index == self.id && chunk == c => len,
-            Some(Message::Error { code, message, .. }) => return Err(FetchError::Remote(code, message)),
-            _ => return Err(FetchError::Unexpected),
-        };
-        if len != self.store.chunk_len(c) {
-            return Err(FetchError::Verify(StoreError::Verify {
-                chunk: c,
-                reason: "announced length",
-            }));
-        }
-        let mut w = self.store.writer(c)?;
         let received = self
             .metrics
             .received_bytes
             .get_or_create(&SourceLabel { source: "peer" })
             .clone();
-        // QUIC hands data over a packet (about 1.2 KiB) at a time; gather up to IO_PIECE bytes before each
-        // store write, so that the pwrite and the hash update run on large pieces (BLAKE3 hashes 1 KiB
-        // blocks of a large update in parallel with SIMD).
-        let mut buf = vec![0u8; IO_PIECE.min(len as usize)];
-        let mut remaining = len as usize;
-        while remaining > 0 {
-            let want = remaining.min(buf.len());
-            let mut filled = 0;
-            while filled < want {
-                let n = tokio::select! {
-                    r = tokio::time::timeout(READ_IDLE_TIMEOUT, recv.read(&mut buf[filled..want])) =>
-                        r.map_err(|_| FetchError::Timeout)?.map_err(NetError::from)?,
-                    _ = cancel.cancelled() => {
-                        let _ = recv.stop(protocol::STREAM_CANCELLED.into());
-                        return Err(FetchError::Cancelled);
-                    }
-                };
-                let Some(n) = n else {
-                    return Err(FetchError::Net(NetError::Truncated));
-                };
-                filled += n;
+        let t0 = Instant::now();
+        let mut frame = Vec::new();
+        let mut buf = Vec::new();
+        while *next < end {
+            let hdr = tokio::select! {
+                h = tokio::time::timeout(REQUEST_TIMEOUT, read_frame(&mut recv, &mut frame)) => h.map_err(|_| FetchError::Timeout)??,
+                _ = cancel.cancelled() => {
+                    let _ = recv.stop(protocol::STREAM_CANCELLED.into());
+                    return Err(FetchError::Cancelled);
+                }
+            };
+            let (c, len) = match hdr {
+                Some(Message::Data { index, chunk, len })
+                    if index == self.id && chunk >= *next && chunk < end =>
+                {
+                    (chunk, len)
+                }
+                Some(Message::Error { code, message, .. }) => return Err(FetchError::Remote(code, message)),
+                _ => return Err(FetchError::Unexpected),
+            };
+            skipped.extend(*next..c);
+            *next = c;
+            if len != self.store.chunk_len(c) {
+                return Err(FetchError::Verify(StoreError::Verify {
+                    chunk: c,
+                    reason: "announced length",
+                }));
             }
-            self.down.acquire(filled).await;
-            received.inc_by(filled as u64);
-            w.write(&buf[..filled])?;
-            remaining -= filled;
+            let lock = self.chunk_lock(c);
+            let _guard = tokio::select! {
+                g = lock.lock_owned() => g,
+                _ = cancel.cancelled() => {
+                    let _ = recv.stop(protocol::STREAM_CANCELLED.into());
+                    return Err(FetchError::Cancelled);
+                }
+            };
+            if self.store.has(c) {
+                // Another source delivered it meanwhile: stop here; the rest goes back to the picker.
+                let _ = recv.stop(protocol::STREAM_CANCELLED.into());
+                *next = c + 1;
+                return Ok(());
+            }
+            let mut w = self.store.writer(c)?;
+            // QUIC hands data over a packet (about 1.2 KiB) at a time; gather up to IO_PIECE bytes before
+            // each store write, so that the pwrite and the hash update run on large pieces (BLAKE3 hashes
+            // 1 KiB blocks of a large update in parallel with SIMD).
+            buf.resize(IO_PIECE.min(len as usize), 0);
+            let mut remaining = len as usize;
+            while remaining > 0 {
+                let want = remaining.min(buf.len());
+                let mut filled = 0;
+                while filled < want {
+                    let n = tokio::select! {
+                        r = tokio::time::timeout(READ_IDLE_TIMEOUT, recv.read(&mut buf[filled..want])) =>
+                            r.map_err(|_| FetchError::Timeout)?.map_err(NetError::from)?,
+                        _ = cancel.cancelled() => {
+                            let _ = recv.stop(protocol::STREAM_CANCELLED.into());
+                            return Err(FetchError::Cancelled);
+                        }
+                    };
+                    let Some(n) = n else {
+                        return Err(FetchError::Net(NetError::Truncated));
+                    };
+                    filled += n;
+                }
+                self.down.acquire(filled).await;
+                received.inc_by(filled as u64);
+                w.write(&buf[..filled])?;
+                remaining -= filled;
+            }
+            w.finish()?;
+            *next = c + 1;
+            self.cancels.lock().expect("cancels").remove(&(c, id));
+            // The picker's rate model wants the time one request takes with the pipeline full; the k-th
+            // chunk of a run of n arrives after about k/n of the run's time.
+            let elapsed = t0.elapsed().mul_f64(f64::from(count) / f64::from(c - first + 1));
+            self.chunk_done(c, Source::Peer(id), elapsed);
         }
-        w.finish()?;
         Ok(())
     }
 
@@ -1739,6 +1802,23 @@ impl Shared {
     }
 }
 
+/// Splits picks into runs of consecutive chunks, each at most [`protocol::MAX_REQUEST_CHUNKS`] long, in
+/// the order given.
+fn runs(picks: &[u32]) -> Vec<(u32, u32)> {
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    for &c in picks {
+        match out.last_mut() {
+            Some((first, count))
+                if first.checked_add(*count) == Some(c) && *count < protocol::MAX_REQUEST_CHUNKS =>
+            {
+                *count += 1
+            }
+            _ => out.push((c, 1)),
+        }
+    }
+    out
+}
+
 async fn control_writer(
     mut send: quinn::SendStream,
     mut rx: mpsc::Receiver<Message>,
@@ -1765,4 +1845,26 @@ async fn control_writer(
     }
     let _ = send.finish();
     stop.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs;
+    use crate::protocol::MAX_REQUEST_CHUNKS;
+
+    #[test]
+    fn picks_become_runs_of_consecutive_chunks_in_order() {
+        assert_eq!(runs(&[]), vec![]);
+        assert_eq!(runs(&[7]), vec![(7, 1)]);
+        assert_eq!(
+            runs(&[4, 5, 6, 9, 2, 3, 10]),
+            vec![(4, 3), (9, 1), (2, 2), (10, 1)]
+        );
+        assert_eq!(runs(&[u32::MAX - 1, u32::MAX]), vec![(u32::MAX - 1, 2)]);
+        let long: Vec<u32> = (0..MAX_REQUEST_CHUNKS + 5).collect();
+        assert_eq!(
+            runs(&long),
+            vec![(0, MAX_REQUEST_CHUNKS), (MAX_REQUEST_CHUNKS, 5)]
+        );
+    }
 }

@@ -6,10 +6,15 @@
 //! - **random first**: until a node holds `random_first` chunks it picks at random, so fresh nodes have
 //!   something to trade at once;
 //! - **rarest first**: then the chunk the fewest connected peers hold, ties broken at random;
-//! - **endgame**: when nothing unrequested is left, in-flight chunks are requested from a second peer; the
-//!   first copy to arrive cancels the others ([`Picker::completed`] returns what to cancel);
+//! - **endgame**: when nothing unrequested is left, in-flight chunks are requested from a second peer of
+//!   the same site (never a second copy across sites, unless stalled); the first copy to arrive cancels
+//!   the others ([`Picker::completed`] returns what to cancel);
 //! - **pipelining**: each peer gets about its bandwidth-delay product in flight
 //!   (`rate × rtt / chunk_size + 1`, clamped), measured from completions;
+//! - **runs**: after the random phase, each chunk chosen by the rules above is extended with the chunks
+//!   that follow it, while they are just as eligible (the peer has them, nobody requested them, the site
+//!   rules allow them, no more common than the rarity cut-off of this pick), up to `run_bytes` and half
+//!   the pipeline. The engine asks for a run with one request, so small chunks do not cost a stream each;
 //! - **sites**: a chunk some same-site peer holds is never fetched from another site; a chunk only other
 //!   sites hold is fetched across the WAN by one node of the site, its rendezvous-hash owner;
 //! - **origin once**: a chunk goes to the origin only if no connected peer holds it, nobody announced
@@ -54,6 +59,9 @@ pub struct PickerConfig {
     /// Bytes kept in flight per peer at least, whatever the measured bandwidth-delay product (small
     /// chunks on fast links would otherwise leave the pipe idle between requests).
     pub min_inflight_bytes: u64,
+    /// Longest run of consecutive chunks handed out for one request, in bytes (at most one chunk when
+    /// smaller than a chunk; `0` turns runs off).
+    pub run_bytes: u64,
     /// Most sources for one chunk in endgame.
     pub endgame_sources: usize,
     /// Most origin requests in flight.
@@ -71,6 +79,7 @@ impl Default for PickerConfig {
             min_pipeline: 2,
             max_pipeline: 32,
             min_inflight_bytes: 1024 * 1024,
+            run_bytes: 1024 * 1024,
             endgame_sources: 2,
             origin_concurrency: 4,
             origin_budget: None,
@@ -190,6 +199,11 @@ impl Picker {
             .collect();
         v.sort_unstable();
         v
+    }
+
+    /// Whether a connected peer is in this node's site (`None`: not connected).
+    pub fn same_site(&self, id: PeerId) -> Option<bool> {
+        self.peers.get(&id).map(|p| p.same_site)
     }
 
     /// Requests in flight to a peer.
@@ -396,10 +410,12 @@ impl Picker {
         }
         let mut picked: Vec<u32> = Vec::new();
         if !cands.is_empty() {
+            // The rarity of the least rare chunk that may be picked now.
+            let mut cut = u16::MAX;
             if cands.len() > room {
                 // The `room` rarest, ties at the cut-off rarity broken at random: partition by rarity
                 // (linear), then draw only as many random numbers as there are places left.
-                let cut = cands.select_nth_unstable_by_key(room, |t| t.0).1.0;
+                cut = cands.select_nth_unstable_by_key(room, |t| t.0).1.0;
                 let mut sure: Vec<(u16, u32)> = Vec::new();
                 let mut ties: Vec<u32> = Vec::new();
                 for &(r, c) in &cands {
@@ -421,6 +437,10 @@ impl Picker {
                 cands.sort_unstable();
                 picked.extend(cands.iter().map(|t| t.1));
             }
+            let max_run = self.max_run(target);
+            if !random_phase && max_run > 1 {
+                picked = self.extend_into_runs(p, &picked, room, max_run, cut, stalled);
+            }
         } else if self.endgame() {
             // Endgame: duplicate in-flight chunks this peer holds, fewest sources first.
             let mut dup: Vec<(usize, u32, u32)> = self
@@ -430,6 +450,8 @@ impl Picker {
                     p.have.get(**c)
                         && srcs.len() < self.cfg.endgame_sources
                         && !srcs.contains(&Source::Peer(id))
+                        // A second copy across the WAN would cost the site's link a chunk twice.
+                        && (p.same_site || stalled)
                 })
                 .map(|(c, srcs)| (srcs.len(), 0, *c))
                 .collect();
@@ -450,6 +472,55 @@ impl Picker {
     }
 
     /// Endgame: every missing chunk is already in flight.
+    /// Longest run for a peer whose pipeline target is `target`: `run_bytes` worth of chunks, and at most
+    /// half the target, so that a peer always has a second request in flight when one run ends.
+    fn max_run(&self, target: u32) -> usize {
+        let by_bytes = self.cfg.run_bytes / u64::from(self.chunk_size.max(1));
+        by_bytes.min(u64::from(target / 2)).max(1) as usize
+    }
+
+    /// Turns picked chunks (best first) into runs: each one, unless already taken, followed by the next
+    /// chunks while they are as eligible as a pick of this round (`cut`: the least rare rarity that made
+    /// it). At most `room` chunks in all, at most `max_run` per run; runs are consecutive and ascending in
+    /// the result.
+    fn extend_into_runs(
+        &self,
+        p: &PeerState,
+        heads: &[u32],
+        room: usize,
+        max_run: usize,
+        cut: u16,
+        stalled: bool,
+    ) -> Vec<u32> {
+        let n = self.have.len();
+        let mut out: Vec<u32> = Vec::with_capacity(room);
+        for &h in heads {
+            if out.len() >= room {
+                break;
+            }
+            if out.contains(&h) {
+                continue;
+            }
+            out.push(h);
+            let mut next = h + 1;
+            let mut len = 1;
+            while len < max_run
+                && out.len() < room
+                && next < n
+                && p.have.get(next)
+                && self.wanted(next)
+                && self.availability[next as usize] <= cut
+                && !out.contains(&next)
+                && self.site_allows(p, next, stalled)
+            {
+                out.push(next);
+                next += 1;
+                len += 1;
+            }
+        }
+        out
+    }
+
     fn endgame(&self) -> bool {
         (self.have.len() - self.have.count()) as usize == self.inflight.len()
     }

@@ -8,6 +8,7 @@ fn cfg() -> PickerConfig {
     PickerConfig {
         origin_concurrency: 64,
         min_inflight_bytes: 0,
+        run_bytes: 0,
         ..PickerConfig::default()
     }
 }
@@ -264,6 +265,24 @@ struct SimResult {
 /// Simulates `sites.len()` nodes, fully meshed, moving `n` chunks. Peer transfers take 2 ticks (4 across
 /// sites), origin reads 3; have and fetching messages take 1 tick. Deterministic for a seed.
 fn simulate(sites: &[usize], n: u32, seed: u64) -> SimResult {
+    simulate_with(sites, n, seed, &cfg())
+}
+
+/// The picker with runs on: 16 chunks in flight per peer at least, runs of up to 8.
+fn runs_cfg() -> PickerConfig {
+    PickerConfig {
+        min_inflight_bytes: 16 * 1024,
+        run_bytes: 8 * 1024,
+        ..cfg()
+    }
+}
+
+fn simulate_with(sites: &[usize], n: u32, seed: u64, cfg: &PickerConfig) -> SimResult {
+    simulate_wan(sites, n, seed, cfg, 4)
+}
+
+/// The simulation with a cross-site transfer taking `wan_ticks` (same-site transfers take 2).
+fn simulate_wan(sites: &[usize], n: u32, seed: u64, cfg: &PickerConfig, wan_ticks: u32) -> SimResult {
     let nodes = sites.len();
     let names: Vec<String> = (0..nodes).map(|i| format!("node-{i}")).collect();
     let tick = Duration::from_millis(10);
@@ -274,7 +293,7 @@ fn simulate(sites: &[usize], n: u32, seed: u64) -> SimResult {
                 1024,
                 u64::from(n) * 1024,
                 Bitfield::new(n),
-                cfg(),
+                cfg.clone(),
                 seed + i as u64,
             );
             for j in 0..nodes {
@@ -342,9 +361,17 @@ fn simulate(sites: &[usize], n: u32, seed: u64) -> SimResult {
                 if i == j {
                     continue;
                 }
-                let lat = if sites[i] == sites[j] { 2 } else { 4 };
+                let lat = if sites[i] == sites[j] { 2 } else { wan_ticks };
                 for c in pickers[i].pick_for_peer(j as u32, now) {
                     transfers.push((t + lat, i, c, Source::Peer(j as u32), t));
+                    // As the engine does: a fetch from another site is announced as `Fetching`.
+                    if sites[i] != sites[j] {
+                        for k in 0..nodes {
+                            if k != i {
+                                msgs.push((t + 1, k, i, c, false));
+                            }
+                        }
+                    }
                 }
             }
             for c in pickers[i].pick_for_origin(now) {
@@ -379,14 +406,166 @@ fn simulated_swarm_reads_the_origin_once() {
 fn simulated_sites_pull_about_one_copy_each_across_the_wan() {
     let sites = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2];
     let n = 200;
-    let r = simulate(&sites, n, 9);
-    assert_eq!(r.origin_reads, n);
-    for s in 0..3 {
-        let copies = f64::from(r.wan_in[&s]) / f64::from(n);
-        assert!(
-            copies <= 1.08,
-            "site {s} pulled {copies:.3} copies across the WAN"
-        );
-        assert!(copies >= 0.99, "site {s} got everything: {copies:.3}");
+    for (label, c) in [("single chunks", cfg()), ("runs", runs_cfg())] {
+        let r = simulate_with(&sites, n, 9, &c);
+        assert_eq!(r.origin_reads, n, "{label}");
+        for s in 0..3 {
+            let copies = f64::from(r.wan_in[&s]) / f64::from(n);
+            assert!(
+                copies <= 1.08,
+                "{label}: site {s} pulled {copies:.3} copies across the WAN"
+            );
+            assert!(copies >= 0.99, "{label}: site {s} got everything: {copies:.3}");
+        }
     }
+}
+
+#[test]
+fn simulated_sites_behind_a_slow_wan_pull_about_one_copy_each() {
+    // A cross-site transfer takes 20 times a same-site one: endgame must not duplicate across the WAN.
+    let sites = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2];
+    let n = 200;
+    for (label, c) in [("single chunks", cfg()), ("runs", runs_cfg())] {
+        let r = simulate_wan(&sites, n, 11, &c, 40);
+        for s in 0..3 {
+            let copies = f64::from(r.wan_in[&s]) / f64::from(n);
+            assert!(
+                (0.99..=1.08).contains(&copies),
+                "{label}: site {s} pulled {copies:.3} copies across the WAN"
+            );
+        }
+    }
+}
+
+#[test]
+fn endgame_never_takes_a_second_copy_across_sites() {
+    let n = 8;
+    let mut p = Picker::new("me", 1024, 8 * 1024, bits(n, &[0, 1, 2, 3, 4, 5, 6]), cfg(), 1);
+    p.add_peer(1, "far-1", false);
+    p.add_peer(2, "far-2", false);
+    p.peer_have_map(1, &Bitfield::full(n), MS);
+    p.peer_have_map(2, &Bitfield::full(n), MS);
+    let first = [p.pick_for_peer(1, MS), p.pick_for_peer(2, MS)].concat();
+    assert_eq!(first, vec![7], "one copy of 7 across the WAN");
+    // Endgame: everything missing is in flight; the other far peer gets no duplicate.
+    assert!(p.pick_for_peer(2, 2 * MS).is_empty());
+    assert!(p.pick_for_peer(1, 2 * MS).is_empty());
+    // A same-site peer that holds it may serve a second copy.
+    p.add_peer(3, "near", true);
+    p.peer_have_map(3, &Bitfield::full(n), 3 * MS);
+    assert_eq!(p.pick_for_peer(3, 3 * MS), vec![7]);
+    // Stalled (nothing happened for `stall_after`): the WAN duplicate is allowed again.
+    let mut q = Picker::new("me", 1024, 8 * 1024, bits(n, &[0, 1, 2, 3, 4, 5, 6]), cfg(), 1);
+    q.add_peer(1, "far-1", false);
+    q.add_peer(2, "far-2", false);
+    q.peer_have_map(1, &Bitfield::full(n), MS);
+    q.peer_have_map(2, &Bitfield::full(n), MS);
+    let got = [q.pick_for_peer(1, MS), q.pick_for_peer(2, MS)].concat();
+    assert_eq!(got, vec![7]);
+    let later = MS + cfg().stall_after;
+    let dup = [q.pick_for_peer(1, later), q.pick_for_peer(2, later)].concat();
+    assert_eq!(dup, vec![7], "stalled: a second source, whatever its site");
+}
+
+#[test]
+fn simulated_swarm_with_runs_reads_the_origin_once() {
+    for (nodes, seed) in [(5usize, 4u64), (10, 5)] {
+        let r = simulate_with(&vec![0; nodes], 200, seed, &runs_cfg());
+        assert_eq!(r.origin_reads, 200, "{nodes} nodes");
+        assert!(r.finish_ticks.iter().all(|&t| t > 0));
+    }
+}
+
+/// Splits picks into runs of consecutive chunks, as the engine does.
+fn runs_of(picks: &[u32]) -> Vec<(u32, u32)> {
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for &c in picks {
+        match runs.last_mut() {
+            Some((first, count)) if *first + *count == c => *count += 1,
+            _ => runs.push((c, 1)),
+        }
+    }
+    runs
+}
+
+#[test]
+fn runs_from_a_seed_after_the_random_phase() {
+    let n = 256;
+    let mut heads = std::collections::HashSet::new();
+    for seed in 0..10 {
+        // Holds 4 chunks, so the random phase is over; the peer holds everything.
+        let mut p = Picker::new("me", 1024, 256 * 1024, bits(n, &[0, 1, 2, 3]), runs_cfg(), seed);
+        p.add_peer(1, "seed", true);
+        p.peer_have_map(1, &Bitfield::full(n), MS);
+        let target = p.pipeline_target(1);
+        assert_eq!(target, 17, "16 KiB of 1 KiB chunks, plus one");
+        let picks = p.pick_for_peer(1, MS);
+        assert_eq!(picks.len(), 17, "the whole pipeline");
+        let runs = runs_of(&picks);
+        assert!(runs.len() <= 3, "17 chunks in runs of at most 8: {runs:?}");
+        assert!(runs.iter().all(|r| r.1 <= 8), "{runs:?}");
+        assert!(picks.iter().all(|&c| c >= 4), "only what is missing");
+        let distinct: std::collections::HashSet<u32> = picks.iter().copied().collect();
+        assert_eq!(distinct.len(), picks.len(), "no chunk twice");
+        heads.insert(runs[0].0);
+    }
+    assert!(heads.len() > 5, "run starts are random: {heads:?}");
+}
+
+#[test]
+fn runs_stop_at_what_the_peer_lacks_what_is_requested_and_more_common_chunks() {
+    let n = 64;
+    for seed in 0..10 {
+        let mut p = Picker::new(
+            "me",
+            1024,
+            64 * 1024,
+            bits(n, &[60, 61, 62, 63]),
+            runs_cfg(),
+            seed,
+        );
+        p.add_peer(1, "a", true);
+        p.add_peer(2, "b", true);
+        p.add_peer(3, "c", true);
+        // Peer a holds 0..60 but not 25; b also holds 0..10 and 40..60, so those are more common.
+        let a: Vec<u32> = (0..60).filter(|&c| c != 25).collect();
+        let b: Vec<u32> = (0..10).chain(40..60).collect();
+        p.peer_have_map(1, &bits(n, &a), MS);
+        p.peer_have_map(2, &bits(n, &b), MS);
+        // c holds only 18, and it is requested from c first.
+        p.peer_have_map(3, &bits(n, &[18]), MS);
+        assert_eq!(p.pick_for_peer(3, MS), vec![18]);
+        // 29 chunks of rarity 1 (10..40 less 18 and 25) and more room than that is not left: the cut-off is 1.
+        let picks = p.pick_for_peer(1, MS);
+        assert_eq!(picks.len(), 17);
+        for &c in &picks {
+            assert!(
+                (10..40).contains(&c),
+                "seed {seed}: {c} is more common than the cut-off"
+            );
+            assert!(c != 25 && c != 18, "seed {seed}: {c} is missing or requested");
+        }
+        let runs = runs_of(&picks);
+        assert!(runs.len() < picks.len(), "seed {seed}: some runs: {runs:?}");
+    }
+}
+
+#[test]
+fn no_runs_in_the_random_phase_or_when_turned_off() {
+    let n = 256;
+    let mut p = Picker::new("me", 1024, 256 * 1024, Bitfield::new(n), runs_cfg(), 1);
+    p.add_peer(1, "seed", true);
+    p.peer_have_map(1, &Bitfield::full(n), MS);
+    let picks = p.pick_for_peer(1, MS);
+    assert_eq!(picks.len(), 17);
+    let runs = runs_of(&picks);
+    assert!(runs.len() >= 12, "random picks are rarely adjacent: {runs:?}");
+    let off = PickerConfig {
+        run_bytes: 0,
+        ..runs_cfg()
+    };
+    let mut q = Picker::new("me", 1024, 256 * 1024, bits(n, &[0, 1, 2, 3]), off, 1);
+    q.add_peer(1, "seed", true);
+    q.peer_have_map(1, &Bitfield::full(n), MS);
+    assert!(runs_of(&q.pick_for_peer(1, MS)).len() >= 12);
 }
