@@ -55,6 +55,7 @@ mod tests {
             sequence: 1,
             target_path: "fw.bin".into(),
             trust_policy: "tp".into(),
+            origin_allowance_bytes: None,
         }
     }
 
