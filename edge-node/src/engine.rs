@@ -63,6 +63,10 @@ use crate::store::{Store, StoreError};
 use crate::tls::{self, FleetTls, TransportLimits};
 
 const IO_PIECE: usize = 64 * 1024;
+/// How long the control writer waits for more `Have`s and hints to send with the first one.
+const CONTROL_LINGER: Duration = Duration::from_millis(20);
+/// Most control messages written at once.
+const CONTROL_BATCH: usize = 4096;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 const READ_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -481,6 +485,19 @@ impl Engine {
 
     /// Stops every task, closes connections and persists what is verified.
     pub async fn shutdown(mut self) {
+        for (name, p) in self.shared.peers.lock().expect("peers").iter() {
+            let st = p.conn.stats();
+            debug!(
+                peer = %name,
+                udp_tx_bytes = st.udp_tx.bytes,
+                udp_rx_bytes = st.udp_rx.bytes,
+                lost_packets = st.path.lost_packets,
+                lost_bytes = st.path.lost_bytes,
+                sent_packets = st.path.sent_packets,
+                mtu = st.path.current_mtu,
+                "connection at shutdown"
+            );
+        }
         self.shared.shutdown.cancel();
         self.shared
             .endpoint
@@ -750,6 +767,22 @@ impl Shared {
         }
     }
 
+    /// Sends `msg` to the connected peers of this node's site.
+    fn broadcast_to_site(&self, msg: &Message) {
+        let ids: Vec<PeerId> = self.peers.lock().expect("peers").values().map(|e| e.id).collect();
+        let near: HashSet<PeerId> = {
+            let p = self.picker.lock().expect("picker");
+            ids.into_iter()
+                .filter(|id| p.same_site(*id) == Some(true))
+                .collect()
+        };
+        for p in self.peers.lock().expect("peers").values() {
+            if near.contains(&p.id) && p.tx.try_send(msg.clone()).is_err() {
+                debug!("control queue full; message dropped");
+            }
+        }
+    }
+
     fn chunk_lock(&self, c: u32) -> Arc<tokio::sync::Mutex<()>> {
         self.chunk_locks
             .lock()
@@ -775,9 +808,23 @@ impl Shared {
                         .time_to_complete
                         .get_or_create(&self.index_label())
                         .set(secs);
+                    // What the open connections carried so far, on the wire (QUIC and UDP headers,
+                    // acknowledgements, control messages and retransmissions included).
+                    let (mut tx, mut rx, mut lost) = (0u64, 0u64, 0u64);
+                    for p in self.peers.lock().expect("peers").values() {
+                        let st = p.conn.stats();
+                        tx += st.udp_tx.bytes;
+                        rx += st.udp_rx.bytes;
+                        lost += st.path.lost_bytes;
+                    }
                     info!(
                         seconds = secs,
                         origin_bytes = self.picker.lock().expect("picker").origin_bytes(),
+                        cross_site_bytes = self.metrics.cross_site_bytes.get(),
+                        discarded_bytes = self.metrics.discarded_bytes.get(),
+                        peer_udp_rx_bytes = rx,
+                        peer_udp_tx_bytes = tx,
+                        peer_lost_bytes = lost,
                         "index complete"
                     );
                     self.status.send_replace(Status::Complete);
@@ -1149,7 +1196,18 @@ impl Shared {
             }
         });
         self.bump();
-        info!(peer_id = id, reason = ?conn.close_reason(), "peer disconnected");
+        let st = conn.stats();
+        info!(
+            peer_id = id,
+            reason = ?conn.close_reason(),
+            udp_tx_bytes = st.udp_tx.bytes,
+            udp_rx_bytes = st.udp_rx.bytes,
+            lost_packets = st.path.lost_packets,
+            lost_bytes = st.path.lost_bytes,
+            sent_packets = st.path.sent_packets,
+            mtu = st.path.current_mtu,
+            "peer disconnected"
+        );
     }
 
     /// Refuses a peer that the index does not authorise, before anything about the swarm is sent (not
@@ -1462,8 +1520,8 @@ impl Shared {
             };
             if far && !picks.is_empty() {
                 // Fetching from another site: tell this site's peers, so that they wait for our `Have`
-                // instead of pulling the same chunks across the WAN.
-                self.broadcast(&Message::Fetching {
+                // instead of pulling the same chunks across the WAN (other sites have no use for it).
+                self.broadcast_to_site(&Message::Fetching {
                     index: self.id,
                     chunks: picks.clone(),
                 });
@@ -1615,6 +1673,7 @@ impl Shared {
             .received_bytes
             .get_or_create(&SourceLabel { source: "peer" })
             .clone();
+        let far = self.picker.lock().expect("picker").same_site(id) == Some(false);
         let t0 = Instant::now();
         let mut frame = Vec::new();
         let mut buf = Vec::new();
@@ -1658,6 +1717,11 @@ impl Shared {
                 return Ok(());
             }
             let mut w = self.store.writer(c)?;
+            // Bytes of this chunk received so far count as discarded unless it completes.
+            let mut partial = Discard {
+                counter: &self.metrics.discarded_bytes,
+                bytes: 0,
+            };
             // QUIC hands data over a packet (about 1.2 KiB) at a time; gather up to IO_PIECE bytes before
             // each store write, so that the pwrite and the hash update run on large pieces (BLAKE3 hashes
             // 1 KiB blocks of a large update in parallel with SIMD).
@@ -1682,10 +1746,15 @@ impl Shared {
                 }
                 self.down.acquire(filled).await;
                 received.inc_by(filled as u64);
+                partial.bytes += filled as u64;
                 w.write(&buf[..filled])?;
                 remaining -= filled;
             }
             w.finish()?;
+            partial.bytes = 0;
+            if far {
+                self.metrics.cross_site_bytes.inc_by(u64::from(len));
+            }
             *next = c + 1;
             self.cancels.lock().expect("cancels").remove(&(c, id));
             // The picker's rate model wants the time one request takes with the pipeline full; the k-th
@@ -1833,6 +1902,20 @@ impl Shared {
     }
 }
 
+/// Counts the bytes of a chunk received from a peer as discarded when dropped before it completes.
+struct Discard<'a> {
+    counter: &'a prometheus_client::metrics::counter::Counter,
+    bytes: u64,
+}
+
+impl Drop for Discard<'_> {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.counter.inc_by(self.bytes);
+        }
+    }
+}
+
 /// Resolves when the live origin allowance changes; never if there is none (or its sender is gone).
 async fn allowance_changed(rx: &mut Option<watch::Receiver<Option<u64>>>) {
     if let Some(r) = rx
@@ -1871,14 +1954,30 @@ async fn control_writer(
             m = rx.recv() => match m { Some(m) => m, None => break },
             _ = stop.cancelled() => break,
         };
-        buf.clear();
-        first.encode(&mut buf);
+        // Haves and fetching hints come one chunk at a time: wait a moment for more, so that a burst
+        // goes out as one frame instead of a packet (and its acknowledgement) per chunk.
+        let linger = matches!(first, Message::Have { .. } | Message::Fetching { .. });
+        let mut batch = vec![first];
+        if linger {
+            let deadline = tokio::time::Instant::now() + CONTROL_LINGER;
+            while batch.len() < CONTROL_BATCH {
+                tokio::select! {
+                    m = rx.recv() => match m { Some(m) => batch.push(m), None => break },
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = stop.cancelled() => break,
+                }
+            }
+        }
         // Batch whatever else is queued into one write.
-        while buf.len() < 64 * 1024 {
+        while batch.len() < CONTROL_BATCH {
             match rx.try_recv() {
-                Ok(m) => m.encode(&mut buf),
+                Ok(m) => batch.push(m),
                 Err(_) => break,
             }
+        }
+        buf.clear();
+        for m in protocol::coalesce(batch) {
+            m.encode(&mut buf);
         }
         if send.write_all(&buf).await.is_err() {
             break;

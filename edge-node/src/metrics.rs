@@ -56,6 +56,10 @@ pub struct Metrics {
     pub received_bytes: Family<SourceLabel, Counter>,
     /// Bytes of chunk data sent to peers.
     pub sent_bytes: Counter,
+    /// Bytes of chunk data received from peers of other sites (what crossed a site's WAN link in).
+    pub cross_site_bytes: Counter,
+    /// Bytes of chunk data received and thrown away: requests cancelled, cut off or failed mid-chunk.
+    pub discarded_bytes: Counter,
     /// Chunks that passed verification.
     pub chunks_verified: Counter,
     /// Chunks that failed verification, by peer (`origin` for the origin).
@@ -94,6 +98,16 @@ impl Metrics {
             self.received_bytes.clone(),
         );
         r.register("sent_bytes", "Chunk bytes sent to peers", self.sent_bytes.clone());
+        r.register(
+            "cross_site_bytes",
+            "Chunk bytes received from peers of other sites",
+            self.cross_site_bytes.clone(),
+        );
+        r.register(
+            "discarded_bytes",
+            "Chunk bytes received and thrown away (cancelled, cut off or failed mid-chunk)",
+            self.discarded_bytes.clone(),
+        );
         r.register(
             "chunks_verified",
             "Chunks that passed verification",

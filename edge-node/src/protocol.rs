@@ -610,6 +610,36 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Merges consecutive `Have` messages (and consecutive `Fetching` messages) of the same index into as
+/// few messages as the per-message limit allows, keeping every other message, and the order, as is. A
+/// sender that coalesces what it queued in a few milliseconds sends one frame, not one packet, per burst
+/// of completed chunks.
+pub fn coalesce(msgs: Vec<Message>) -> Vec<Message> {
+    let mut out: Vec<Message> = Vec::with_capacity(msgs.len());
+    for m in msgs {
+        match (out.last_mut(), m) {
+            (
+                Some(Message::Have {
+                    index: a,
+                    chunks: have,
+                }),
+                Message::Have { index: b, chunks },
+            ) if *a == b && have.len() + chunks.len() <= MAX_REQUEST_CHUNKS as usize => have.extend(chunks),
+            (
+                Some(Message::Fetching {
+                    index: a,
+                    chunks: fetching,
+                }),
+                Message::Fetching { index: b, chunks },
+            ) if *a == b && fetching.len() + chunks.len() <= MAX_REQUEST_CHUNKS as usize => {
+                fetching.extend(chunks)
+            }
+            (_, m) => out.push(m),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -912,6 +942,57 @@ mod tests {
                 let b = m.to_bytes();
                 proptest::prop_assert_eq!(decode(&b).unwrap().unwrap(), (m, b.len()));
             }
+        }
+    }
+
+    #[test]
+    fn coalesce_merges_runs_of_haves_and_fetching_in_order() {
+        let id = [7u8; 32];
+        let other = [8u8; 32];
+        let have = |c: &[u32]| Message::Have {
+            index: id,
+            chunks: c.to_vec(),
+        };
+        let fetching = |c: &[u32]| Message::Fetching {
+            index: id,
+            chunks: c.to_vec(),
+        };
+        let peers = Message::Peers { addrs: Vec::new() };
+        let out = coalesce(vec![
+            have(&[1]),
+            have(&[2, 3]),
+            fetching(&[9]),
+            fetching(&[10]),
+            have(&[4]),
+            peers.clone(),
+            have(&[5]),
+            Message::Have {
+                index: other,
+                chunks: vec![6],
+            },
+        ]);
+        assert_eq!(
+            out,
+            vec![
+                have(&[1, 2, 3]),
+                fetching(&[9, 10]),
+                have(&[4]),
+                peers,
+                have(&[5]),
+                Message::Have {
+                    index: other,
+                    chunks: vec![6]
+                },
+            ]
+        );
+        // The per-message limit holds.
+        let many: Vec<Message> = (0..MAX_REQUEST_CHUNKS + 10).map(|c| have(&[c])).collect();
+        let out = coalesce(many);
+        assert_eq!(out.len(), 2);
+        for m in &out {
+            let mut buf = Vec::new();
+            m.encode(&mut buf);
+            assert_eq!(decode(&buf).unwrap().unwrap().0, *m, "each one decodes");
         }
     }
 }
