@@ -62,13 +62,6 @@ pub struct Assignment {
     /// The trust policy whose keys the node checks (copied from the rollout, resolved by the operator).
     #[schemars(length(min = 1, max = 253))]
     pub trust_policy: String,
-
-    /// Bytes this node may read from the origin registry for this assignment, in total: its share of
-    /// the rollout's origin budget. The operator only raises it while the node works, and the node
-    /// never reads more. Unset: no cap beyond the origin-once rule.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
-    pub origin_allowance_bytes: Option<i64>,
 }
 
 /// What the agent reports about its device.

@@ -183,9 +183,7 @@ pub struct TransferSettings {
 
     /// Bytes the whole fleet may read from the origin, as a percentage of the payload size.
     /// Unset: 100 (the origin sends each byte about once; peers carry the rest). Raise it to let
-    /// nodes fall back to the origin more freely. The operator shares it out as per-node allowances
-    /// (`originAllowanceBytes` in each EdgeNode assignment), raised as nodes use them and returned
-    /// when a node finishes; a node never reads more than its allowance.
+    /// nodes fall back to the origin more freely.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 100, max = 100000))]
     pub origin_budget_percent: Option<i32>,

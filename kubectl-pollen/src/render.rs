@@ -536,7 +536,6 @@ mod tests {
                     sequence: 1,
                     target_path: "firmware/gw.bin".into(),
                     trust_policy: "fleet".into(),
-                    origin_allowance_bytes: None,
                 }],
             },
         );

@@ -55,11 +55,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::RwLock;
 use tracing::{debug, info, warn};
 
-use crate::allowance;
 use crate::metrics::Metrics;
 use crate::pipeline::{ArtifactPipeline, IndexRequest, PipelineError};
 use crate::planner;
-use crate::progress::{self, DistState, Gate, NodeObservation, NodeState};
+use crate::progress::{self, DistState, Gate, NodeObservation};
 
 /// The finalizer that guards assignment cleanup.
 pub const FINALIZER: &str = "pollen.dev/assignments";
@@ -654,43 +653,6 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
         break (d, agg);
     };
 
-    // The fleet's origin budget, shared out as allowances (see `allowance`). Quarantined nodes get no
-    // assignment, but what they read still counts.
-    let allowances = st.artifact_size.filter(|s| *s > 0).map(|size| {
-        let size = size as u64;
-        let budget = allowance::budget_bytes(size, ur.spec.transfer.origin_budget_percent);
-        let chunk = ur
-            .spec
-            .transfer
-            .chunk_size_bytes
-            .map_or_else(|| pollen_trust::index::auto_chunk_size(size), |c| c.max(1) as u32);
-        let uses: Vec<allowance::NodeUse> = selected
-            .iter()
-            .filter_map(|n| {
-                let name = n.name_any();
-                if *plan.wave_of.get(&name)? > decision.current_wave {
-                    return None;
-                }
-                let status = n.status.as_ref().and_then(|s| {
-                    s.assignments
-                        .iter()
-                        .find(|a| a.rollout == key && a.chunk_index == chunk_index)
-                });
-                let state = progress::node_state(true, status, &chunk_index, quarantined(n));
-                Some(allowance::NodeUse {
-                    name,
-                    working: matches!(state, NodeState::Pending | NodeState::Downloading),
-                    granted: entry_of(n)
-                        .filter(|a| a.chunk_index == chunk_index)
-                        .and_then(|a| a.origin_allowance_bytes)
-                        .map(|v| v.max(0) as u64),
-                    used: status.map_or(0, |s| s.bytes_from_origin.max(0) as u64),
-                })
-            })
-            .collect();
-        allowance::plan(budget, u64::from(chunk), &uses)
-    });
-
     // Distribute: write only the entries that differ.
     let manager = assignment_manager(&uid);
     let sequence = st.sequence.unwrap_or(0);
@@ -713,10 +675,6 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
                 sequence,
                 target_path: ur.spec.install.target_path.clone(),
                 trust_policy: ur.spec.trust_policy.clone(),
-                origin_allowance_bytes: allowances
-                    .as_ref()
-                    .and_then(|m| m.get(&name))
-                    .map(|&v| v.min(i64::MAX as u64) as i64),
             });
         if desired != entry_of(n) {
             writes.push((name, desired));
@@ -1391,44 +1349,6 @@ mod tests {
         }
         assert_eq!(pipeline.calls().len(), 3, "the index is built once");
         assert_eq!(h.ctx.metrics.reconcile_count("ok"), 4);
-        h.finish().await;
-    }
-
-    #[tokio::test]
-    async fn the_origin_budget_is_shared_out_and_returned_when_done() {
-        let h = Harness::new(
-            world_with(5, vec![UpdateRollout::test("r").finalized()]),
-            ScriptedPipeline::signed(),
-        );
-        h.step("r").await.unwrap();
-        let canary = h.w().assigned("r").keys().next().unwrap().clone();
-        // A 4096-byte artifact and a budget of one copy: the only working node may use all of it.
-        assert_eq!(
-            h.w().allowances("r"),
-            BTreeMap::from([(canary.clone(), Some(4096))])
-        );
-        // It installs, having read 1024 bytes from the origin: it keeps those, the rest goes to the
-        // second wave, and the fleet's allowances stay within one copy.
-        h.w().report(&canary, "r", AssignmentPhase::Installed);
-        h.step("r").await.unwrap();
-        let a = h.w().allowances("r");
-        assert_eq!(a.len(), 5);
-        assert_eq!(a[&canary], Some(1024));
-        let others: i64 = a
-            .iter()
-            .filter(|(n, _)| **n != canary)
-            .map(|(_, v)| v.expect("every assignment carries an allowance"))
-            .sum();
-        assert_eq!(others, 4096 - 1024, "{a:?}");
-        // Reports from the second wave get no more while the pool is empty: each allowance stays
-        // what it was, or what the node reports having read (bytes already read cannot be taken back).
-        for n in fleet(5).iter().filter(|n| **n != canary) {
-            h.w().report(n, "r", AssignmentPhase::Downloading);
-        }
-        h.step("r").await.unwrap();
-        for (n, v) in h.w().allowances("r") {
-            assert_eq!(v.unwrap(), a[&n].unwrap().max(1024), "{n}");
-        }
         h.finish().await;
     }
 
@@ -2240,7 +2160,6 @@ mod tests {
             sequence: 1,
             target_path: "a".into(),
             trust_policy: "t".into(),
-            origin_allowance_bytes: None,
         });
         let refs = rollouts_for_node(&node, &[a, Arc::new(other)]);
         let names: Vec<String> = refs

@@ -242,7 +242,6 @@ impl Fleet {
             upload_limit: None,
             download_limit: None,
             origin_budget: Budget::Unlimited,
-            origin_allowance: None,
             no_origin: false,
             seed: Some(name.bytes().map(u64::from).sum()),
             seed_for: None,

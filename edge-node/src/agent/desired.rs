@@ -55,7 +55,6 @@ mod tests {
             sequence: 1,
             target_path: "fw.bin".into(),
             trust_policy: "tp".into(),
-            origin_allowance_bytes: None,
         }
     }
 

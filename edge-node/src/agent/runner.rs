@@ -110,7 +110,6 @@ impl super::AssignmentRunner for SwarmRunner {
         &self,
         a: Assignment,
         progress: watch::Sender<AssignmentStatus>,
-        allowance: watch::Receiver<Option<u64>>,
         cancel: CancellationToken,
     ) -> BoxFuture<'static, Option<InstalledVersion>> {
         let client = self.client.clone();
@@ -241,7 +240,6 @@ impl super::AssignmentRunner for SwarmRunner {
                 upload_limit: cfg.upload_limit,
                 download_limit: cfg.download_limit,
                 origin_budget: Budget::OneCopy,
-                origin_allowance: Some(allowance.clone()),
                 no_origin: false,
                 seed: None,
                 seed_for: None,
