@@ -62,6 +62,18 @@ pub struct Assignment {
     /// The trust policy whose keys the node checks (copied from the rollout, resolved by the operator).
     #[schemars(length(min = 1, max = 253))]
     pub trust_policy: String,
+
+    /// Upload limit for this assignment in bytes per second (copied from the rollout); the lower of it
+    /// and the agent's own `--upload-limit` applies. Unset: the agent's limit alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024))]
+    pub upload_bytes_per_second: Option<i64>,
+
+    /// Download limit for this assignment in bytes per second (copied from the rollout); the lower of it
+    /// and the agent's own `--download-limit` applies. Unset: the agent's limit alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024))]
+    pub download_bytes_per_second: Option<i64>,
 }
 
 /// What the agent reports about its device.

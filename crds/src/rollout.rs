@@ -165,12 +165,14 @@ pub struct TransferSettings {
     #[x_kube(validation = Rule::new("self in [65536, 131072, 262144, 524288, 1048576, 2097152, 4194304, 8388608, 16777216, 33554432, 67108864]").message("chunkSizeBytes must be a power of two"))]
     pub chunk_size_bytes: Option<i64>,
 
-    /// Per-node upload limit in bytes per second. Unset: unlimited.
+    /// Per-node upload limit in bytes per second, applied where lower than the agent's own limit
+    /// (from when a node starts the assignment). Unset: the agents' limits alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1024))]
     pub upload_bytes_per_second: Option<i64>,
 
-    /// Per-node download limit in bytes per second. Unset: unlimited.
+    /// Per-node download limit in bytes per second, applied where lower than the agent's own limit
+    /// (from when a node starts the assignment). Unset: the agents' limits alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1024))]
     pub download_bytes_per_second: Option<i64>,
@@ -182,8 +184,8 @@ pub struct TransferSettings {
     pub peer_wait: Option<String>,
 
     /// Bytes the whole fleet may read from the origin, as a percentage of the payload size.
-    /// Unset: 100 (the origin sends each byte about once; peers carry the rest). Raise it to let
-    /// nodes fall back to the origin more freely.
+    /// Unset: 100. Not enforced yet: each node caps its own origin reads at one payload, and the
+    /// nodes' origin-once rule keeps the fleet at about one copy in all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 100, max = 100000))]
     pub origin_budget_percent: Option<i32>,

@@ -536,6 +536,8 @@ mod tests {
                     sequence: 1,
                     target_path: "firmware/gw.bin".into(),
                     trust_policy: "fleet".into(),
+                    upload_bytes_per_second: None,
+                    download_bytes_per_second: None,
                 }],
             },
         );

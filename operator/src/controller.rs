@@ -675,6 +675,8 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
                 sequence,
                 target_path: ur.spec.install.target_path.clone(),
                 trust_policy: ur.spec.trust_policy.clone(),
+                upload_bytes_per_second: ur.spec.transfer.upload_bytes_per_second,
+                download_bytes_per_second: ur.spec.transfer.download_bytes_per_second,
             });
         if desired != entry_of(n) {
             writes.push((name, desired));
@@ -1349,6 +1351,20 @@ mod tests {
         }
         assert_eq!(pipeline.calls().len(), 3, "the index is built once");
         assert_eq!(h.ctx.metrics.reconcile_count("ok"), 4);
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn the_rollout_rate_limits_travel_with_the_assignments() {
+        let mut ur = UpdateRollout::test("r").finalized();
+        ur.spec.transfer.upload_bytes_per_second = Some(65536);
+        ur.spec.transfer.download_bytes_per_second = Some(131072);
+        let h = Harness::new(world_with(3, vec![ur]), ScriptedPipeline::signed());
+        h.step("r").await.unwrap();
+        let canary = h.w().assigned("r").keys().next().unwrap().clone();
+        let a = h.w().assignment(&canary, "r").unwrap();
+        assert_eq!(a.upload_bytes_per_second, Some(65536));
+        assert_eq!(a.download_bytes_per_second, Some(131072));
         h.finish().await;
     }
 
@@ -2160,6 +2176,8 @@ mod tests {
             sequence: 1,
             target_path: "a".into(),
             trust_policy: "t".into(),
+            upload_bytes_per_second: None,
+            download_bytes_per_second: None,
         });
         let refs = rollouts_for_node(&node, &[a, Arc::new(other)]);
         let names: Vec<String> = refs

@@ -350,6 +350,17 @@ impl World {
             })
             .collect()
     }
+    /// `node`'s assignment of `fleet/<name>`, if any.
+    pub fn assignment(&self, node: &str, name: &str) -> Option<pollen_crds::Assignment> {
+        let key = format!("{NS}/{name}");
+        self.nodes
+            .get(node)?
+            .spec
+            .assignments
+            .iter()
+            .find(|a| a.rollout == key)
+            .cloned()
+    }
     /// The agent of `node` reports `phase` for its assignment of `fleet/<name>`.
     pub fn report(&mut self, node: &str, name: &str, phase: AssignmentPhase) {
         let key = format!("{NS}/{name}");

@@ -55,6 +55,8 @@ mod tests {
             sequence: 1,
             target_path: "fw.bin".into(),
             trust_policy: "tp".into(),
+            upload_bytes_per_second: None,
+            download_bytes_per_second: None,
         }
     }
 

@@ -101,6 +101,15 @@ fn target_root(install_root: &std::path::Path, target_path: &str) -> PathBuf {
     root
 }
 
+/// The lower of the agent's own rate limit and the assignment's (bytes per second; `None`: unlimited).
+fn lower_limit(agent: Option<u64>, assignment: Option<i64>) -> Option<u64> {
+    let assignment = assignment.map(|b| b.max(1) as u64);
+    match (agent, assignment) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 fn short(s: &str) -> String {
     hex::encode(&blake3::hash(s.as_bytes()).as_bytes()[..8])
 }
@@ -237,8 +246,8 @@ impl super::AssignmentRunner for SwarmRunner {
                 data_dir: cfg.data_dir.join("chunks").join(short(&a.chunk_index)),
                 install_root: install_root.clone(),
                 metrics: None,
-                upload_limit: cfg.upload_limit,
-                download_limit: cfg.download_limit,
+                upload_limit: lower_limit(cfg.upload_limit, a.upload_bytes_per_second),
+                download_limit: lower_limit(cfg.download_limit, a.download_bytes_per_second),
                 origin_budget: Budget::OneCopy,
                 no_origin: false,
                 seed: None,
@@ -408,5 +417,15 @@ mod tests {
         );
         assert_eq!(target_root(root, "model.onnx"), root.join("model.onnx"));
         assert_ne!(target_root(root, "a/x.bin"), target_root(root, "b/x.bin"));
+    }
+
+    #[test]
+    fn the_lower_of_the_agent_and_assignment_limits_applies() {
+        use super::lower_limit;
+        assert_eq!(lower_limit(None, None), None);
+        assert_eq!(lower_limit(Some(5000), None), Some(5000));
+        assert_eq!(lower_limit(None, Some(2048)), Some(2048));
+        assert_eq!(lower_limit(Some(5000), Some(2048)), Some(2048));
+        assert_eq!(lower_limit(Some(1024), Some(2048)), Some(1024));
     }
 }
