@@ -234,3 +234,59 @@ async fn hostile_peer_is_banned_and_the_rollout_completes() {
     evil_shutdown.cancel();
     evil.shutdown().await;
 }
+
+/// Rollback protection in standalone mode: with a version installed, an index of a lower sequence for
+/// the same target is refused before any chunk moves, and the installed version stays active.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_older_than_the_installed_version_is_refused() {
+    let Some(reg) = registry().await else { return };
+    let fleet = Fleet::new();
+    let size = 256 * 1024;
+    let newer = publish(
+        &reg.host(),
+        "v2",
+        payload(size, 2),
+        64 * 1024,
+        2,
+        fleet.dir.path(),
+    )
+    .await;
+    let mut o = fleet.node("solo", free_udp(), &[], &newer, &newer.index_ref);
+    o.seed_for = Some(Duration::ZERO);
+    let out = standalone::run_with_metrics(o.clone(), Arc::new(Metrics::default()), CancellationToken::new())
+        .await
+        .expect("the newer version installs");
+    assert_eq!(std::fs::read(&out.installed).unwrap(), newer.payload);
+
+    let older = publish(
+        &reg.host(),
+        "v1",
+        payload(size, 1),
+        64 * 1024,
+        1,
+        fleet.dir.path(),
+    )
+    .await;
+    let mut o2 = o.clone();
+    o2.index = older.index_ref.clone();
+    o2.publisher_keys = vec![older.publisher_pem.clone()];
+    o2.director_key = older.director_pem.clone();
+    let m = Arc::new(Metrics::default());
+    let err = standalone::run_with_metrics(o2, m.clone(), CancellationToken::new())
+        .await
+        .expect_err("a lower sequence is refused");
+    assert!(
+        matches!(
+            err,
+            StandaloneError::Verify(pollen_trust::verify::VerifyError::Rollback {
+                sequence: 1,
+                last: 2,
+                ..
+            })
+        ),
+        "{err}"
+    );
+    assert_eq!(m.received("origin") + m.received("peer"), 0, "no chunk moved");
+    let current = std::fs::read(o.install_root.join("current").join("payload.bin")).unwrap();
+    assert_eq!(current, newer.payload, "the newer version stays active");
+}

@@ -166,6 +166,7 @@ fn main() -> anyhow::Result<()> {
                     crl: a.crl,
                     peers: a.peers.iter().map(|(_, a)| *a).collect(),
                     index: a.index,
+                    evidence: None,
                     publisher_keys: a.publisher_keys,
                     director_key: a.director_key,
                     insecure_registry: a.insecure_registry.is_some(),

@@ -54,6 +54,9 @@ pub struct StandaloneOptions {
     pub peers: Vec<SocketAddr>,
     /// Pinned chunk-index reference, `registry/repo@sha256:…`.
     pub index: String,
+    /// The signed objects behind `index`, when the caller fetched them already (the agent does, for its
+    /// up-front check): they are verified again here but not fetched again.
+    pub evidence: Option<pollen_trust::verify::Evidence>,
     /// Publisher public keys (PEM).
     pub publisher_keys: Vec<PathBuf>,
     /// Director public key (PEM).
@@ -261,14 +264,19 @@ pub async fn run_with_members(
     .map_err(StandaloneError::Registry)?;
     // Rollback protection: the active version's sequence is the last accepted one for its target.
     let probe = Installer::new(&opts.install_root, 0);
+    // Fetched once; verified (a pure check) without, then with, the active version's sequence.
+    let evidence = match &opts.evidence {
+        Some(ev) => ev.clone(),
+        None => pollen_trust::verify::fetch_evidence(&reg, &opts.index, &trust)
+            .await
+            .map_err(StandaloneError::Verify)?,
+    };
     let mut ctx = VerifyContext::now();
-    let index = pollen_trust::verify::verify(&reg, &opts.index, &trust, &ctx).await;
+    let index = pollen_trust::verify::verify_evidence(&evidence, &trust, &ctx);
     let index = match (index, active_sequence(&probe)) {
         (Ok(ix), Some(seq)) => {
             ctx.last_sequence.insert(ix.target.path.clone(), seq);
-            pollen_trust::verify::verify(&reg, &opts.index, &trust, &ctx)
-                .await
-                .map_err(StandaloneError::Verify)?
+            pollen_trust::verify::verify_evidence(&evidence, &trust, &ctx).map_err(StandaloneError::Verify)?
         }
         (r, _) => r.map_err(StandaloneError::Verify)?,
     };
@@ -384,6 +392,7 @@ mod tests {
             crl: Some(write("fleet.crl", crl)),
             peers: Vec::new(),
             index: "127.0.0.1:1/none@sha256:00".into(),
+            evidence: None,
             publisher_keys: Vec::new(),
             director_key: dir.join("missing-director.pem"),
             insecure_registry: true,

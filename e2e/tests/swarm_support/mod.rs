@@ -232,6 +232,7 @@ impl Fleet {
             crl: None,
             peers: peers.iter().copied().filter(|a| *a != listen).collect(),
             index: index_ref.into(),
+            evidence: None,
             publisher_keys: vec![p.publisher_pem.clone()],
             director_key: p.director_pem.clone(),
             insecure_registry: true,

@@ -185,7 +185,12 @@ impl super::AssignmentRunner for SwarmRunner {
                 Ok(r) => r,
                 Err(e) => return fail(format!("registry: {e}")),
             };
-            let index = match verify::verify(&reg, &a.chunk_index, &policy, &VerifyContext::now()).await {
+            // Fetched once: the engine's own check (with the rollback rule) reuses these objects.
+            let evidence = match verify::fetch_evidence(&reg, &a.chunk_index, &policy).await {
+                Ok(ev) => ev,
+                Err(e) => return fail(format!("verification failed: {e}")),
+            };
+            let index = match verify::verify_evidence(&evidence, &policy, &VerifyContext::now()) {
                 Ok(ix) => ix,
                 Err(e) => return fail(format!("verification failed: {e}")),
             };
@@ -239,6 +244,7 @@ impl super::AssignmentRunner for SwarmRunner {
                 crl: None,
                 peers,
                 index: a.chunk_index.clone(),
+                evidence: Some(evidence),
                 publisher_keys,
                 director_key,
                 insecure_registry: cfg.insecure_registry,
