@@ -475,19 +475,6 @@ impl Engine {
 
     /// Stops every task, closes connections and persists what is verified.
     pub async fn shutdown(mut self) {
-        for (name, p) in self.shared.peers.lock().expect("peers").iter() {
-            let st = p.conn.stats();
-            debug!(
-                peer = %name,
-                udp_tx_bytes = st.udp_tx.bytes,
-                udp_rx_bytes = st.udp_rx.bytes,
-                lost_packets = st.path.lost_packets,
-                lost_bytes = st.path.lost_bytes,
-                sent_packets = st.path.sent_packets,
-                mtu = st.path.current_mtu,
-                "connection at shutdown"
-            );
-        }
         self.shared.shutdown.cancel();
         self.shared
             .endpoint
@@ -750,8 +737,13 @@ impl Shared {
     }
 
     fn broadcast(&self, msg: &Message) {
+        self.send_where(msg, |_| true);
+    }
+
+    /// Queues `msg` on the control stream of every connected peer `to` accepts.
+    fn send_where(&self, msg: &Message, to: impl Fn(PeerId) -> bool) {
         for p in self.peers.lock().expect("peers").values() {
-            if p.tx.try_send(msg.clone()).is_err() {
+            if to(p.id) && p.tx.try_send(msg.clone()).is_err() {
                 debug!("control queue full; message dropped");
             }
         }
@@ -766,11 +758,7 @@ impl Shared {
                 .filter(|id| p.same_site(*id) == Some(true))
                 .collect()
         };
-        for p in self.peers.lock().expect("peers").values() {
-            if near.contains(&p.id) && p.tx.try_send(msg.clone()).is_err() {
-                debug!("control queue full; message dropped");
-            }
-        }
+        self.send_where(msg, |id| near.contains(&id));
     }
 
     fn chunk_lock(&self, c: u32) -> Arc<tokio::sync::Mutex<()>> {

@@ -471,7 +471,6 @@ impl Picker {
         picked
     }
 
-    /// Endgame: every missing chunk is already in flight.
     /// Longest run for a peer whose pipeline target is `target`: `run_bytes` worth of chunks, and at most
     /// half the target, so that a peer always has a second request in flight when one run ends.
     fn max_run(&self, target: u32) -> usize {
@@ -521,6 +520,7 @@ impl Picker {
         out
     }
 
+    /// Endgame: every missing chunk is already in flight.
     fn endgame(&self) -> bool {
         (self.have.len() - self.have.count()) as usize == self.inflight.len()
     }
