@@ -751,13 +751,8 @@ impl Shared {
 
     /// Sends `msg` to the connected peers of this node's site.
     fn broadcast_to_site(&self, msg: &Message) {
-        let ids: Vec<PeerId> = self.peers.lock().expect("peers").values().map(|e| e.id).collect();
-        let near: HashSet<PeerId> = {
-            let p = self.picker.lock().expect("picker");
-            ids.into_iter()
-                .filter(|id| p.same_site(*id) == Some(true))
-                .collect()
-        };
+        // The picker knows every connected peer and its site; taken before the peers lock, not inside it.
+        let near = self.picker.lock().expect("picker").same_site_peers();
         self.send_where(msg, |id| near.contains(&id));
     }
 
@@ -1875,7 +1870,7 @@ impl Drop for Discard<'_> {
 
 /// Splits picks into runs of consecutive chunks, each at most [`protocol::MAX_REQUEST_CHUNKS`] long, in
 /// the order given.
-fn runs(picks: &[u32]) -> Vec<(u32, u32)> {
+pub(crate) fn runs(picks: &[u32]) -> Vec<(u32, u32)> {
     let mut out: Vec<(u32, u32)> = Vec::new();
     for &c in picks {
         match out.last_mut() {

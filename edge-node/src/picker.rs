@@ -206,6 +206,15 @@ impl Picker {
         self.peers.get(&id).map(|p| p.same_site)
     }
 
+    /// The connected peers of this node's site.
+    pub fn same_site_peers(&self) -> std::collections::HashSet<PeerId> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.same_site)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// Requests in flight to a peer.
     pub fn peer_inflight(&self, id: PeerId) -> u32 {
         self.peers.get(&id).map_or(0, |p| p.inflight)

@@ -476,18 +476,6 @@ fn simulated_swarm_with_runs_reads_the_origin_once() {
     }
 }
 
-/// Splits picks into runs of consecutive chunks, as the engine does.
-fn runs_of(picks: &[u32]) -> Vec<(u32, u32)> {
-    let mut runs: Vec<(u32, u32)> = Vec::new();
-    for &c in picks {
-        match runs.last_mut() {
-            Some((first, count)) if *first + *count == c => *count += 1,
-            _ => runs.push((c, 1)),
-        }
-    }
-    runs
-}
-
 #[test]
 fn runs_from_a_seed_after_the_random_phase() {
     let n = 256;
@@ -501,7 +489,7 @@ fn runs_from_a_seed_after_the_random_phase() {
         assert_eq!(target, 17, "16 KiB of 1 KiB chunks, plus one");
         let picks = p.pick_for_peer(1, MS);
         assert_eq!(picks.len(), 17, "the whole pipeline");
-        let runs = runs_of(&picks);
+        let runs = crate::engine::runs(&picks);
         assert!(runs.len() <= 3, "17 chunks in runs of at most 8: {runs:?}");
         assert!(runs.iter().all(|r| r.1 <= 8), "{runs:?}");
         assert!(picks.iter().all(|&c| c >= 4), "only what is missing");
@@ -545,7 +533,7 @@ fn runs_stop_at_what_the_peer_lacks_what_is_requested_and_more_common_chunks() {
             );
             assert!(c != 25 && c != 18, "seed {seed}: {c} is missing or requested");
         }
-        let runs = runs_of(&picks);
+        let runs = crate::engine::runs(&picks);
         assert!(runs.len() < picks.len(), "seed {seed}: some runs: {runs:?}");
     }
 }
@@ -558,7 +546,7 @@ fn no_runs_in_the_random_phase_or_when_turned_off() {
     p.peer_have_map(1, &Bitfield::full(n), MS);
     let picks = p.pick_for_peer(1, MS);
     assert_eq!(picks.len(), 17);
-    let runs = runs_of(&picks);
+    let runs = crate::engine::runs(&picks);
     assert!(runs.len() >= 12, "random picks are rarely adjacent: {runs:?}");
     let off = PickerConfig {
         run_bytes: 0,
@@ -567,5 +555,5 @@ fn no_runs_in_the_random_phase_or_when_turned_off() {
     let mut q = Picker::new("me", 1024, 256 * 1024, bits(n, &[0, 1, 2, 3]), off, 1);
     q.add_peer(1, "seed", true);
     q.peer_have_map(1, &Bitfield::full(n), MS);
-    assert!(runs_of(&q.pick_for_peer(1, MS)).len() >= 12);
+    assert!(crate::engine::runs(&q.pick_for_peer(1, MS)).len() >= 12);
 }
