@@ -974,19 +974,21 @@ async fn conflicts_and_pauses_on_a_real_api_server() {
             },
         )
         .await;
-    // Once the older one finished, the newer one goes ahead (single wave: every node).
+    // Once the older one finished, the newer one goes ahead (single wave: every node). The
+    // operator writes the assignments before the status that drops the conflict condition, so
+    // both are awaited together.
     fleet
         .wait_for(
-            "the newer rollout's assignments",
+            "the newer rollout's assignments, and its conflict condition gone",
             Duration::from_secs(60),
-            async || (fleet.assignments(&newer).await.len() == fleet.nodes.len()).then_some(()),
+            async || {
+                if fleet.assignments(&newer).await.len() != fleet.nodes.len() {
+                    return None;
+                }
+                let ur = fleet.rollouts().get(&newer).await.ok()?;
+                condition(&ur, types::CONFLICT).is_none().then_some(())
+            },
         )
         .await;
-    let ur = fleet.rollouts().get(&newer).await.unwrap();
-    assert_eq!(
-        condition(&ur, types::CONFLICT),
-        None,
-        "the conflict condition is gone"
-    );
     fleet.stop_operator().await;
 }
