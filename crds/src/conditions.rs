@@ -21,6 +21,9 @@ pub mod types {
     pub const FAILED: &str = "Failed";
     /// Another rollout targets the same install path on overlapping nodes.
     pub const CONFLICT: &str = "Conflict";
+    /// The fleet read its whole origin budget (`spec.transfer.originBudgetPercent`) while nodes are
+    /// still working: they fetch from peers only. True until the rollout finishes or the budget grows.
+    pub const ORIGIN_BUDGET_SPENT: &str = "OriginBudgetSpent";
 }
 
 /// Machine-readable reasons attached to conditions.
@@ -57,4 +60,6 @@ pub mod reasons {
     pub const OLDER_ROLLOUT_WINS: &str = "OlderRolloutWins";
     /// The spec is invalid in a way the schema cannot express.
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The nodes' reported origin reads reached the rollout's origin budget.
+    pub const BUDGET_SPENT: &str = "BudgetSpent";
 }

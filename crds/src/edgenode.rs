@@ -74,6 +74,14 @@ pub struct Assignment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1024))]
     pub download_bytes_per_second: Option<i64>,
+
+    /// Bytes this node may read from the origin registry for this assignment, in total, set from the
+    /// rollout's `originBudgetPercent`: what it read plus what the fleet's budget has left, rewritten
+    /// by the operator as the budget is spent. The running engine honours a new value at once.
+    /// Unset: no cap beyond the node's own (one payload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub origin_allowance_bytes: Option<i64>,
 }
 
 /// What the agent reports about its device.

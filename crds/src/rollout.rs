@@ -184,8 +184,13 @@ pub struct TransferSettings {
     pub peer_wait: Option<String>,
 
     /// Bytes the whole fleet may read from the origin, as a percentage of the payload size.
-    /// Unset: 100. Not enforced yet: each node caps its own origin reads at one payload, and the
-    /// nodes' origin-once rule keeps the fleet at about one copy in all.
+    /// Unset: no fleet-wide cap (each node still reads at most one payload, and the nodes'
+    /// origin-once rule keeps the fleet at about one copy). When set, the operator writes each
+    /// working node a cap (`originAllowanceBytes` in its EdgeNode assignment): what it read plus
+    /// what the budget has left, so no share sits idle. When the budget is spent, nodes fetch from
+    /// peers only and the rollout shows `OriginBudgetSpent`. The cap is soft: nodes reading at the
+    /// same moment, and reads not yet reported, can go over it by a little. A budget of exactly 100
+    /// leaves no room for a chunk read twice; 110 or more is the practical floor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 100, max = 100000))]
     pub origin_budget_percent: Option<i32>,

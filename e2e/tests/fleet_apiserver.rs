@@ -45,7 +45,8 @@ async fn a_rollout_goes_canary_first_then_fleet_to_complete_with_bytes_on_disk()
             pause: None,
         },
     ];
-    let ur = fleet::rollout("gateway-fw", &artifact, "fw/gateway.bin", waves);
+    let mut ur = fleet::rollout("gateway-fw", &artifact, "fw/gateway.bin", waves);
+    ur.spec.transfer.origin_budget_percent = Some(150);
     let pp = PostParams::default();
     retry_throttled(|| rollouts.create(&pp, &ur))
         .await
@@ -116,6 +117,32 @@ async fn a_rollout_goes_canary_first_then_fleet_to_complete_with_bytes_on_disk()
         complete.bytes_from_peers,
         complete.bytes_from_origin
     );
+
+    // The origin budget (150 % of the payload): every assignment carries a cap on origin reads, each
+    // node read no more than its cap, and the fleet no more than the budget.
+    let budget = bytes.len() as i64 * 3 / 2;
+    let list = nodes.list(&Default::default()).await.unwrap();
+    for n in &list.items {
+        let name = n.metadata.name.clone().unwrap_or_default();
+        let Some(a) = n
+            .spec
+            .assignments
+            .iter()
+            .find(|a| a.rollout == "default/gateway-fw")
+        else {
+            continue;
+        };
+        let cap = a
+            .origin_allowance_bytes
+            .unwrap_or_else(|| panic!("{name}: assignment without an origin cap"));
+        let used = n
+            .status
+            .as_ref()
+            .and_then(|s| s.assignments.iter().find(|s| s.rollout == a.rollout))
+            .map_or(0, |s| s.bytes_from_origin);
+        assert!(used <= cap, "{name} read {used} origin bytes, cap {cap}");
+    }
+    assert!(complete.bytes_from_origin <= budget, "{complete:?}");
 
     // Bytes on disk: every node's current version is the payload.
     for node in f.install_roots.keys() {

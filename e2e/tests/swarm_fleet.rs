@@ -290,3 +290,54 @@ async fn an_index_older_than_the_installed_version_is_refused() {
     let current = std::fs::read(o.install_root.join("current").join("payload.bin")).unwrap();
     assert_eq!(current, newer.payload, "the newer version stays active");
 }
+
+/// The origin allowance the agent passes in from the operator: a node reads nothing from the origin
+/// while its allowance is spent, resumes without a restart when it is raised, and never reads past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_reads_stop_at_the_allowance_and_resume_when_it_grows() {
+    let Some(reg) = registry().await else { return };
+    let fleet = Fleet::new();
+    let size = 2 * 1024 * 1024;
+    let chunk = 64 * 1024;
+    let p = publish(
+        &reg.host(),
+        "v1",
+        payload(size, 7),
+        chunk as u32,
+        1,
+        fleet.dir.path(),
+    )
+    .await;
+    let proxy = Proxy::start(reg.addr()).await;
+    let index_ref = proxy.reference(&p.index_ref, &reg.host());
+    let addr = free_udp();
+    let shutdown = CancellationToken::new();
+    // A lone node: every chunk must come from the origin. It may read a quarter of the payload.
+    let (tx, rx) = tokio::sync::watch::channel(Some(size as u64 / 4));
+    let mut o = fleet.node("solo", addr, &[], &p, &index_ref);
+    o.origin_allowance = Some(rx);
+    let root = o.install_root.clone();
+    let (m, task) = spawn_node(o, &[], &shutdown);
+    assert!(
+        wait_for(Duration::from_secs(30), || m.received("origin")
+            == size as u64 / 4)
+        .await,
+        "the first quarter arrives: {} bytes",
+        m.received("origin")
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        m.received("origin"),
+        size as u64 / 4,
+        "no origin byte past the allowance"
+    );
+    assert!(progress(&m, &p) < 0.3);
+    // The operator grants the rest: the same run finishes.
+    tx.send_replace(Some(size as u64));
+    let done = wait_for(Duration::from_secs(60), || root.join("current").exists()).await;
+    shutdown.cancel();
+    let out = task.await.expect("node task").expect("node run");
+    assert!(done, "installed after the allowance grew");
+    assert_eq!(std::fs::read(&out.installed).unwrap(), p.payload);
+    assert_eq!(m.received("origin"), size as u64, "each chunk read once");
+}

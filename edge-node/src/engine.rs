@@ -112,6 +112,10 @@ pub struct EngineConfig {
     pub download_limit: Option<u64>,
     /// Whether the origin may be used at all.
     pub origin: bool,
+    /// A live cap on this node's origin reads, in bytes in all (`None` inside: no cap), that the
+    /// caller may raise while the engine runs: the node's share of the rollout's origin budget. The
+    /// lower of it and the picker's `origin_budget` applies.
+    pub origin_allowance: Option<watch::Receiver<Option<u64>>>,
     /// How long to wait at start for the static peers before reading from the origin, so that the
     /// origin-once ownership is computed over the whole swarm.
     pub origin_grace: Duration,
@@ -145,6 +149,7 @@ impl EngineConfig {
             upload_limit: None,
             download_limit: None,
             origin: true,
+            origin_allowance: None,
             origin_grace: Duration::from_secs(3),
             max_connections: 64,
             upload_slots: 16,
@@ -280,6 +285,9 @@ struct Shared {
     endpoint: quinn::Endpoint,
     http: reqwest::Client,
     origin: bool,
+    origin_allowance: Option<watch::Receiver<Option<u64>>>,
+    /// The picker's configured origin budget, before any live allowance.
+    origin_budget: Option<u64>,
     origin_grace: Duration,
     static_peers: usize,
     max_connections: usize,
@@ -373,6 +381,8 @@ impl Engine {
             endpoint,
             http,
             origin: cfg.origin,
+            origin_allowance: cfg.origin_allowance.clone(),
+            origin_budget: cfg.picker.origin_budget,
             origin_grace: cfg.origin_grace,
             static_peers: cfg.peers.len(),
             max_connections: cfg.max_connections,
@@ -1754,9 +1764,29 @@ impl Shared {
         }
         let mut inflight: JoinSet<(u32, Duration, Result<(), FetchError>)> = JoinSet::new();
         let mut backoff_until = Instant::now();
+        let mut allowance = self.origin_allowance.clone();
+        let mut held_back = false;
         loop {
             if !matches!(*self.status.borrow(), Status::Running) {
                 return;
+            }
+            if let Some(rx) = allowance.as_mut() {
+                let cap = *rx.borrow_and_update();
+                let budget = match (self.origin_budget, cap) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                self.picker.lock().expect("picker").set_origin_budget(budget);
+            }
+            let exhausted = self.picker.lock().expect("picker").origin_budget_exhausted();
+            if exhausted != held_back {
+                held_back = exhausted;
+                if exhausted {
+                    info!(
+                        origin_bytes = self.picker.lock().expect("picker").origin_bytes(),
+                        "origin allowance used up; waiting for peers or a larger allowance"
+                    );
+                }
             }
             if Instant::now() >= backoff_until {
                 let picks = self.picker.lock().expect("picker").pick_for_origin(self.now());
@@ -1796,6 +1826,7 @@ impl Shared {
                         }
                     }
                 },
+                _ = allowance_changed(&mut allowance) => {},
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {},
                 _ = self.shutdown.cancelled() => return,
             }
@@ -1866,6 +1897,16 @@ impl Drop for Discard<'_> {
             self.counter.inc_by(self.bytes);
         }
     }
+}
+
+/// Resolves when the live origin allowance changes; never if there is none (or its sender is gone).
+async fn allowance_changed(rx: &mut Option<watch::Receiver<Option<u64>>>) {
+    if let Some(r) = rx
+        && r.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
 }
 
 /// Splits picks into runs of consecutive chunks, each at most [`protocol::MAX_REQUEST_CHUNKS`] long, in

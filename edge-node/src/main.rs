@@ -177,6 +177,7 @@ fn main() -> anyhow::Result<()> {
                     upload_limit: a.upload_limit,
                     download_limit: a.download_limit,
                     origin_budget: a.origin_budget.unwrap_or(Budget::Unlimited),
+                    origin_allowance: None,
                     no_origin: a.no_origin,
                     seed: a.seed,
                     seed_for: if a.exit_when_done {

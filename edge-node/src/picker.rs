@@ -649,6 +649,28 @@ impl Picker {
     }
 
     /// Accounts origin bytes that were read but did not yield a verified chunk (a failed range GET).
+    /// Caps origin reads at `bytes` in total from now on (`None`: no cap), replacing the configured
+    /// budget: the fleet's allowance for this node, which the operator raises as the rollout goes.
+    pub fn set_origin_budget(&mut self, bytes: Option<u64>) {
+        self.cfg.origin_budget = bytes;
+    }
+
+    /// Whether origin reads are held back by the budget: a chunk is wanted from the origin, but the
+    /// budget left cannot pay for it.
+    pub fn origin_budget_exhausted(&self) -> bool {
+        let Some(b) = self.cfg.origin_budget else {
+            return false;
+        };
+        let inflight: u64 = self
+            .inflight
+            .iter()
+            .filter(|(_, s)| s.contains(&Source::Origin))
+            .map(|(c, _)| self.chunk_len(*c))
+            .sum();
+        let left = b.saturating_sub(self.origin_bytes + inflight);
+        !self.is_complete() && left < u64::from(self.chunk_size).min(self.payload_size)
+    }
+
     pub fn charge_origin(&mut self, bytes: u64) {
         self.origin_bytes += bytes;
     }

@@ -77,6 +77,9 @@ pub struct StandaloneOptions {
     pub download_limit: Option<u64>,
     /// Origin byte budget for this rollout on this node.
     pub origin_budget: Budget,
+    /// A live allowance on top of the budget, raised while the run goes (the agent passes the
+    /// operator's share of the rollout's origin budget; see `EngineConfig::origin_allowance`).
+    pub origin_allowance: Option<tokio::sync::watch::Receiver<Option<u64>>>,
     /// Never read from the origin.
     pub no_origin: bool,
     /// Seed for the picker's random choices.
@@ -290,6 +293,7 @@ pub async fn run_with_members(
     cfg.upload_limit = opts.upload_limit;
     cfg.download_limit = opts.download_limit;
     cfg.origin = !opts.no_origin;
+    cfg.origin_allowance = opts.origin_allowance.clone();
     cfg.picker = PickerConfig {
         origin_budget: opts.origin_budget.bytes(index.payload.size),
         ..PickerConfig::default()
@@ -403,6 +407,7 @@ mod tests {
             upload_limit: None,
             download_limit: None,
             origin_budget: Budget::Unlimited,
+            origin_allowance: None,
             no_origin: true,
             seed: None,
             seed_for: Some(Duration::ZERO),

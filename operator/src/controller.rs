@@ -55,10 +55,11 @@ use sha2::{Digest, Sha256};
 use tokio::sync::RwLock;
 use tracing::{debug, info, warn};
 
+use crate::allowance;
 use crate::metrics::Metrics;
 use crate::pipeline::{ArtifactPipeline, IndexRequest, PipelineError};
 use crate::planner;
-use crate::progress::{self, DistState, Gate, NodeObservation};
+use crate::progress::{self, DistState, Gate, NodeObservation, NodeState};
 
 /// The finalizer that guards assignment cleanup.
 pub const FINALIZER: &str = "pollen.dev/assignments";
@@ -653,6 +654,46 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
         break (d, agg);
     };
 
+    // The fleet's origin budget, as caps in the assignments (see `allowance`). Quarantined nodes get
+    // no assignment, but what they read still counts.
+    let budget = st
+        .artifact_size
+        .filter(|s| *s > 0)
+        .and_then(|size| allowance::budget_bytes(size as u64, ur.spec.transfer.origin_budget_percent));
+    let origin_caps = budget.map(|budget| {
+        let size = st.artifact_size.unwrap_or(0).max(0) as u64;
+        let chunk = ur
+            .spec
+            .transfer
+            .chunk_size_bytes
+            .map_or_else(|| pollen_trust::index::auto_chunk_size(size), |c| c.max(1) as u32);
+        let uses: Vec<allowance::NodeUse> = selected
+            .iter()
+            .filter_map(|n| {
+                let name = n.name_any();
+                if *plan.wave_of.get(&name)? > decision.current_wave {
+                    return None;
+                }
+                let status = n.status.as_ref().and_then(|s| {
+                    s.assignments
+                        .iter()
+                        .find(|a| a.rollout == key && a.chunk_index == chunk_index)
+                });
+                let state = progress::node_state(true, status, &chunk_index, quarantined(n));
+                Some(allowance::NodeUse {
+                    name,
+                    working: matches!(state, NodeState::Pending | NodeState::Downloading),
+                    granted: entry_of(n)
+                        .filter(|a| a.chunk_index == chunk_index)
+                        .and_then(|a| a.origin_allowance_bytes)
+                        .map(|v| v.max(0) as u64),
+                    used: status.map_or(0, |s| s.bytes_from_origin.max(0) as u64),
+                })
+            })
+            .collect();
+        allowance::caps(budget, u64::from(chunk), &uses)
+    });
+
     // Distribute: write only the entries that differ.
     let manager = assignment_manager(&uid);
     let sequence = st.sequence.unwrap_or(0);
@@ -677,6 +718,10 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
                 trust_policy: ur.spec.trust_policy.clone(),
                 upload_bytes_per_second: ur.spec.transfer.upload_bytes_per_second,
                 download_bytes_per_second: ur.spec.transfer.download_bytes_per_second,
+                origin_allowance_bytes: origin_caps
+                    .as_ref()
+                    .and_then(|c| c.caps.get(&name))
+                    .map(|&v| v.min(i64::MAX as u64) as i64),
             });
         if desired != entry_of(n) {
             writes.push((name, desired));
@@ -736,6 +781,22 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
         );
     } else {
         drop_condition(&mut st, types::FAILED);
+    }
+    match (&origin_caps, budget) {
+        (Some(c), Some(budget)) if c.remaining == 0 && distributing && agg.bytes_from_origin > 0 => {
+            set_condition(
+                &mut st,
+                types::ORIGIN_BUDGET_SPENT,
+                true,
+                reasons::BUDGET_SPENT,
+                format!(
+                    "the nodes read {} bytes from the origin, the budget is {budget}; working nodes fetch from peers only",
+                    agg.bytes_from_origin
+                ),
+                now,
+            );
+        }
+        _ => drop_condition(&mut st, types::ORIGIN_BUDGET_SPENT),
     }
     let action = match decision.phase {
         RolloutPhase::Complete | RolloutPhase::Failed => Action::requeue(ctx.config.resync * 5),
@@ -1365,6 +1426,65 @@ mod tests {
         let a = h.w().assignment(&canary, "r").unwrap();
         assert_eq!(a.upload_bytes_per_second, Some(65536));
         assert_eq!(a.download_bytes_per_second, Some(131072));
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn the_origin_budget_caps_origin_reads_in_the_assignments() {
+        // No budget: no cap in the assignments.
+        let h = Harness::new(
+            world_with(3, vec![UpdateRollout::test("r").finalized()]),
+            ScriptedPipeline::signed(),
+        );
+        h.step("r").await.unwrap();
+        assert!(h.w().allowances("r").values().all(Option::is_none));
+        h.finish().await;
+
+        let mut ur = UpdateRollout::test("r").finalized();
+        ur.spec.transfer.origin_budget_percent = Some(100);
+        let h = Harness::new(world_with(5, vec![ur]), ScriptedPipeline::signed());
+        h.step("r").await.unwrap();
+        let canary = h.w().assigned("r").keys().next().unwrap().clone();
+        // A 4096-byte artifact and a budget of one copy: the canary may read all of it.
+        assert_eq!(
+            h.w().allowances("r"),
+            BTreeMap::from([(canary.clone(), Some(4096))])
+        );
+        // It installs, having read 1024 bytes from the origin: each node of the second wave may read
+        // the 3072 bytes left (rounded up to a step, here the whole budget).
+        h.w().report(&canary, "r", AssignmentPhase::Installed);
+        h.step("r").await.unwrap();
+        let a = h.w().allowances("r");
+        assert_eq!(a.len(), 5);
+        assert_eq!(a[&canary], Some(4096), "a finished node keeps its cap");
+        assert!(
+            a.iter()
+                .filter(|(n, _)| **n != canary)
+                .all(|(_, v)| *v == Some(4096)),
+            "{a:?}"
+        );
+        let st = h.w().rollout("r").status.unwrap();
+        assert!(
+            st.conditions
+                .iter()
+                .all(|c| c.type_ != types::ORIGIN_BUDGET_SPENT)
+        );
+        // The second wave reports 1024 origin bytes each: 5120 in all, the budget is spent. Every working
+        // node is capped at what it read, and the rollout says why nodes fetch from peers only.
+        for n in fleet(5).iter().filter(|n| **n != canary) {
+            h.w().report(n, "r", AssignmentPhase::Downloading);
+        }
+        h.step("r").await.unwrap();
+        for (n, v) in h.w().allowances("r") {
+            let want = if n == canary { 4096 } else { 1024 };
+            assert_eq!(v, Some(want), "{n}");
+        }
+        let st = h.w().rollout("r").status.unwrap();
+        let c = cond(&st, types::ORIGIN_BUDGET_SPENT);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", reasons::BUDGET_SPENT)
+        );
         h.finish().await;
     }
 
@@ -2178,6 +2298,7 @@ mod tests {
             trust_policy: "t".into(),
             upload_bytes_per_second: None,
             download_bytes_per_second: None,
+            origin_allowance_bytes: None,
         });
         let refs = rollouts_for_node(&node, &[a, Arc::new(other)]);
         let names: Vec<String> = refs

@@ -361,6 +361,21 @@ impl World {
             .find(|a| a.rollout == key)
             .cloned()
     }
+
+    /// The origin allowance in `node`'s assignment of `fleet/<name>`, by node name.
+    pub fn allowances(&self, name: &str) -> BTreeMap<String, Option<i64>> {
+        let key = format!("{NS}/{name}");
+        self.nodes
+            .values()
+            .filter_map(|n| {
+                n.spec
+                    .assignments
+                    .iter()
+                    .find(|a| a.rollout == key)
+                    .map(|a| (n.name_any(), a.origin_allowance_bytes))
+            })
+            .collect()
+    }
     /// The agent of `node` reports `phase` for its assignment of `fleet/<name>`.
     pub fn report(&mut self, node: &str, name: &str, phase: AssignmentPhase) {
         let key = format!("{NS}/{name}");

@@ -2,6 +2,7 @@
 //!
 //! Layers:
 //! - [`planner`]: which node belongs to which wave (pure);
+//! - [`allowance`]: the rollout's origin budget shared out as per-node allowances (pure);
 //! - [`progress`]: aggregation of EdgeNode statuses, thresholds, conflicts and the phase machine (pure);
 //! - [`pipeline`]: the seam to the registry and the trust chain (resolve, verify, index);
 //! - [`controller`]: the reconciler, its context and the watches;
@@ -16,6 +17,7 @@
 //! Non-goals: the node agent (in `pollen-edge-node`), the trust-chain cryptography (in `pollen-trust`).
 #![warn(missing_docs)]
 
+pub mod allowance;
 pub mod app;
 pub mod controller;
 pub mod csr;

@@ -243,6 +243,7 @@ impl Fleet {
             upload_limit: None,
             download_limit: None,
             origin_budget: Budget::Unlimited,
+            origin_allowance: None,
             no_origin: false,
             seed: Some(name.bytes().map(u64::from).sum()),
             seed_for: None,

@@ -86,12 +86,15 @@ pub struct AgentConfig {
 ///
 /// The runner verifies both signatures, fetches, installs, and sets the final phase
 /// (`Installed` or `Failed` with `last_error`). It must stop promptly when `cancel` fires.
+/// `allowance` carries the assignment's origin allowance as the operator raises it (bytes in all;
+/// `None`: no cap); it starts at the assignment's value.
 pub trait AssignmentRunner: Send + Sync + 'static {
     /// Run `assignment`; the future completes when it reaches an end state or is cancelled.
     fn run(
         &self,
         assignment: Assignment,
         progress: watch::Sender<AssignmentStatus>,
+        allowance: watch::Receiver<Option<u64>>,
         cancel: CancellationToken,
     ) -> BoxFuture<'static, Option<InstalledVersion>>;
 }
@@ -199,6 +202,25 @@ struct Running {
     chunk_index: String,
     cancel: CancellationToken,
     progress: watch::Receiver<AssignmentStatus>,
+    allowance: watch::Sender<Option<u64>>,
+    /// Origin bytes in the last status written, to report at once when the allowance runs low.
+    reported_origin: i64,
+}
+
+/// An assignment's origin allowance as the engine takes it.
+fn allowance_of(a: &Assignment) -> Option<u64> {
+    a.origin_allowance_bytes.map(|b| b.max(0) as u64)
+}
+
+/// Whether a running assignment has used three quarters of its origin allowance since its last status
+/// write: the operator grants more only on what the status says, so that write should not wait for
+/// the progress interval.
+fn allowance_running_low(w: &Running) -> bool {
+    let used = w.progress.borrow().bytes_from_origin;
+    match *w.allowance.borrow() {
+        Some(a) => used != w.reported_origin && used.max(0) as u64 * 4 >= a * 3,
+        None => false,
+    }
 }
 
 /// Run the agent until `shutdown` fires: register, watch the own EdgeNode, run assignments, report.
@@ -247,6 +269,17 @@ pub async fn run(
                     Some(Err(e)) => { warn!(error = %AgentError::Watch(e), "retrying"); continue; }
                     None => break,
                 };
+                // A larger allowance for work under way reaches its engine without a restart.
+                for a in &desired {
+                    if let Some(w) = running.get(&a.rollout).filter(|w| w.chunk_index == a.chunk_index) {
+                        w.allowance.send_if_modified(|cur| {
+                            let new = allowance_of(a);
+                            let changed = *cur != new;
+                            *cur = new;
+                            changed
+                        });
+                    }
+                }
                 let current: BTreeMap<String, String> =
                     running.iter().map(|(r, w)| (r.clone(), w.chunk_index.clone())).collect();
                 for step in desired::steps(&desired, &current) {
@@ -271,8 +304,12 @@ pub async fn run(
                             let cancel = shutdown.child_token();
                             let rollout = a.rollout.clone();
                             info!(%rollout, index = %a.chunk_index, "starting assignment");
-                            running.insert(rollout.clone(), Running { chunk_index: a.chunk_index.clone(), cancel: cancel.clone(), progress: rx });
-                            let fut = runner.run(a, tx, cancel);
+                            let (allowance_tx, allowance_rx) = watch::channel(allowance_of(&a));
+                            running.insert(rollout.clone(), Running {
+                                chunk_index: a.chunk_index.clone(), cancel: cancel.clone(), progress: rx,
+                                allowance: allowance_tx, reported_origin: 0,
+                            });
+                            let fut = runner.run(a, tx, allowance_rx, cancel);
                             let done = done_tx.clone();
                             tokio::spawn(async move { let r = fut.await; let _ = done.send((rollout, r)); });
                         }
@@ -300,12 +337,16 @@ pub async fn run(
             statuses.iter().map(|s| (s.rollout.clone(), s.phase)).collect();
         let bytes: i64 = statuses.iter().map(|s| s.verified_bytes).sum();
         let now = Instant::now();
-        if throttle.due(now, &phases, bytes != last_bytes) || cert_dirty {
+        let allowance_low = running.values().any(allowance_running_low);
+        if throttle.due(now, &phases, bytes != last_bytes) || cert_dirty || allowance_low {
             let cert_now = certificate.borrow_and_update().clone();
             match write_status(&api, &cfg, cert_now.as_ref(), &statuses, &installed).await {
                 Ok(()) => {
                     throttle.wrote(now, &phases);
                     last_bytes = bytes;
+                    for w in running.values_mut() {
+                        w.reported_origin = w.progress.borrow().bytes_from_origin;
+                    }
                     cert_dirty = false;
                 }
                 Err(e) => warn!(error = %e, "status write failed; will retry"),
@@ -421,6 +462,30 @@ mod tests {
             .unwrap()
     }
 
+    #[test]
+    fn a_status_write_is_due_when_three_quarters_of_the_allowance_are_used() {
+        let (ptx, prx) = watch::channel(AssignmentStatus {
+            bytes_from_origin: 700,
+            ..Default::default()
+        });
+        let (atx, _arx) = watch::channel(Some(1000));
+        let mut w = Running {
+            chunk_index: "i".into(),
+            cancel: CancellationToken::new(),
+            progress: prx,
+            allowance: atx,
+            reported_origin: 0,
+        };
+        assert!(!allowance_running_low(&w));
+        ptx.send_modify(|s| s.bytes_from_origin = 750);
+        assert!(allowance_running_low(&w));
+        w.reported_origin = 750;
+        assert!(!allowance_running_low(&w), "already reported");
+        w.allowance.send_replace(None);
+        ptx.send_modify(|s| s.bytes_from_origin = 2000);
+        assert!(!allowance_running_low(&w), "no cap");
+    }
+
     struct NoWork;
 
     impl AssignmentRunner for NoWork {
@@ -428,6 +493,7 @@ mod tests {
             &self,
             a: Assignment,
             _progress: watch::Sender<AssignmentStatus>,
+            _allowance: watch::Receiver<Option<u64>>,
             _cancel: CancellationToken,
         ) -> BoxFuture<'static, Option<InstalledVersion>> {
             panic!("no assignment expected, got {}", a.rollout)

@@ -119,6 +119,7 @@ impl super::AssignmentRunner for SwarmRunner {
         &self,
         a: Assignment,
         progress: watch::Sender<AssignmentStatus>,
+        allowance: watch::Receiver<Option<u64>>,
         cancel: CancellationToken,
     ) -> BoxFuture<'static, Option<InstalledVersion>> {
         let client = self.client.clone();
@@ -255,6 +256,7 @@ impl super::AssignmentRunner for SwarmRunner {
                 upload_limit: lower_limit(cfg.upload_limit, a.upload_bytes_per_second),
                 download_limit: lower_limit(cfg.download_limit, a.download_bytes_per_second),
                 origin_budget: Budget::OneCopy,
+                origin_allowance: Some(allowance.clone()),
                 no_origin: false,
                 seed: None,
                 seed_for: None,
