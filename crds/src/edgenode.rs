@@ -75,6 +75,12 @@ pub struct Assignment {
     #[schemars(range(min = 1024))]
     pub download_bytes_per_second: Option<i64>,
 
+    /// How long the node goes without any chunk arriving before it stops waiting on its peers
+    /// (copied from the rollout's `peerWait`). Unset: the node's default (10 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::optional_duration")]
+    pub peer_wait: Option<String>,
+
     /// Bytes this node may read from the origin registry for this assignment, in total, set from the
     /// rollout's `originBudgetPercent`: what it read plus what the fleet's budget has left, rewritten
     /// by the operator as the budget is spent. The running engine honours a new value at once.

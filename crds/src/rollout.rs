@@ -177,8 +177,9 @@ pub struct TransferSettings {
     #[schemars(range(min = 1024))]
     pub download_bytes_per_second: Option<i64>,
 
-    /// How long a node waits for a peer to offer a chunk before it fetches that chunk from the
-    /// origin registry, for example `30s`. Unset: `20s`.
+    /// How long a node goes without any chunk arriving before it stops waiting on its peers: it then
+    /// fetches what it lacks from the origin (and across sites) even where another node was to do
+    /// so, for example `30s`. Unset: `10s`. Copied into each assignment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::schema::optional_duration")]
     pub peer_wait: Option<String>,

@@ -11,10 +11,13 @@
 //! the same bytes sent from memory and read into nothing. Both use `TlsIdentity::quic_server` /
 //! `quic_client` with the same `TransportLimits` (the defaults unless `LOOPBACK_WINDOW_KIB` is set).
 //!
-//! Both sides of each pair run in this process on two runtime threads, so the figures are bound by CPU as
-//! much as by the protocol: each round also prints the process CPU time (user + system, all threads,
-//! from `/proc/self/stat`) it took. The stores live in the system temporary directory, or under
-//! `LOOPBACK_DIR` (e.g. a tmpfs, to take the disk out of the measurement).
+//! Both sides of each pair run in this process. By default they share one runtime of two threads, so the
+//! figures are bound by CPU as much as by the protocol: each side's extra work takes cycles from the
+//! other. With `LOOPBACK_SPLIT=1` each side gets its own runtime (one worker, its blocking threads)
+//! pinned to its own core, closer to two devices with a core each; raw quinn is split the same way.
+//! Each round also prints the process CPU time (user + system, all threads, from `/proc/self/stat`) it
+//! took. The stores live in the system temporary directory, or under `LOOPBACK_DIR` (e.g. a tmpfs, to
+//! take the disk out of the measurement).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +28,7 @@ use pollen_edge_node::store::Store;
 use pollen_edge_node::tls::TransportLimits;
 use pollen_edge_node::tls::testing::TestCa;
 use pollen_trust::testing::{Fixture, test_meta};
+use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 /// The transport limits both sides use: the defaults, or a connection receive window of
@@ -71,8 +75,47 @@ fn payload(n: usize) -> Vec<u8> {
     v
 }
 
+/// Where each side of a pair runs: the serving side on `a`, the fetching side on `b`.
+struct Sides {
+    a: Handle,
+    b: Handle,
+}
+
+impl Sides {
+    /// Both sides on the current runtime.
+    fn shared() -> Self {
+        Sides {
+            a: Handle::current(),
+            b: Handle::current(),
+        }
+    }
+
+    /// Each side on a runtime of its own, one worker, every thread pinned to core 0 or core 1.
+    fn split() -> Self {
+        let pinned = |core: usize| -> Handle {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .on_thread_start(move || {
+                    let mut set = rustix::thread::CpuSet::new();
+                    set.set(core);
+                    rustix::thread::sched_setaffinity(None, &set).expect("pin to a core");
+                })
+                .build()
+                .expect("runtime");
+            // Kept for the whole run (a runtime cannot be dropped inside another).
+            Box::leak(Box::new(rt)).handle().clone()
+        };
+        Sides {
+            a: pinned(0),
+            b: pinned(1),
+        }
+    }
+}
+
 /// One Pollen round: (wall time, CPU time), both from the fetching engine's start to its completion.
 async fn pollen_round(
+    sides: &Sides,
     ca: &TestCa,
     fx: &Fixture,
     seed_dir: &std::path::Path,
@@ -88,14 +131,21 @@ async fn pollen_round(
         c.transport = limits();
         c
     };
-    let seed = Engine::start(
-        seed_cfg,
-        fx.verified.clone(),
-        Arc::new(Metrics::default()),
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let verified = fx.verified.clone();
+    let seed = sides
+        .a
+        .spawn(async move {
+            Engine::start(
+                seed_cfg,
+                verified,
+                Arc::new(Metrics::default()),
+                CancellationToken::new(),
+            )
+            .await
+            .unwrap()
+        })
+        .await
+        .unwrap();
     let dir = tempdir();
     let mut cfg = EngineConfig::new(
         ca.issue(&format!("leech{round}")).identity(ca),
@@ -119,36 +169,47 @@ async fn pollen_round(
     {
         cfg.picker.run_bytes = k * 1024;
     }
-    let t0 = Instant::now();
-    let c0 = cpu_time();
-    let mut leech = Engine::start(
-        cfg,
-        fx.verified.clone(),
-        Arc::new(Metrics::default()),
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
-    leech.wait_complete().await.unwrap();
-    let dt = t0.elapsed();
-    let cpu = cpu_time() - c0;
-    leech.shutdown().await;
-    seed.shutdown().await;
+    let verified = fx.verified.clone();
+    let (dt, cpu) = sides
+        .b
+        .spawn(async move {
+            let t0 = Instant::now();
+            let c0 = cpu_time();
+            let mut leech = Engine::start(
+                cfg,
+                verified,
+                Arc::new(Metrics::default()),
+                CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+            leech.wait_complete().await.unwrap();
+            let dt = t0.elapsed();
+            let cpu = cpu_time() - c0;
+            leech.shutdown().await;
+            drop(dir);
+            (dt, cpu)
+        })
+        .await
+        .unwrap();
+    sides.a.spawn(seed.shutdown()).await.unwrap();
     (dt, cpu)
 }
 
 /// One raw round: (wall time, CPU time), both from the connect to the last byte read.
-async fn raw_round(ca: &TestCa, data: Arc<Vec<u8>>) -> (Duration, Duration) {
+async fn raw_round(sides: &Sides, ca: &TestCa, data: Arc<Vec<u8>>) -> (Duration, Duration) {
     let limits = limits();
     let server_id = ca.issue("raw-server").identity(ca);
     let client_id = ca.issue("raw-client").identity(ca);
-    let server = quinn::Endpoint::server(
-        server_id.quic_server(&limits).unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .unwrap();
+    let server_cfg = server_id.quic_server(&limits).unwrap();
+    // Endpoints are driven on the runtime they are made in.
+    let server = sides
+        .a
+        .spawn(async move { quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap() })
+        .await
+        .unwrap();
     let addr = server.local_addr().unwrap();
-    let srv = tokio::spawn(async move {
+    let srv = sides.a.spawn(async move {
         let conn = server.accept().await.unwrap().await.unwrap();
         let (mut send, mut recv) = conn.accept_bi().await.unwrap();
         let mut b = [0u8; 1];
@@ -159,20 +220,28 @@ async fn raw_round(ca: &TestCa, data: Arc<Vec<u8>>) -> (Duration, Duration) {
         send.finish().unwrap();
         let _ = conn.closed().await;
     });
-    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    client.set_default_client_config(client_id.quic_client(&limits).unwrap());
-    let t0 = Instant::now();
-    let c0 = cpu_time();
-    let conn = client.connect(addr, "raw-server").unwrap().await.unwrap();
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    send.write_all(&[1]).await.unwrap();
-    let mut n = 0usize;
-    while let Some(c) = recv.read_chunk(usize::MAX, true).await.unwrap() {
-        n += c.bytes.len();
-    }
-    let dt = t0.elapsed();
-    let cpu = cpu_time() - c0;
-    conn.close(0u32.into(), b"done");
+    let client_cfg = client_id.quic_client(&limits).unwrap();
+    let (dt, cpu, n) = sides
+        .b
+        .spawn(async move {
+            let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+            client.set_default_client_config(client_cfg);
+            let t0 = Instant::now();
+            let c0 = cpu_time();
+            let conn = client.connect(addr, "raw-server").unwrap().await.unwrap();
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            send.write_all(&[1]).await.unwrap();
+            let mut n = 0usize;
+            while let Some(c) = recv.read_chunk(usize::MAX, true).await.unwrap() {
+                n += c.bytes.len();
+            }
+            let dt = t0.elapsed();
+            let cpu = cpu_time() - c0;
+            conn.close(0u32.into(), b"done");
+            (dt, cpu, n)
+        })
+        .await
+        .unwrap();
     let _ = srv.await;
     assert!(n > 0);
     (dt, cpu)
@@ -205,10 +274,17 @@ async fn main() {
         s.persist().unwrap();
     }
     let data = Arc::new(data);
+    let split = std::env::var("LOOPBACK_SPLIT").is_ok_and(|v| v == "1");
+    let sides = if split { Sides::split() } else { Sides::shared() };
     println!(
-        "payload {mib} MiB, chunk {} KiB, {} rounds each, alternating",
+        "payload {mib} MiB, chunk {} KiB, {} rounds each, alternating, {}",
         chunk / 1024,
-        rounds
+        rounds,
+        if split {
+            "each side pinned to its own core"
+        } else {
+            "both sides sharing the runtime"
+        }
     );
     let (mut p_best, mut r_best) = (Duration::MAX, Duration::MAX);
     let (mut p_cpu, mut r_cpu) = (Vec::new(), Vec::new());
@@ -219,12 +295,12 @@ async fn main() {
         let (r, rc) = if only == "pollen" {
             (Duration::MAX, Duration::ZERO)
         } else {
-            raw_round(&ca, data.clone()).await
+            raw_round(&sides, &ca, data.clone()).await
         };
         let (p, pc) = if only == "raw" {
             (Duration::MAX, Duration::ZERO)
         } else {
-            pollen_round(&ca, &fx, seed_dir.path(), round).await
+            pollen_round(&sides, &ca, &fx, seed_dir.path(), round).await
         };
         println!(
             "round {round}: raw quinn {:.0} MB/s ({:.2} s CPU), pollen pair {:.0} MB/s ({:.2} s CPU)",

@@ -113,8 +113,8 @@ pub struct EngineConfig {
     /// Whether the origin may be used at all.
     pub origin: bool,
     /// A live cap on this node's origin reads, in bytes in all (`None` inside: no cap), that the
-    /// caller may raise while the engine runs: the node's share of the rollout's origin budget. The
-    /// lower of it and the picker's `origin_budget` applies.
+    /// caller may change while the engine runs: the cap the operator sets from the rollout's origin
+    /// budget. The lower of it and the picker's `origin_budget` applies.
     pub origin_allowance: Option<watch::Receiver<Option<u64>>>,
     /// How long to wait at start for the static peers before reading from the origin, so that the
     /// origin-once ownership is computed over the whole swarm.

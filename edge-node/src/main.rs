@@ -106,6 +106,10 @@ struct StandaloneArgs {
     /// size) or `unlimited` (the default). The origin-once rule applies either way.
     #[arg(long, value_parser = parse_budget)]
     origin_budget: Option<Budget>,
+    /// Seconds without any chunk arriving before the node stops waiting on its peers and fetches what
+    /// it lacks from the origin regardless of who was to (default: 10).
+    #[arg(long)]
+    peer_wait: Option<u64>,
     /// Never read from the origin (peers only).
     #[arg(long)]
     no_origin: bool,
@@ -178,6 +182,7 @@ fn main() -> anyhow::Result<()> {
                     download_limit: a.download_limit,
                     origin_budget: a.origin_budget.unwrap_or(Budget::Unlimited),
                     origin_allowance: None,
+                    peer_wait: a.peer_wait.map(Duration::from_secs),
                     no_origin: a.no_origin,
                     seed: a.seed,
                     seed_for: if a.exit_when_done {

@@ -77,9 +77,12 @@ pub struct StandaloneOptions {
     pub download_limit: Option<u64>,
     /// Origin byte budget for this rollout on this node.
     pub origin_budget: Budget,
-    /// A live allowance on top of the budget, raised while the run goes (the agent passes the
-    /// operator's share of the rollout's origin budget; see `EngineConfig::origin_allowance`).
+    /// A live cap on top of the budget, which may change while the run goes (the agent passes the
+    /// cap the operator writes from the rollout's origin budget; see `EngineConfig::origin_allowance`).
     pub origin_allowance: Option<tokio::sync::watch::Receiver<Option<u64>>>,
+    /// How long without any chunk arriving before the node stops waiting on its peers and fetches
+    /// from the origin regardless of who was to (`PickerConfig::stall_after`; `None`: its default).
+    pub peer_wait: Option<Duration>,
     /// Never read from the origin.
     pub no_origin: bool,
     /// Seed for the picker's random choices.
@@ -294,9 +297,11 @@ pub async fn run_with_members(
     cfg.download_limit = opts.download_limit;
     cfg.origin = !opts.no_origin;
     cfg.origin_allowance = opts.origin_allowance.clone();
+    let defaults = PickerConfig::default();
     cfg.picker = PickerConfig {
         origin_budget: opts.origin_budget.bytes(index.payload.size),
-        ..PickerConfig::default()
+        stall_after: opts.peer_wait.unwrap_or(defaults.stall_after),
+        ..defaults
     };
     if let Some(s) = opts.seed {
         cfg.seed = s;
@@ -407,6 +412,7 @@ mod tests {
             upload_limit: None,
             download_limit: None,
             origin_budget: Budget::Unlimited,
+            peer_wait: None,
             origin_allowance: None,
             no_origin: true,
             seed: None,

@@ -538,6 +538,7 @@ mod tests {
                     trust_policy: "fleet".into(),
                     upload_bytes_per_second: None,
                     download_bytes_per_second: None,
+                    peer_wait: None,
                     origin_allowance_bytes: None,
                 }],
             },

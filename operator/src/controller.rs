@@ -718,6 +718,7 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
                 trust_policy: ur.spec.trust_policy.clone(),
                 upload_bytes_per_second: ur.spec.transfer.upload_bytes_per_second,
                 download_bytes_per_second: ur.spec.transfer.download_bytes_per_second,
+                peer_wait: ur.spec.transfer.peer_wait.clone(),
                 origin_allowance_bytes: origin_caps
                     .as_ref()
                     .and_then(|c| c.caps.get(&name))
@@ -1420,12 +1421,14 @@ mod tests {
         let mut ur = UpdateRollout::test("r").finalized();
         ur.spec.transfer.upload_bytes_per_second = Some(65536);
         ur.spec.transfer.download_bytes_per_second = Some(131072);
+        ur.spec.transfer.peer_wait = Some("45s".into());
         let h = Harness::new(world_with(3, vec![ur]), ScriptedPipeline::signed());
         h.step("r").await.unwrap();
         let canary = h.w().assigned("r").keys().next().unwrap().clone();
         let a = h.w().assignment(&canary, "r").unwrap();
         assert_eq!(a.upload_bytes_per_second, Some(65536));
         assert_eq!(a.download_bytes_per_second, Some(131072));
+        assert_eq!(a.peer_wait.as_deref(), Some("45s"));
         h.finish().await;
     }
 
@@ -2298,6 +2301,7 @@ mod tests {
             trust_policy: "t".into(),
             upload_bytes_per_second: None,
             download_bytes_per_second: None,
+            peer_wait: None,
             origin_allowance_bytes: None,
         });
         let refs = rollouts_for_node(&node, &[a, Arc::new(other)]);

@@ -9,7 +9,11 @@ fn main() -> std::io::Result<()> {
         print!("{yaml}");
         return Ok(());
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    // `cargo run` sets CARGO_MANIFEST_DIR for the process too: prefer it to the one compiled in, so that
+    // a binary built from another checkout (a shared target directory) writes into this one.
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    let root = manifest.join("..");
     for rel in pollen_crds::render::OUTPUT_PATHS {
         let path = root.join(rel);
         if let Some(dir) = path.parent() {

@@ -244,6 +244,7 @@ impl Fleet {
             download_limit: None,
             origin_budget: Budget::Unlimited,
             origin_allowance: None,
+            peer_wait: None,
             no_origin: false,
             seed: Some(name.bytes().map(u64::from).sum()),
             seed_for: None,

@@ -57,6 +57,7 @@ mod tests {
             trust_policy: "tp".into(),
             upload_bytes_per_second: None,
             download_bytes_per_second: None,
+            peer_wait: None,
             origin_allowance_bytes: None,
         }
     }

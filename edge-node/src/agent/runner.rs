@@ -257,6 +257,13 @@ impl super::AssignmentRunner for SwarmRunner {
                 download_limit: lower_limit(cfg.download_limit, a.download_bytes_per_second),
                 origin_budget: Budget::OneCopy,
                 origin_allowance: Some(allowance.clone()),
+                peer_wait: a.peer_wait.as_deref().and_then(|w| {
+                    let d = pollen_crds::schema::parse_duration(w);
+                    if d.is_none() {
+                        warn!(rollout = %a.rollout, peer_wait = w, "unreadable peerWait; using the default");
+                    }
+                    d
+                }),
                 no_origin: false,
                 seed: None,
                 seed_for: None,
