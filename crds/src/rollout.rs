@@ -166,13 +166,13 @@ pub struct TransferSettings {
     pub chunk_size_bytes: Option<i64>,
 
     /// Per-node upload limit in bytes per second, applied where lower than the agent's own limit
-    /// (from when a node starts the assignment). Unset: the agents' limits alone.
+    /// (a change reaches running nodes without a restart). Unset: the agents' limits alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1024))]
     pub upload_bytes_per_second: Option<i64>,
 
     /// Per-node download limit in bytes per second, applied where lower than the agent's own limit
-    /// (from when a node starts the assignment). Unset: the agents' limits alone.
+    /// (a change reaches running nodes without a restart). Unset: the agents' limits alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1024))]
     pub download_bytes_per_second: Option<i64>,

@@ -341,3 +341,47 @@ async fn origin_reads_stop_at_the_allowance_and_resume_when_it_grows() {
     assert_eq!(std::fs::read(&out.installed).unwrap(), p.payload);
     assert_eq!(m.received("origin"), size as u64, "each chunk read once");
 }
+
+/// Rate limits the agent passes in from the assignment apply to a running node: paced at the limit
+/// while it holds, at full speed once it is lifted, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_download_limit_applies_without_a_restart() {
+    let Some(reg) = registry().await else { return };
+    let fleet = Fleet::new();
+    let size = 8 * 1024 * 1024;
+    let p = publish(
+        &reg.host(),
+        "v1",
+        payload(size, 8),
+        64 * 1024,
+        1,
+        fleet.dir.path(),
+    )
+    .await;
+    let shutdown = CancellationToken::new();
+    // A lone node reading from the origin at 128 KiB/s (a burst of 256 KiB).
+    let limits = pollen_edge_node::ratelimit::RateLimits {
+        upload: None,
+        download: Some(128 * 1024),
+    };
+    let (tx, rx) = tokio::sync::watch::channel(limits);
+    let mut o = fleet.node("solo", free_udp(), &[], &p, &p.index_ref);
+    o.download_limit = limits.download;
+    o.rate_limits = Some(rx);
+    let root = o.install_root.clone();
+    let (m, task) = spawn_node(o, &[], &shutdown);
+    assert!(
+        wait_for(Duration::from_secs(30), || m.received("origin") > 0).await,
+        "the first bytes arrive"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let paced = m.received("origin");
+    // At most the burst, 128 KiB/s for the time since start, and the chunks in flight at the time.
+    assert!(paced < size as u64 / 4, "{paced} bytes in about 2 s at 128 KiB/s");
+    tx.send_replace(pollen_edge_node::ratelimit::RateLimits::default());
+    let done = wait_for(Duration::from_secs(30), || root.join("current").exists()).await;
+    shutdown.cancel();
+    assert!(done, "installed soon after the limit was lifted");
+    let out = task.await.expect("node task").expect("node run");
+    assert_eq!(std::fs::read(&out.installed).unwrap(), p.payload);
+}

@@ -58,7 +58,7 @@ use crate::metrics::{CodeLabel, IndexLabel, Metrics, PeerLabel, ReasonLabel, Sou
 use crate::net::{NetError, read_frame, write_msg};
 use crate::picker::{PeerId, Picker, PickerConfig, Source, UploadSlots};
 use crate::protocol::{self, ErrorCode, IndexId, Message};
-use crate::ratelimit::Limiter;
+use crate::ratelimit::{Limiter, RateLimits};
 use crate::store::{Store, StoreError};
 use crate::tls::{self, FleetTls, TransportLimits};
 
@@ -112,6 +112,9 @@ pub struct EngineConfig {
     pub download_limit: Option<u64>,
     /// Whether the origin may be used at all.
     pub origin: bool,
+    /// Upload and download limits that the caller may change while the engine runs (the agent: from
+    /// the assignment as the rollout changes); each change replaces `upload_limit`/`download_limit`.
+    pub rate_limits: Option<watch::Receiver<RateLimits>>,
     /// A live cap on this node's origin reads, in bytes in all (`None` inside: no cap), that the
     /// caller may change while the engine runs: the cap the operator sets from the rollout's origin
     /// budget. The lower of it and the picker's `origin_budget` applies.
@@ -150,6 +153,7 @@ impl EngineConfig {
             download_limit: None,
             origin: true,
             origin_allowance: None,
+            rate_limits: None,
             origin_grace: Duration::from_secs(3),
             max_connections: 64,
             upload_slots: 16,
@@ -412,6 +416,9 @@ impl Engine {
         tasks.spawn(shared.clone().origin_loop());
         tasks.spawn(shared.clone().persist_loop());
         tasks.spawn(shared.clone().trust_loop());
+        if let Some(rx) = cfg.rate_limits.clone() {
+            tasks.spawn(shared.clone().limits_loop(rx));
+        }
         Ok(Engine {
             shared,
             tasks,
@@ -1880,6 +1887,26 @@ impl Shared {
                 if let Ok(Err(e)) = r {
                     self.fail(e.into());
                 }
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Applies rate limits as the caller changes them, until shutdown or until the sender is gone.
+    async fn limits_loop(self: Arc<Self>, mut rx: watch::Receiver<RateLimits>) {
+        loop {
+            tokio::select! {
+                r = rx.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    let l = *rx.borrow_and_update();
+                    self.up.set_rate(l.upload);
+                    self.down.set_rate(l.download);
+                    info!(upload = ?l.upload, download = ?l.download, "rate limits changed");
+                }
+                _ = self.shutdown.cancelled() => return,
             }
         }
     }

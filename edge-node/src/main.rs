@@ -183,6 +183,7 @@ fn main() -> anyhow::Result<()> {
                     origin_budget: a.origin_budget.unwrap_or(Budget::Unlimited),
                     origin_allowance: None,
                     peer_wait: a.peer_wait.map(Duration::from_secs),
+                    rate_limits: None,
                     no_origin: a.no_origin,
                     seed: a.seed,
                     seed_for: if a.exit_when_done {

@@ -80,6 +80,9 @@ pub struct StandaloneOptions {
     /// A live cap on top of the budget, which may change while the run goes (the agent passes the
     /// cap the operator writes from the rollout's origin budget; see `EngineConfig::origin_allowance`).
     pub origin_allowance: Option<tokio::sync::watch::Receiver<Option<u64>>>,
+    /// Rate limits that may change while the run goes (the agent passes the assignment's as the
+    /// rollout changes; see `EngineConfig::rate_limits`).
+    pub rate_limits: Option<tokio::sync::watch::Receiver<crate::ratelimit::RateLimits>>,
     /// How long without any chunk arriving before the node stops waiting on its peers and fetches
     /// from the origin regardless of who was to (`PickerConfig::stall_after`; `None`: its default).
     pub peer_wait: Option<Duration>,
@@ -297,6 +300,7 @@ pub async fn run_with_members(
     cfg.download_limit = opts.download_limit;
     cfg.origin = !opts.no_origin;
     cfg.origin_allowance = opts.origin_allowance.clone();
+    cfg.rate_limits = opts.rate_limits.clone();
     let defaults = PickerConfig::default();
     cfg.picker = PickerConfig {
         origin_budget: opts.origin_budget.bytes(index.payload.size),
@@ -413,6 +417,7 @@ mod tests {
             download_limit: None,
             origin_budget: Budget::Unlimited,
             peer_wait: None,
+            rate_limits: None,
             origin_allowance: None,
             no_origin: true,
             seed: None,

@@ -245,6 +245,7 @@ impl Fleet {
             origin_budget: Budget::Unlimited,
             origin_allowance: None,
             peer_wait: None,
+            rate_limits: None,
             no_origin: false,
             seed: Some(name.bytes().map(u64::from).sum()),
             seed_for: None,

@@ -43,23 +43,29 @@ pub fn steps(desired: &[Assignment], running: &BTreeMap<String, String>) -> Vec<
     cancels
 }
 
+/// An assignment of `rollout` to chunk index `index`, with no limits (for tests).
+#[cfg(test)]
+pub(crate) fn test_assignment(rollout: &str, index: &str) -> Assignment {
+    Assignment {
+        rollout: rollout.into(),
+        chunk_index: index.into(),
+        wave: 0,
+        sequence: 1,
+        target_path: "fw.bin".into(),
+        trust_policy: "tp".into(),
+        upload_bytes_per_second: None,
+        download_bytes_per_second: None,
+        peer_wait: None,
+        origin_allowance_bytes: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn a(rollout: &str, index: &str) -> Assignment {
-        Assignment {
-            rollout: rollout.into(),
-            chunk_index: index.into(),
-            wave: 0,
-            sequence: 1,
-            target_path: "fw.bin".into(),
-            trust_policy: "tp".into(),
-            upload_bytes_per_second: None,
-            download_bytes_per_second: None,
-            peer_wait: None,
-            origin_allowance_bytes: None,
-        }
+        test_assignment(rollout, index)
     }
 
     #[test]

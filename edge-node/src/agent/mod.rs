@@ -86,15 +86,15 @@ pub struct AgentConfig {
 ///
 /// The runner verifies both signatures, fetches, installs, and sets the final phase
 /// (`Installed` or `Failed` with `last_error`). It must stop promptly when `cancel` fires.
-/// `allowance` carries the assignment's origin allowance as the operator raises it (bytes in all;
-/// `None`: no cap); it starts at the assignment's value.
+/// `updates` carries the assignment as the operator changes it while it runs (same rollout and index:
+/// its origin cap, rate limits); it starts at `assignment`.
 pub trait AssignmentRunner: Send + Sync + 'static {
     /// Run `assignment`; the future completes when it reaches an end state or is cancelled.
     fn run(
         &self,
         assignment: Assignment,
         progress: watch::Sender<AssignmentStatus>,
-        allowance: watch::Receiver<Option<u64>>,
+        updates: watch::Receiver<Assignment>,
         cancel: CancellationToken,
     ) -> BoxFuture<'static, Option<InstalledVersion>>;
 }
@@ -202,13 +202,14 @@ struct Running {
     chunk_index: String,
     cancel: CancellationToken,
     progress: watch::Receiver<AssignmentStatus>,
-    allowance: watch::Sender<Option<u64>>,
+    /// The assignment as last written by the operator, passed on to the runner.
+    assignment: watch::Sender<Assignment>,
     /// Origin bytes in the last status written, to report at once when the allowance runs low.
     reported_origin: i64,
 }
 
 /// An assignment's origin allowance as the engine takes it.
-fn allowance_of(a: &Assignment) -> Option<u64> {
+pub(crate) fn allowance_of(a: &Assignment) -> Option<u64> {
     a.origin_allowance_bytes.map(|b| b.max(0) as u64)
 }
 
@@ -217,7 +218,7 @@ fn allowance_of(a: &Assignment) -> Option<u64> {
 /// the progress interval.
 fn allowance_running_low(w: &Running) -> bool {
     let used = w.progress.borrow().bytes_from_origin;
-    match *w.allowance.borrow() {
+    match allowance_of(&w.assignment.borrow()) {
         Some(a) => used != w.reported_origin && used.max(0) as u64 * 4 >= a * 3,
         None => false,
     }
@@ -269,13 +270,15 @@ pub async fn run(
                     Some(Err(e)) => { warn!(error = %AgentError::Watch(e), "retrying"); continue; }
                     None => break,
                 };
-                // A larger allowance for work under way reaches its engine without a restart.
+                // A changed assignment for work under way (origin cap, rate limits) reaches its runner
+                // without a restart.
                 for a in &desired {
                     if let Some(w) = running.get(&a.rollout).filter(|w| w.chunk_index == a.chunk_index) {
-                        w.allowance.send_if_modified(|cur| {
-                            let new = allowance_of(a);
-                            let changed = *cur != new;
-                            *cur = new;
+                        w.assignment.send_if_modified(|cur| {
+                            let changed = cur != a;
+                            if changed {
+                                *cur = a.clone();
+                            }
                             changed
                         });
                     }
@@ -304,12 +307,12 @@ pub async fn run(
                             let cancel = shutdown.child_token();
                             let rollout = a.rollout.clone();
                             info!(%rollout, index = %a.chunk_index, "starting assignment");
-                            let (allowance_tx, allowance_rx) = watch::channel(allowance_of(&a));
+                            let (assignment_tx, assignment_rx) = watch::channel(a.clone());
                             running.insert(rollout.clone(), Running {
                                 chunk_index: a.chunk_index.clone(), cancel: cancel.clone(), progress: rx,
-                                allowance: allowance_tx, reported_origin: 0,
+                                assignment: assignment_tx, reported_origin: 0,
                             });
-                            let fut = runner.run(a, tx, allowance_rx, cancel);
+                            let fut = runner.run(a, tx, assignment_rx, cancel);
                             let done = done_tx.clone();
                             tokio::spawn(async move { let r = fut.await; let _ = done.send((rollout, r)); });
                         }
@@ -468,12 +471,14 @@ mod tests {
             bytes_from_origin: 700,
             ..Default::default()
         });
-        let (atx, _arx) = watch::channel(Some(1000));
+        let mut a = desired::test_assignment("ns/r", "i");
+        a.origin_allowance_bytes = Some(1000);
+        let (atx, _arx) = watch::channel(a);
         let mut w = Running {
             chunk_index: "i".into(),
             cancel: CancellationToken::new(),
             progress: prx,
-            allowance: atx,
+            assignment: atx,
             reported_origin: 0,
         };
         assert!(!allowance_running_low(&w));
@@ -481,7 +486,7 @@ mod tests {
         assert!(allowance_running_low(&w));
         w.reported_origin = 750;
         assert!(!allowance_running_low(&w), "already reported");
-        w.allowance.send_replace(None);
+        w.assignment.send_modify(|a| a.origin_allowance_bytes = None);
         ptx.send_modify(|s| s.bytes_from_origin = 2000);
         assert!(!allowance_running_low(&w), "no cap");
     }
@@ -493,7 +498,7 @@ mod tests {
             &self,
             a: Assignment,
             _progress: watch::Sender<AssignmentStatus>,
-            _allowance: watch::Receiver<Option<u64>>,
+            _updates: watch::Receiver<Assignment>,
             _cancel: CancellationToken,
         ) -> BoxFuture<'static, Option<InstalledVersion>> {
             panic!("no assignment expected, got {}", a.rollout)

@@ -30,6 +30,7 @@ use tracing::{info, warn};
 use crate::engine::EngineError;
 use crate::install::Installer;
 use crate::metrics::{IndexLabel, Metrics, SourceLabel};
+use crate::ratelimit::RateLimits;
 use crate::standalone::{self, Budget, StandaloneError, StandaloneOptions};
 use crate::tls::FleetTls;
 
@@ -110,6 +111,51 @@ fn lower_limit(agent: Option<u64>, assignment: Option<i64>) -> Option<u64> {
     }
 }
 
+/// The rate limits an assignment gives, with the agent's own flags.
+fn limits_of(a: &Assignment, upload: Option<u64>, download: Option<u64>) -> RateLimits {
+    RateLimits {
+        upload: lower_limit(upload, a.upload_bytes_per_second),
+        download: lower_limit(download, a.download_bytes_per_second),
+    }
+}
+
+/// Follows the assignment as the operator changes it, until `cancel` or until the agent drops it: its
+/// origin cap and its rate limits (the lower of the agent's flags and the assignment's), as the
+/// engine takes them.
+fn follow(
+    mut updates: watch::Receiver<Assignment>,
+    upload: Option<u64>,
+    download: Option<u64>,
+    cancel: CancellationToken,
+) -> (watch::Receiver<Option<u64>>, watch::Receiver<RateLimits>) {
+    let a = updates.borrow_and_update().clone();
+    let (cap_tx, cap_rx) = watch::channel(super::allowance_of(&a));
+    let (limits_tx, limits_rx) = watch::channel(limits_of(&a, upload, download));
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                r = updates.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    let a = updates.borrow_and_update().clone();
+                    cap_tx.send_if_modified(|c| replace(c, super::allowance_of(&a)));
+                    limits_tx.send_if_modified(|l| replace(l, limits_of(&a, upload, download)));
+                }
+                _ = cancel.cancelled() => return,
+            }
+        }
+    });
+    (cap_rx, limits_rx)
+}
+
+/// Sets `*cur` to `new`; whether it changed.
+fn replace<T: PartialEq>(cur: &mut T, new: T) -> bool {
+    let changed = *cur != new;
+    *cur = new;
+    changed
+}
+
 fn short(s: &str) -> String {
     hex::encode(&blake3::hash(s.as_bytes()).as_bytes()[..8])
 }
@@ -119,7 +165,7 @@ impl super::AssignmentRunner for SwarmRunner {
         &self,
         a: Assignment,
         progress: watch::Sender<AssignmentStatus>,
-        allowance: watch::Receiver<Option<u64>>,
+        updates: watch::Receiver<Assignment>,
         cancel: CancellationToken,
     ) -> BoxFuture<'static, Option<InstalledVersion>> {
         let client = self.client.clone();
@@ -234,6 +280,9 @@ impl super::AssignmentRunner for SwarmRunner {
                 _ = cancel.cancelled() => return None,
             };
             let install_root = target_root(&cfg.install_root, &a.target_path);
+            let (allowance, rate_limits) =
+                follow(updates, cfg.upload_limit, cfg.download_limit, cancel.clone());
+            let limits_now = *rate_limits.borrow();
             let opts = StandaloneOptions {
                 name: Some(cfg.node_name.clone()),
                 site: cfg.site.clone(),
@@ -253,10 +302,11 @@ impl super::AssignmentRunner for SwarmRunner {
                 data_dir: cfg.data_dir.join("chunks").join(short(&a.chunk_index)),
                 install_root: install_root.clone(),
                 metrics: None,
-                upload_limit: lower_limit(cfg.upload_limit, a.upload_bytes_per_second),
-                download_limit: lower_limit(cfg.download_limit, a.download_bytes_per_second),
+                upload_limit: limits_now.upload,
+                download_limit: limits_now.download,
                 origin_budget: Budget::OneCopy,
-                origin_allowance: Some(allowance.clone()),
+                origin_allowance: Some(allowance),
+                rate_limits: Some(rate_limits),
                 peer_wait: a.peer_wait.as_deref().and_then(|w| {
                     let d = pollen_crds::schema::parse_duration(w);
                     if d.is_none() {
@@ -368,11 +418,13 @@ async fn wait_for_new_identity(tls: &FleetTls, cancel: &CancellationToken) -> bo
 
 #[cfg(test)]
 mod tests {
-    use super::{target_root, wait_for_new_identity};
+    use super::{RateLimits, follow, target_root, wait_for_new_identity};
+    use crate::agent::desired::test_assignment;
     use crate::tls::{FleetTls, TlsIdentity};
     use pollen_trust::pki::FleetCa;
     use std::path::Path;
     use std::time::{Duration, SystemTime};
+    use tokio::sync::watch;
     use tokio_util::sync::CancellationToken;
 
     fn identity(ca: &FleetCa) -> TlsIdentity {
@@ -442,5 +494,47 @@ mod tests {
         assert_eq!(lower_limit(None, Some(2048)), Some(2048));
         assert_eq!(lower_limit(Some(5000), Some(2048)), Some(2048));
         assert_eq!(lower_limit(Some(1024), Some(2048)), Some(1024));
+    }
+
+    /// A running assignment follows the operator's changes: its origin cap and its rate limits (the
+    /// lower of the agent's flag and the assignment's) reach the engine's channels, until cancelled.
+    #[tokio::test]
+    async fn assignment_changes_reach_the_running_engine() {
+        let mut a = test_assignment("ns/r", "i");
+        a.download_bytes_per_second = Some(1_000_000);
+        let (tx, rx) = watch::channel(a.clone());
+        let cancel = CancellationToken::new();
+        let (mut cap, mut limits) = follow(rx, Some(500_000), None, cancel.clone());
+        assert_eq!(*cap.borrow(), None);
+        assert_eq!(
+            *limits.borrow(),
+            RateLimits {
+                upload: Some(500_000),
+                download: Some(1_000_000)
+            }
+        );
+        a.origin_allowance_bytes = Some(4096);
+        a.upload_bytes_per_second = Some(100_000);
+        a.download_bytes_per_second = None;
+        tx.send_replace(a);
+        let wait = Duration::from_secs(5);
+        tokio::time::timeout(wait, cap.changed()).await.unwrap().unwrap();
+        assert_eq!(*cap.borrow_and_update(), Some(4096));
+        tokio::time::timeout(wait, limits.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            *limits.borrow_and_update(),
+            RateLimits {
+                upload: Some(100_000),
+                download: None
+            }
+        );
+        cancel.cancel();
+        assert!(
+            tokio::time::timeout(wait, cap.changed()).await.unwrap().is_err(),
+            "the follower stops when cancelled"
+        );
     }
 }
