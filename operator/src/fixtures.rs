@@ -338,6 +338,14 @@ impl World {
     }
     /// Nodes holding an assignment of `fleet/<name>`, by name, with the chunk index.
     pub fn assigned(&self, name: &str) -> BTreeMap<String, String> {
+        self.per_assignment(name, |a| a.chunk_index.clone())
+    }
+    /// `f` of each node's assignment of `fleet/<name>`, by node name.
+    fn per_assignment<T>(
+        &self,
+        name: &str,
+        f: impl Fn(&pollen_crds::Assignment) -> T,
+    ) -> BTreeMap<String, T> {
         let key = format!("{NS}/{name}");
         self.nodes
             .values()
@@ -346,7 +354,7 @@ impl World {
                     .assignments
                     .iter()
                     .find(|a| a.rollout == key)
-                    .map(|a| (n.name_any(), a.chunk_index.clone()))
+                    .map(|a| (n.name_any(), f(a)))
             })
             .collect()
     }
@@ -362,19 +370,9 @@ impl World {
             .cloned()
     }
 
-    /// The origin allowance in `node`'s assignment of `fleet/<name>`, by node name.
+    /// The origin cap in each node's assignment of `fleet/<name>`, by node name.
     pub fn allowances(&self, name: &str) -> BTreeMap<String, Option<i64>> {
-        let key = format!("{NS}/{name}");
-        self.nodes
-            .values()
-            .filter_map(|n| {
-                n.spec
-                    .assignments
-                    .iter()
-                    .find(|a| a.rollout == key)
-                    .map(|a| (n.name_any(), a.origin_allowance_bytes))
-            })
-            .collect()
+        self.per_assignment(name, |a| a.origin_allowance_bytes)
     }
     /// The agent of `node` reports `phase` for its assignment of `fleet/<name>`.
     pub fn report(&mut self, node: &str, name: &str, phase: AssignmentPhase) {
