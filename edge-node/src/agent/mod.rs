@@ -208,6 +208,13 @@ struct Running {
     reported_origin: i64,
 }
 
+/// Sets `*cur` to `new`; whether it changed (for `watch::Sender::send_if_modified`).
+fn replace<T: PartialEq>(cur: &mut T, new: T) -> bool {
+    let changed = *cur != new;
+    *cur = new;
+    changed
+}
+
 /// An assignment's origin allowance as the engine takes it.
 pub(crate) fn allowance_of(a: &Assignment) -> Option<u64> {
     a.origin_allowance_bytes.map(|b| b.max(0) as u64)
@@ -274,13 +281,7 @@ pub async fn run(
                 // without a restart.
                 for a in &desired {
                     if let Some(w) = running.get(&a.rollout).filter(|w| w.chunk_index == a.chunk_index) {
-                        w.assignment.send_if_modified(|cur| {
-                            let changed = cur != a;
-                            if changed {
-                                *cur = a.clone();
-                            }
-                            changed
-                        });
+                        w.assignment.send_if_modified(|cur| replace(cur, a.clone()));
                     }
                 }
                 let current: BTreeMap<String, String> =

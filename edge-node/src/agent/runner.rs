@@ -139,21 +139,14 @@ fn follow(
                         return;
                     }
                     let a = updates.borrow_and_update().clone();
-                    cap_tx.send_if_modified(|c| replace(c, super::allowance_of(&a)));
-                    limits_tx.send_if_modified(|l| replace(l, limits_of(&a, upload, download)));
+                    cap_tx.send_if_modified(|c| super::replace(c, super::allowance_of(&a)));
+                    limits_tx.send_if_modified(|l| super::replace(l, limits_of(&a, upload, download)));
                 }
                 _ = cancel.cancelled() => return,
             }
         }
     });
     (cap_rx, limits_rx)
-}
-
-/// Sets `*cur` to `new`; whether it changed.
-fn replace<T: PartialEq>(cur: &mut T, new: T) -> bool {
-    let changed = *cur != new;
-    *cur = new;
-    changed
 }
 
 fn short(s: &str) -> String {
