@@ -73,6 +73,8 @@ const CONTROL_LINGER: Duration = Duration::from_millis(20);
 const FAR_CONTROL_LINGER: Duration = Duration::from_millis(1000);
 /// Most control messages written at once.
 const CONTROL_BATCH: usize = 4096;
+/// A batch this large is written without waiting out the linger.
+const LINGER_FLUSH: usize = 256;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 const READ_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -1999,32 +2001,7 @@ async fn control_writer(
     stop: CancellationToken,
 ) {
     let mut buf = Vec::with_capacity(4096);
-    loop {
-        let first = tokio::select! {
-            m = rx.recv() => match m { Some(m) => m, None => break },
-            _ = stop.cancelled() => break,
-        };
-        // Haves and fetching hints come one chunk at a time: wait a moment for more, so that a burst
-        // goes out as one frame instead of a packet (and its acknowledgement) per chunk.
-        let linger = matches!(first, Message::Have { .. } | Message::Fetching { .. });
-        let mut batch = vec![first];
-        if linger {
-            let deadline = tokio::time::Instant::now() + linger_for;
-            while batch.len() < CONTROL_BATCH {
-                tokio::select! {
-                    m = rx.recv() => match m { Some(m) => batch.push(m), None => break },
-                    _ = tokio::time::sleep_until(deadline) => break,
-                    _ = stop.cancelled() => break,
-                }
-            }
-        }
-        // Batch whatever else is queued into one write.
-        while batch.len() < CONTROL_BATCH {
-            match rx.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = gather(&mut rx, linger_for, &stop).await {
         buf.clear();
         for m in protocol::coalesce(batch) {
             m.encode(&mut buf);
@@ -2037,10 +2014,116 @@ async fn control_writer(
     stop.cancel();
 }
 
+/// The next batch of control messages to write as one frame; `None` when the queue is closed or `stop`
+/// fires. `Have`s and fetching hints come one chunk at a time: after one of them, wait up to `linger_for`
+/// for more, so that a burst goes out as one frame instead of a packet (and its acknowledgement) per
+/// chunk. Any other message ends the wait (revocation lists, peer addresses are not held back), and so
+/// does a batch of [`LINGER_FLUSH`], so that a fast node does not fill the queue while it waits.
+async fn gather(
+    rx: &mut mpsc::Receiver<Message>,
+    linger_for: Duration,
+    stop: &CancellationToken,
+) -> Option<Vec<Message>> {
+    let lingers = |m: &Message| matches!(m, Message::Have { .. } | Message::Fetching { .. });
+    let first = tokio::select! {
+        m = rx.recv() => m?,
+        _ = stop.cancelled() => return None,
+    };
+    let mut linger = lingers(&first);
+    let mut batch = vec![first];
+    if linger {
+        let deadline = tokio::time::Instant::now() + linger_for;
+        while linger && batch.len() < LINGER_FLUSH {
+            tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => {
+                        linger = lingers(&m);
+                        batch.push(m);
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = stop.cancelled() => break,
+            }
+        }
+    }
+    // Batch whatever else is queued into one write.
+    while batch.len() < CONTROL_BATCH {
+        match rx.try_recv() {
+            Ok(m) => batch.push(m),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::runs;
-    use crate::protocol::MAX_REQUEST_CHUNKS;
+    use super::{LINGER_FLUSH, gather, runs};
+    use crate::protocol::{MAX_REQUEST_CHUNKS, Message};
+    use std::time::Duration;
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
+
+    fn have(c: u32) -> Message {
+        Message::Have {
+            index: [7; 32],
+            chunks: vec![c],
+        }
+    }
+
+    /// `Have`s wait out the linger together; any other message ends it at once; a large burst is
+    /// written without waiting; a closed queue or `stop` ends the writer.
+    #[tokio::test(start_paused = true)]
+    async fn control_batches_linger_for_haves_only() {
+        let (tx, mut rx) = mpsc::channel(4096);
+        let stop = CancellationToken::new();
+        let linger = Duration::from_secs(1);
+
+        tx.send(have(1)).await.unwrap();
+        let t = tokio::time::Instant::now();
+        let sender = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            sender.send(have(2)).await.unwrap();
+        });
+        let b = gather(&mut rx, linger, &stop).await.unwrap();
+        assert_eq!(b, vec![have(1), have(2)]);
+        assert_eq!(t.elapsed(), linger, "waited out the linger");
+
+        tx.send(have(3)).await.unwrap();
+        let t = tokio::time::Instant::now();
+        let sender = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            sender.send(Message::Peers { addrs: vec![] }).await.unwrap();
+        });
+        let b = gather(&mut rx, linger, &stop).await.unwrap();
+        assert_eq!(b, vec![have(3), Message::Peers { addrs: vec![] }]);
+        assert_eq!(
+            t.elapsed(),
+            Duration::from_millis(100),
+            "a peer list is not held back"
+        );
+
+        for c in 0..LINGER_FLUSH as u32 + 10 {
+            tx.send(have(c)).await.unwrap();
+        }
+        let t = tokio::time::Instant::now();
+        let b = gather(&mut rx, linger, &stop).await.unwrap();
+        assert_eq!(b.len(), LINGER_FLUSH + 10, "the whole burst in one batch");
+        assert_eq!(t.elapsed(), Duration::ZERO, "a large batch does not wait");
+
+        stop.cancel();
+        assert!(gather(&mut rx, linger, &stop).await.is_none());
+        let (tx2, mut rx2) = mpsc::channel::<Message>(1);
+        drop(tx2);
+        assert!(
+            gather(&mut rx2, linger, &CancellationToken::new())
+                .await
+                .is_none()
+        );
+    }
 
     #[test]
     fn picks_become_runs_of_consecutive_chunks_in_order() {
