@@ -656,17 +656,12 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
 
     // The fleet's origin budget, as caps in the assignments (see `allowance`). Quarantined nodes get
     // no assignment, but what they read still counts.
-    let budget = st
-        .artifact_size
-        .filter(|s| *s > 0)
-        .and_then(|size| allowance::budget_bytes(size as u64, ur.spec.transfer.origin_budget_percent));
-    let origin_caps = budget.map(|budget| {
-        let size = st.artifact_size.unwrap_or(0).max(0) as u64;
-        let chunk = ur
-            .spec
-            .transfer
-            .chunk_size_bytes
-            .map_or_else(|| pollen_trust::index::auto_chunk_size(size), |c| c.max(1) as u32);
+    let size = st.artifact_size.filter(|s| *s > 0).map(|s| s as u64);
+    let budget = size.and_then(|size| allowance::budget_bytes(size, ur.spec.transfer.origin_budget_percent));
+    let origin_caps = size.zip(budget).map(|(size, budget)| {
+        // The chunk size the index was built with (the same request the pipeline gets).
+        let chunk =
+            pollen_trust::index::chunk_size_for(ur.spec.transfer.chunk_size_bytes.map(|c| c as u32), size);
         let uses: Vec<allowance::NodeUse> = selected
             .iter()
             .filter_map(|n| {

@@ -679,6 +679,11 @@ pub fn auto_chunk_size(size: u64) -> u32 {
     cs
 }
 
+/// The chunk size an index of a `size`-byte payload is built with: `requested`, else [`auto_chunk_size`].
+pub fn chunk_size_for(requested: Option<u32>, size: u64) -> u32 {
+    requested.unwrap_or_else(|| auto_chunk_size(size))
+}
+
 /// A pure function from a byte stream to chunk boundaries (the seam for content-defined chunking).
 ///
 /// The builder feeds the stream in pieces; for each piece the chunker says where, if anywhere, the current

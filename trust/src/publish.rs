@@ -19,7 +19,7 @@ use tokio::io::AsyncReadExt as _;
 
 use crate::cosign::{self, SignError};
 use crate::index::{
-    ChunkIndex, FixedChunker, IndexBuilder, IndexError, IndexMeta, TargetSpec, auto_chunk_size,
+    ChunkIndex, FixedChunker, IndexBuilder, IndexError, IndexMeta, TargetSpec, chunk_size_for,
 };
 use crate::keys::{PublicKey, SigningKey};
 use crate::oci::{
@@ -202,7 +202,7 @@ pub struct IndexRequest {
     pub expires_at: Option<u64>,
     /// Authorised node names; empty means any fleet member.
     pub peers: Vec<String>,
-    /// Chunk size; `None` picks [`auto_chunk_size`].
+    /// Chunk size; `None` picks [`crate::index::auto_chunk_size`].
     pub chunk_size: Option<u32>,
 }
 
@@ -245,7 +245,7 @@ pub async fn create_index(
         what: "payload manifest",
         reason: "not exactly one layer".into(),
     })?;
-    let chunk_size = req.chunk_size.unwrap_or_else(|| auto_chunk_size(layer.size));
+    let chunk_size = chunk_size_for(req.chunk_size, layer.size);
     let chunker = FixedChunker::new(chunk_size).ok_or(IndexError::ChunkSize(chunk_size))?;
     let mut builder = IndexBuilder::new(chunker);
     let total = layer.size;
