@@ -3,6 +3,7 @@
 //! Non-goals: fairness between flows (QUIC's congestion control and the upload slots handle sharing).
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// A token bucket over bytes. Pure: callers pass the time.
@@ -65,6 +66,8 @@ pub struct RateLimits {
 #[derive(Debug)]
 pub struct Limiter {
     bucket: Mutex<Option<TokenBucket>>,
+    /// Whether `bucket` holds a bucket: unlimited transfers pass without taking the lock.
+    limited: AtomicBool,
     epoch: Instant,
 }
 
@@ -76,8 +79,10 @@ fn burst(rate: u64) -> u64 {
 impl Limiter {
     /// A limiter at `rate` bytes/s (burst of a quarter second, at least 256 KiB), or unlimited.
     pub fn new(rate: Option<u64>) -> Self {
+        let bucket = rate.filter(|r| *r > 0).map(|r| TokenBucket::new(r, burst(r)));
         Limiter {
-            bucket: Mutex::new(rate.filter(|r| *r > 0).map(|r| TokenBucket::new(r, burst(r)))),
+            limited: AtomicBool::new(bucket.is_some()),
+            bucket: Mutex::new(bucket),
             epoch: Instant::now(),
         }
     }
@@ -96,10 +101,14 @@ impl Limiter {
             }
             (_, None) => *b = None,
         }
+        self.limited.store(b.is_some(), Ordering::Release);
     }
 
     /// Waits until `n` bytes may pass.
     pub async fn acquire(&self, n: usize) {
+        if !self.limited.load(Ordering::Acquire) {
+            return;
+        }
         let wait = match self.bucket.lock().expect("limiter lock").as_mut() {
             Some(b) => b.take(n as u64, self.epoch.elapsed()),
             None => return,
