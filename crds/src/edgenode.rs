@@ -88,6 +88,12 @@ pub struct Assignment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub origin_allowance_bytes: Option<i64>,
+
+    /// The daily window (UTC) in which the node may activate the new version (copied from the
+    /// rollout). Outside it the node downloads and verifies, reports `Staged`, keeps serving its
+    /// peers, and installs when the window opens. A change applies at once. Unset: install on completion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation_window: Option<crate::rollout::ActivationWindow>,
 }
 
 /// What the agent reports about its device.

@@ -213,7 +213,8 @@ pub struct InstallSettings {
     pub keep_versions: i32,
 
     /// An optional daily window (UTC) in which nodes may activate the new version. Outside it they
-    /// download and verify, then wait.
+    /// download and verify, report `Staged` (still serving their peers), and install when it opens.
+    /// A staged node does not count as installed, so the next wave waits for the window too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activation_window: Option<ActivationWindow>,
 }
@@ -228,11 +229,65 @@ fn default_keep_versions() -> i32 {
 #[x_kube(validation = Rule::new("self.start != self.end").message("an activation window must not be empty"))]
 pub struct ActivationWindow {
     /// Start of the window, `HH:MM` (UTC).
-    #[schemars(regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
+    #[schemars(length(min = 5, max = 5), regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
     pub start: String,
     /// End of the window, `HH:MM` (UTC).
-    #[schemars(regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
+    #[schemars(length(min = 5, max = 5), regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
     pub end: String,
+}
+
+/// Seconds in a day.
+const DAY: u32 = 24 * 60 * 60;
+
+impl ActivationWindow {
+    /// Reads `HH:MM-HH:MM` (the form of the edge node's `--activation-window` flag).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (start, end) = s
+            .split_once('-')
+            .ok_or_else(|| format!("activation window {s:?}: expected HH:MM-HH:MM"))?;
+        let w = Self {
+            start: start.trim().to_string(),
+            end: end.trim().to_string(),
+        };
+        w.bounds()?;
+        Ok(w)
+    }
+
+    /// Start and end as seconds after midnight (UTC). An error names a bound that is not `HH:MM` or a
+    /// window whose start equals its end.
+    pub fn bounds(&self) -> Result<(u32, u32), String> {
+        let read = |what: &str, v: &str| -> Result<u32, String> {
+            let bad = || format!("activation window {what} {v:?}: expected HH:MM (UTC)");
+            let (h, m) = v.split_once(':').ok_or_else(bad)?;
+            if h.len() != 2 || m.len() != 2 {
+                return Err(bad());
+            }
+            let (h, m): (u32, u32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+            if h > 23 || m > 59 {
+                return Err(bad());
+            }
+            Ok((h * 60 + m) * 60)
+        };
+        let (start, end) = (read("start", &self.start)?, read("end", &self.end)?);
+        if start == end {
+            return Err(format!("activation window {}-{} is empty", self.start, self.end));
+        }
+        Ok((start, end))
+    }
+
+    /// How long a node that is `secs_of_day` seconds past midnight (UTC) waits before it may activate:
+    /// zero inside the window (start included, end excluded; a window whose end is before its start
+    /// spans midnight), otherwise the time until the next start.
+    pub fn wait_at(&self, secs_of_day: u32) -> Result<u32, String> {
+        let (start, end) = self.bounds()?;
+        let now = secs_of_day % DAY;
+        let inside = if start < end {
+            (start..end).contains(&now)
+        } else {
+            now >= start || now < end
+        };
+        Ok(if inside { 0 } else { (start + DAY - now) % DAY })
+    }
 }
 
 /// Where a rollout is in its life cycle.
@@ -355,8 +410,58 @@ pub struct NodeCounts {
     pub pending: i32,
     /// Nodes fetching or verifying chunks.
     pub downloading: i32,
+    /// Nodes that hold the verified payload and wait for the activation window.
+    #[serde(default)]
+    pub staged: i32,
     /// Nodes that installed the artifact.
     pub installed: i32,
     /// Nodes that reported a failure (or were quarantined).
     pub failed: i32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ActivationWindow;
+
+    fn w(start: &str, end: &str) -> ActivationWindow {
+        ActivationWindow {
+            start: start.into(),
+            end: end.into(),
+        }
+    }
+
+    const H: u32 = 3600;
+
+    #[test]
+    fn a_daytime_window_includes_its_start_and_excludes_its_end() {
+        let win = w("02:00", "04:30");
+        assert_eq!(win.wait_at(2 * H), Ok(0));
+        assert_eq!(win.wait_at(4 * H + 29 * 60 + 59), Ok(0));
+        assert_eq!(win.wait_at(4 * H + 30 * 60), Ok(21 * H + 30 * 60));
+        assert_eq!(win.wait_at(2 * H - 1), Ok(1));
+        assert_eq!(win.wait_at(0), Ok(2 * H));
+    }
+
+    #[test]
+    fn a_window_ending_before_it_starts_spans_midnight() {
+        let win = w("22:00", "03:00");
+        assert_eq!(win.wait_at(23 * H), Ok(0));
+        assert_eq!(win.wait_at(0), Ok(0));
+        assert_eq!(win.wait_at(3 * H - 1), Ok(0));
+        assert_eq!(win.wait_at(3 * H), Ok(19 * H));
+        assert_eq!(win.wait_at(21 * H + 59 * 60), Ok(60));
+        // Seconds past a day wrap.
+        assert_eq!(win.wait_at(24 * H + 23 * H), Ok(0));
+    }
+
+    #[test]
+    fn malformed_windows_are_errors() {
+        assert!(w("2:00", "04:00").wait_at(0).is_err());
+        assert!(w("24:00", "04:00").wait_at(0).is_err());
+        assert!(w("02:60", "04:00").wait_at(0).is_err());
+        assert!(w("02:00", "02:00").wait_at(0).unwrap_err().contains("empty"));
+        assert!(ActivationWindow::parse("02:00").is_err());
+        assert!(ActivationWindow::parse("0a:00-03:00").is_err());
+        assert_eq!(ActivationWindow::parse("23:15-01:00"), Ok(w("23:15", "01:00")));
+    }
 }

@@ -385,3 +385,112 @@ async fn a_changed_download_limit_applies_without_a_restart() {
     let out = task.await.expect("node task").expect("node run");
     assert_eq!(std::fs::read(&out.installed).unwrap(), p.payload);
 }
+
+/// A closed activation window stages the payload: the node downloads and verifies it, keeps serving
+/// (a peer that never reads the origin completes from it), and installs only once the window opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_closed_activation_window_stages_and_keeps_serving_until_it_opens() {
+    let Some(reg) = registry().await else { return };
+    let fleet = Fleet::new();
+    let size = 4 * 1024 * 1024;
+    let p = publish(
+        &reg.host(),
+        "v1",
+        payload(size, 9),
+        64 * 1024,
+        1,
+        fleet.dir.path(),
+    )
+    .await;
+    let shutdown = CancellationToken::new();
+    let (staged_addr, peer_addr) = (free_udp(), free_udp());
+    // A window that opens in three hours (UTC) and lasts one: closed now.
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let start = (secs / 60 + 180) % 1440;
+    let hm = |m: u64| format!("{:02}:{:02}", m / 60, m % 60);
+    let closed = pollen_crds::rollout::ActivationWindow {
+        start: hm(start),
+        end: hm((start + 60) % 1440),
+    };
+    let (tx, rx) = tokio::sync::watch::channel(Some(closed));
+    let mut s = fleet.node("staged", staged_addr, &[peer_addr], &p, &p.index_ref);
+    s.activation = Some(rx);
+    let staged_root = s.install_root.clone();
+    let mut o = fleet.node("peer", peer_addr, &[staged_addr], &p, &p.index_ref);
+    o.no_origin = true;
+    let peer_root = o.install_root.clone();
+    let (sm, staged) = spawn_node(s, &["peer".into()], &shutdown);
+    let (pm, other) = spawn_node(o, &["staged".into()], &shutdown);
+
+    let served = wait_for(Duration::from_secs(60), || peer_root.join("current").exists()).await;
+    assert!(
+        served,
+        "the peer completes from the staged node: progress {} (staged node {})",
+        progress(&pm, &p),
+        progress(&sm, &p)
+    );
+    assert!(
+        progress(&sm, &p) >= 1.0,
+        "the staged node holds the whole payload"
+    );
+    assert!(
+        !staged_root.join("current").exists(),
+        "nothing is installed while the window is closed"
+    );
+    assert!(!staged.is_finished(), "the staged node waits, serving");
+
+    // The rollout drops the window: the node installs at once.
+    tx.send_replace(None);
+    let installed = wait_for(Duration::from_secs(20), || staged_root.join("current").exists()).await;
+    shutdown.cancel();
+    assert!(installed, "installed once the window opened");
+    let out = staged.await.expect("node task").expect("node run");
+    assert_eq!(std::fs::read(&out.installed).unwrap(), p.payload);
+    other.await.expect("node task").expect("node run");
+}
+
+/// A node that does not read the origin says so, and its peers read its share of the chunks instead
+/// of waiting for it: with `peerWait` far longer than the test, only that message can unblock them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_without_origin_access_is_not_waited_for() {
+    let Some(reg) = registry().await else { return };
+    let fleet = Fleet::new();
+    let p = publish(
+        &reg.host(),
+        "v1",
+        payload(4 * 1024 * 1024, 10),
+        64 * 1024,
+        1,
+        fleet.dir.path(),
+    )
+    .await;
+    let shutdown = CancellationToken::new();
+    let addrs: Vec<_> = (0..3).map(|_| free_udp()).collect();
+    let names: Vec<String> = ["reader-a", "reader-b", "cut-off"].map(String::from).to_vec();
+    let mut nodes = Vec::new();
+    let mut roots = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let mut o = fleet.node(name, addrs[i], &addrs, &p, &p.index_ref);
+        o.peer_wait = Some(Duration::from_secs(600));
+        o.no_origin = name == "cut-off";
+        roots.push(o.install_root.clone());
+        let others: Vec<String> = names.iter().filter(|n| *n != name).cloned().collect();
+        nodes.push(spawn_node(o, &others, &shutdown));
+    }
+    let out = finish(nodes, &roots, &p, shutdown, Duration::from_secs(60)).await;
+    for o in &out {
+        assert_eq!(std::fs::read(&o.installed).unwrap(), p.payload);
+    }
+    assert_eq!(
+        out[2].origin_bytes, 0,
+        "the cut-off node read nothing from the origin"
+    );
+    let copies = (out[0].origin_bytes + out[1].origin_bytes) as f64 / p.payload.len() as f64;
+    assert!(
+        (1.0..=1.08).contains(&copies),
+        "the readers read about one copy between them: {copies:.4}"
+    );
+}

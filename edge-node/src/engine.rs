@@ -44,6 +44,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -288,7 +289,7 @@ struct Shared {
     generation: watch::Sender<u64>,
     status: watch::Sender<Status>,
     /// Set by the one `on_verified` call that finishes the index (the last chunks may verify at once).
-    finishing: std::sync::atomic::AtomicBool,
+    finishing: AtomicBool,
     up: Limiter,
     down: Limiter,
     slots: Mutex<UploadSlots>,
@@ -299,6 +300,9 @@ struct Shared {
     endpoint: quinn::Endpoint,
     http: reqwest::Client,
     origin: bool,
+    /// Whether this node reads from the origin now (it may, and its allowance is not used up); peers
+    /// hear of it through `Origin` messages.
+    reads_origin: AtomicBool,
     origin_allowance: Option<watch::Receiver<Option<u64>>>,
     /// The picker's configured origin budget, before any live allowance.
     origin_budget: Option<u64>,
@@ -385,7 +389,7 @@ impl Engine {
             dial_now: tokio::sync::Notify::new(),
             generation: watch::channel(0).0,
             status: status_tx,
-            finishing: std::sync::atomic::AtomicBool::new(false),
+            finishing: AtomicBool::new(false),
             up: Limiter::new(cfg.upload_limit),
             down: Limiter::new(cfg.download_limit),
             slots: Mutex::new(UploadSlots::new(cfg.upload_slots, cfg.upload_slots_per_peer)),
@@ -396,6 +400,7 @@ impl Engine {
             endpoint,
             http,
             origin: cfg.origin,
+            reads_origin: AtomicBool::new(cfg.origin),
             origin_allowance: cfg.origin_allowance.clone(),
             origin_budget: cfg.picker.origin_budget,
             origin_grace: cfg.origin_grace,
@@ -803,7 +808,7 @@ impl Shared {
         });
         if self.store.is_complete()
             && matches!(*self.status.borrow(), Status::Running)
-            && !self.finishing.swap(true, std::sync::atomic::Ordering::AcqRel)
+            && !self.finishing.swap(true, Ordering::AcqRel)
         {
             match self.store.persist() {
                 Ok(()) => {
@@ -1120,6 +1125,12 @@ impl Shared {
             index: self.id,
             bits: self.store.have(),
         });
+        if !self.reads_origin.load(Ordering::Relaxed) {
+            let _ = tx.try_send(Message::Origin {
+                index: self.id,
+                reads: false,
+            });
+        }
         let addrs: Vec<SocketAddr> = self
             .peers
             .lock()
@@ -1307,6 +1318,9 @@ impl Shared {
                     for c in chunks {
                         p.peer_have(id, c, now);
                     }
+                }
+                Message::Origin { index, reads } if index == self.id => {
+                    self.picker.lock().expect("picker").peer_reads_origin(id, reads);
                 }
                 Message::Fetching { index, chunks } if index == self.id => {
                     let mut p = self.picker.lock().expect("picker");
@@ -1829,6 +1843,12 @@ impl Shared {
             let exhausted = self.picker.lock().expect("picker").origin_budget_exhausted();
             if exhausted != held_back {
                 held_back = exhausted;
+                // Peers leave a node that does not read out of who reads each chunk, and back.
+                self.reads_origin.store(!exhausted, Ordering::Relaxed);
+                self.broadcast(&Message::Origin {
+                    index: self.id,
+                    reads: !exhausted,
+                });
                 if exhausted {
                     info!(
                         origin_bytes = self.picker.lock().expect("picker").origin_bytes(),

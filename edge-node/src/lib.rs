@@ -7,12 +7,14 @@
 //!   the atomic installer;
 //! - [`tls`], [`net`], [`origin`], [`engine`]: QUIC with mutual TLS against the fleet CA, the origin
 //!   fallback, and the engine that drives a swarm for one verified index;
+//! - [`activation`]: the daily window in which a verified payload may be installed;
 //! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` server.
 //!
 //! - [`agent`]: the Kubernetes node agent, which registers the EdgeNode and feeds assignments to the engine.
 //!
 //! Non-goals: Kubernetes beyond the agent (the operator decides who gets what), and publishing or signing (see `pollen-trust`).
 
+pub mod activation;
 pub mod agent;
 pub mod bitfield;
 pub mod crl_intake;

@@ -110,6 +110,10 @@ struct StandaloneArgs {
     /// it lacks from the origin regardless of who was to (default: 10).
     #[arg(long)]
     peer_wait: Option<u64>,
+    /// Install only inside this daily window, HH:MM-HH:MM in UTC (an end before the start spans
+    /// midnight). Outside it the node downloads and verifies, keeps serving, and installs when it opens.
+    #[arg(long, value_parser = pollen_crds::rollout::ActivationWindow::parse)]
+    activation_window: Option<pollen_crds::rollout::ActivationWindow>,
     /// Never read from the origin (peers only).
     #[arg(long)]
     no_origin: bool,
@@ -184,6 +188,9 @@ fn main() -> anyhow::Result<()> {
                     origin_allowance: None,
                     peer_wait: a.peer_wait.map(Duration::from_secs),
                     rate_limits: None,
+                    activation: a
+                        .activation_window
+                        .map(|w| tokio::sync::watch::channel(Some(w)).1),
                     no_origin: a.no_origin,
                     seed: a.seed,
                     seed_for: if a.exit_when_done {

@@ -97,6 +97,8 @@ struct PeerState {
     inflight: u32,
     rate: f64,
     rtt: Duration,
+    /// Whether it reads from the origin (until it says otherwise, it does).
+    reads_origin: bool,
 }
 
 /// Piece picker state for one index on one node.
@@ -242,8 +244,17 @@ impl Picker {
                 inflight: 0,
                 rate: 0.0,
                 rtt: Duration::from_millis(10),
+                reads_origin: true,
             },
         );
+    }
+
+    /// A peer said whether it reads from the origin. One that does not is left out of the origin
+    /// ownership, so that its share of the chunks is read by the others instead of waited for.
+    pub fn peer_reads_origin(&mut self, id: PeerId, reads: bool) {
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.reads_origin = reads;
+        }
     }
 
     /// Forgets a peer (disconnected or banned); its in-flight chunks become free. Returns them.
@@ -346,6 +357,12 @@ impl Picker {
     /// Whether this node is the rendezvous owner of `c` among itself and the connected peers that lack
     /// it (all of them, or only same-site ones).
     fn owns(&self, c: u32, same_site_only: bool) -> bool {
+        self.owns_among(c, |p| !same_site_only || p.same_site)
+    }
+
+    /// Whether this node is the rendezvous owner of `c` among itself and the connected peers that lack
+    /// it and pass `among`.
+    fn owns_among(&self, c: u32, among: impl Fn(&PeerState) -> bool) -> bool {
         let mine = hrw(&self.name, c);
         let beats = |name: &str| {
             let s = hrw(name, c);
@@ -354,14 +371,14 @@ impl Picker {
         !self
             .peers
             .values()
-            .filter(|p| !p.have.get(c) && (!same_site_only || p.same_site))
+            .filter(|p| !p.have.get(c) && among(p))
             .any(|p| beats(&p.name))
     }
 
-    /// Origin ownership: [`Picker::owns`] over the connected peers, plus expected members not yet
-    /// connected while `now` is before the expectation deadline.
+    /// Origin ownership: [`Picker::owns`] over the connected peers that read from the origin, plus
+    /// expected members not yet connected while `now` is before the expectation deadline.
     fn owns_origin(&self, c: u32, now: Duration) -> bool {
-        if !self.owns(c, false) {
+        if !self.owns_among(c, |p| p.reads_origin) {
             return false;
         }
         if now >= self.expect_until {

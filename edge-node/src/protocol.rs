@@ -8,8 +8,8 @@
 //!
 //! ## Streams
 //! - **Control stream**: the first bidirectional stream, opened by the dialing side. Each side first sends
-//!   `Hello`, then any number of `HaveMap`, `Have`, `Fetching`, `Peers`, `Cancel`, `Revocations` and
-//!   `Error` messages. A node the receiver's index does not authorise (its certificate names a node the
+//!   `Hello`, then any number of `HaveMap`, `Have`, `Fetching`, `Origin`, `Peers`, `Cancel`,
+//!   `Revocations` and `Error` messages. A node the receiver's index does not authorise (its certificate names a node the
 //!   signed index does not list) gets, instead of `Hello`, one `Error` with code `NotAuthorised`, and
 //!   the connection is closed with [`CLOSE_REFUSED`]: it learns nothing about the swarm.
 //! - **Request streams**: one bidirectional stream per request, opened by the side that wants data. It
@@ -38,9 +38,16 @@
 //! | 0x08 | Peers    | `n: u8` (≤ 32), `n ×` (`family: u8` 4 or 6, address 4 or 16 bytes, `port: u16`) |
 //! | 0x09 | Fetching | `id[32]`, `n: u16` (1..=1024), `n × chunk: u32` |
 //! | 0x0a | Revocations | `format: u8` (1: DER X.509 CRL), `len: u32` (1..=[`MAX_CRL_LEN`]), `len` bytes |
+//! | 0x0b | Origin   | `id[32]`, `reads: u8` (0 or 1) |
 //!
 //! `Fetching` is the origin hint: "I am fetching these chunks from outside (the origin or another site)";
 //! peers that hear it do not fetch the same chunks from outside themselves, and wait for the `Have`.
+//!
+//! `Origin` says whether the sender reads this index's chunks from the origin at all. A node assumes a
+//! peer does until told otherwise; a node that does not (it runs without origin access, or its origin
+//! allowance is used up) sends `reads = 0` right after its have-map and again whenever that changes.
+//! Peers leave a node that does not read out of the rendezvous choice of who reads each chunk, so
+//! nobody waits for a read that will never come.
 //!
 //! `Revocations` carries the fleet's CA-signed revocation list as signed, so that it spreads peer to
 //! peer and reaches nodes cut off from the control plane. It is sent right after `Hello` when the sender
@@ -252,6 +259,13 @@ pub enum Message {
         /// Chunk numbers.
         chunks: Vec<u32>,
     },
+    /// "I do (not) read this index's chunks from the origin."
+    Origin {
+        /// Index id.
+        index: IndexId,
+        /// Whether the sender reads from the origin.
+        reads: bool,
+    },
     /// The fleet's revocation list, as signed by the fleet CA (format [`CRL_FORMAT_DER`]).
     Revocations {
         /// The DER X.509 CRL (1..=[`MAX_CRL_LEN`] bytes).
@@ -289,6 +303,7 @@ const T_ERROR: u8 = 0x07;
 const T_PEERS: u8 = 0x08;
 const T_FETCHING: u8 = 0x09;
 const T_REVOCATIONS: u8 = 0x0a;
+const T_ORIGIN: u8 = 0x0b;
 
 impl Message {
     /// Appends the framed encoding to `out`. Panics if a field breaks a limit (a caller bug: the engine
@@ -380,6 +395,11 @@ impl Message {
                     out.extend_from_slice(&a.port().to_be_bytes());
                 }
             }
+            Message::Origin { index, reads } => {
+                out.push(T_ORIGIN);
+                out.extend_from_slice(index);
+                out.push(u8::from(*reads));
+            }
             Message::Revocations { crl } => {
                 assert!(!crl.is_empty() && crl.len() <= MAX_CRL_LEN as usize);
                 out.push(T_REVOCATIONS);
@@ -447,6 +467,7 @@ pub fn decode_body(frame: &[u8]) -> Result<Message, DecodeError> {
         T_PEERS => "peers",
         T_FETCHING => "fetching",
         T_REVOCATIONS => "revocations",
+        T_ORIGIN => "origin",
         other => return Err(DecodeError::UnknownType(other)),
     };
     let mut r = Reader { buf: body, name };
@@ -569,6 +590,15 @@ pub fn decode_body(frame: &[u8]) -> Result<Message, DecodeError> {
             Message::Revocations {
                 crl: r.take(n as usize)?.to_vec(),
             }
+        }
+        T_ORIGIN => {
+            let index = r.id()?;
+            let reads = match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(DecodeError::Invalid("origin flag")),
+            };
+            Message::Origin { index, reads }
         }
         _ => unreachable!("type checked above"),
     };
@@ -769,6 +799,45 @@ mod tests {
              04 7f 00 00 01 1b 58                                  # 127.0.0.1:7000
              06 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 01 00 50  # [::1]:80",
         );
+    }
+
+    #[test]
+    fn golden_origin() {
+        golden(
+            Message::Origin {
+                index: [0x55; 32],
+                reads: false,
+            },
+            "00 00 00 22   # len 34
+             0b ID(55)     # origin, index
+             00            # does not read",
+        );
+        golden(
+            Message::Origin {
+                index: [0x55; 32],
+                reads: true,
+            },
+            "00 00 00 22  0b ID(55)  01",
+        );
+        // Only 0 and 1 are flags; a missing or extra byte is malformed.
+        let mut b = Message::Origin {
+            index: [0x55; 32],
+            reads: true,
+        }
+        .to_bytes();
+        *b.last_mut().unwrap() = 2;
+        assert_eq!(decode(&b), Err(DecodeError::Invalid("origin flag")));
+        b.pop();
+        b[3] -= 1;
+        assert_eq!(decode(&b), Err(DecodeError::Truncated("origin")));
+        let mut long = Message::Origin {
+            index: [0x55; 32],
+            reads: true,
+        }
+        .to_bytes();
+        long.push(0);
+        long[3] += 1;
+        assert_eq!(decode(&long), Err(DecodeError::Trailing("origin", 1)));
     }
 
     #[test]

@@ -86,6 +86,9 @@ pub struct StandaloneOptions {
     /// How long without any chunk arriving before the node stops waiting on its peers and fetches
     /// from the origin regardless of who was to (`PickerConfig::stall_after`; `None`: its default).
     pub peer_wait: Option<Duration>,
+    /// The daily window (UTC) in which the verified payload may be installed; outside it the node
+    /// waits, still serving. It may change while the node waits (`None` in the channel: no window).
+    pub activation: Option<tokio::sync::watch::Receiver<Option<pollen_crds::rollout::ActivationWindow>>>,
     /// Never read from the origin.
     pub no_origin: bool,
     /// Seed for the picker's random choices.
@@ -181,6 +184,12 @@ pub enum StandaloneError {
     /// Installing failed; the previous version stays active.
     #[error("install: {0}")]
     Install(#[from] InstallError),
+    /// The activation window cannot be read; nothing is installed.
+    #[error("activation: {0}")]
+    Activation(String),
+    /// Shut down while the verified payload waited for the activation window; nothing is installed.
+    #[error("stopped while waiting for the activation window")]
+    StoppedStaged,
 }
 
 /// The sequence of the active version, from its name `<sequence:020>-<digest>`.
@@ -322,6 +331,18 @@ pub async fn run_with_members(
             index: hex::encode(index.id()),
         })
         .get();
+    // Outside the activation window: keep serving, install when it opens.
+    if let Some(window) = opts.activation.clone() {
+        let failed = tokio::select! {
+            r = crate::activation::wait_open(window) => r.err().map(StandaloneError::Activation),
+            _ = shutdown.cancelled() => Some(StandaloneError::StoppedStaged),
+            e = engine.wait_failed() => Some(e.into()),
+        };
+        if let Some(e) = failed {
+            engine.shutdown().await;
+            return Err(e);
+        }
+    }
     let installer = Installer::new(&opts.install_root, index.target.keep_versions);
     let version = format!(
         "{:020}-{}",
@@ -419,6 +440,7 @@ mod tests {
             peer_wait: None,
             rate_limits: None,
             origin_allowance: None,
+            activation: None,
             no_origin: true,
             seed: None,
             seed_for: Some(Duration::ZERO),

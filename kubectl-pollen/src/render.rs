@@ -500,6 +500,7 @@ mod tests {
                 targeted: 10,
                 pending: 6,
                 downloading: 0,
+                staged: 0,
                 installed: 3,
                 failed: 1,
             },
@@ -540,6 +541,7 @@ mod tests {
                     download_bytes_per_second: None,
                     peer_wait: None,
                     origin_allowance_bytes: None,
+                    activation_window: None,
                 }],
             },
         );

@@ -243,11 +243,17 @@ fn key_of(ur: &UpdateRollout) -> String {
 /// publisher keys are not: editing the publisher list does not restart a rollout. The nodes verify
 /// the publisher signature against the TrustPolicy themselves before they install.
 fn fingerprint(ur: &UpdateRollout, tp: &TrustPolicy) -> String {
+    // The activation window travels in the assignments, not in the index: changing it must not
+    // re-index (nor change the fingerprint of a rollout without one).
+    let install = pollen_crds::rollout::InstallSettings {
+        activation_window: None,
+        ..ur.spec.install.clone()
+    };
     let v = json!({
         "artifact": ur.spec.artifact.reference,
         "trustPolicy": ur.spec.trust_policy,
         "director": tp.spec.director.public_key,
-        "install": ur.spec.install,
+        "install": install,
         "chunkSize": ur.spec.transfer.chunk_size_bytes,
     });
     let digest = Sha256::digest(serde_json::to_vec(&v).expect("JSON values serialise"));
@@ -718,6 +724,7 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
                     .as_ref()
                     .and_then(|c| c.caps.get(&name))
                     .map(|&v| v.min(i64::MAX as u64) as i64),
+                activation_window: ur.spec.install.activation_window.clone(),
             });
         if desired != entry_of(n) {
             writes.push((name, desired));
@@ -995,7 +1002,6 @@ async fn prepare(
         rollout_uid: ur.uid().unwrap_or_default(),
         target_path: install.target_path.clone(),
         keep_versions: install.keep_versions.max(0) as u32,
-        activation_window: install.activation_window.clone(),
         chunk_size: ur.spec.transfer.chunk_size_bytes.map(|c| c as u32),
         sequence,
         peers,
@@ -1412,18 +1418,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_rollout_rate_limits_travel_with_the_assignments() {
+    async fn the_rollout_limits_and_window_travel_with_the_assignments() {
         let mut ur = UpdateRollout::test("r").finalized();
         ur.spec.transfer.upload_bytes_per_second = Some(65536);
         ur.spec.transfer.download_bytes_per_second = Some(131072);
         ur.spec.transfer.peer_wait = Some("45s".into());
-        let h = Harness::new(world_with(3, vec![ur]), ScriptedPipeline::signed());
+        let night = pollen_crds::rollout::ActivationWindow::parse("22:00-03:00").unwrap();
+        ur.spec.install.activation_window = Some(night.clone());
+        let pipeline = ScriptedPipeline::signed();
+        let h = Harness::new(world_with(3, vec![ur]), pipeline.clone());
         h.step("r").await.unwrap();
         let canary = h.w().assigned("r").keys().next().unwrap().clone();
         let a = h.w().assignment(&canary, "r").unwrap();
         assert_eq!(a.upload_bytes_per_second, Some(65536));
         assert_eq!(a.download_bytes_per_second, Some(131072));
         assert_eq!(a.peer_wait.as_deref(), Some("45s"));
+        assert_eq!(a.activation_window, Some(night));
+        let index = a.chunk_index;
+        // Lifting the window rewrites the assignment but keeps the index: no registry work.
+        {
+            let mut w = h.w();
+            let ur = w.rollouts.get_mut(&format!("{NS}/r")).unwrap();
+            ur.spec.install.activation_window = None;
+            ur.metadata.generation = Some(2);
+        }
+        h.step("r").await.unwrap();
+        let a = h.w().assignment(&canary, "r").unwrap();
+        assert_eq!(a.activation_window, None);
+        assert_eq!(a.chunk_index, index);
+        assert_eq!(pipeline.calls().len(), 3, "the index is built once");
         h.finish().await;
     }
 
@@ -2298,6 +2321,7 @@ mod tests {
             download_bytes_per_second: None,
             peer_wait: None,
             origin_allowance_bytes: None,
+            activation_window: None,
         });
         let refs = rollouts_for_node(&node, &[a, Arc::new(other)]);
         let names: Vec<String> = refs

@@ -221,6 +221,7 @@ impl Metrics {
             ("targeted", nodes.targeted),
             ("pending", nodes.pending),
             ("downloading", nodes.downloading),
+            ("staged", nodes.staged),
             ("installed", nodes.installed),
             ("failed", nodes.failed),
         ] {
@@ -246,7 +247,14 @@ impl Metrics {
         let mut phases = self.phases.lock().expect("metrics lock");
         phases.remove(rollout);
         self.publish_phases(&phases);
-        for phase in ["targeted", "pending", "downloading", "installed", "failed"] {
+        for phase in [
+            "targeted",
+            "pending",
+            "downloading",
+            "staged",
+            "installed",
+            "failed",
+        ] {
             self.nodes.remove(&NodeLabels {
                 rollout: rollout.into(),
                 phase: phase.into(),
@@ -305,6 +313,7 @@ mod tests {
             targeted: 3,
             pending: 1,
             downloading: 0,
+            staged: 0,
             installed: 2,
             failed: 0,
         };

@@ -9,7 +9,6 @@
 
 use futures::future::BoxFuture;
 use pollen_crds::Publisher;
-use pollen_crds::rollout::ActivationWindow;
 
 /// An artifact pinned to a digest.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,8 +34,6 @@ pub struct IndexRequest {
     pub target_path: String,
     /// Versions to keep.
     pub keep_versions: u32,
-    /// Optional activation window.
-    pub activation_window: Option<ActivationWindow>,
     /// Chunk size; `None` for automatic.
     pub chunk_size: Option<u32>,
     /// The monotonic sequence number for this install path.

@@ -122,8 +122,10 @@ pub enum NodeState {
     Unassigned,
     /// Assigned, not started (or still reporting on a superseded index).
     Pending,
-    /// Verifying, downloading, installing or staged.
+    /// Verifying, downloading or installing.
     Downloading,
+    /// Holds the verified payload and waits for the activation window.
+    Staged,
     /// Installed and active.
     Installed,
     /// Failed or rolled back.
@@ -167,12 +169,10 @@ pub fn node_state(
     }
     match status.filter(|s| s.chunk_index == chunk_index).map(|s| s.phase) {
         None | Some(AssignmentPhase::Pending) => NodeState::Pending,
-        Some(
-            AssignmentPhase::Verifying
-            | AssignmentPhase::Downloading
-            | AssignmentPhase::Installing
-            | AssignmentPhase::Staged,
-        ) => NodeState::Downloading,
+        Some(AssignmentPhase::Verifying | AssignmentPhase::Downloading | AssignmentPhase::Installing) => {
+            NodeState::Downloading
+        }
+        Some(AssignmentPhase::Staged) => NodeState::Staged,
         Some(AssignmentPhase::Installed) => NodeState::Installed,
         Some(AssignmentPhase::Failed | AssignmentPhase::RolledBack) => NodeState::Failed,
     }
@@ -270,6 +270,7 @@ pub fn aggregate(obs: &[NodeObservation], wave_count: u32, current_wave: u32) ->
         match o.state {
             NodeState::Unassigned | NodeState::Pending => a.nodes.pending += 1,
             NodeState::Downloading => a.nodes.downloading += 1,
+            NodeState::Staged => a.nodes.staged += 1,
             NodeState::Installed => {
                 a.nodes.installed += 1;
                 w.installed += 1;
@@ -560,10 +561,7 @@ mod tests {
             phase: AssignmentPhase::Staged,
             ..st
         };
-        assert_eq!(
-            node_state(true, Some(&staged), "old@sha256:1", false),
-            Downloading
-        );
+        assert_eq!(node_state(true, Some(&staged), "old@sha256:1", false), Staged);
     }
 
     #[test]
@@ -575,6 +573,7 @@ mod tests {
                 targeted: 5,
                 pending: 1,
                 downloading: 1,
+                staged: 0,
                 installed: 2,
                 failed: 1
             }

@@ -246,6 +246,7 @@ impl Fleet {
             origin_allowance: None,
             peer_wait: None,
             rate_limits: None,
+            activation: None,
             no_origin: false,
             seed: Some(name.bytes().map(u64::from).sum()),
             seed_for: None,

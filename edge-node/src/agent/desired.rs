@@ -13,7 +13,7 @@ use pollen_crds::Assignment;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
     /// Start work on this assignment.
-    Start(Assignment),
+    Start(Box<Assignment>),
     /// Cancel the running work of this rollout (removed, or superseded by a new index).
     Cancel {
         /// The rollout, as `namespace/name`.
@@ -36,7 +36,7 @@ pub fn steps(desired: &[Assignment], running: &BTreeMap<String, String>) -> Vec<
     }
     for (rollout, a) in wanted {
         if running.get(rollout) != Some(&a.chunk_index) {
-            starts.push(Step::Start(a.clone()));
+            starts.push(Step::Start(Box::new(a.clone())));
         }
     }
     cancels.extend(starts);
@@ -57,6 +57,7 @@ pub(crate) fn test_assignment(rollout: &str, index: &str) -> Assignment {
         download_bytes_per_second: None,
         peer_wait: None,
         origin_allowance_bytes: None,
+        activation_window: None,
     }
 }
 
@@ -71,7 +72,7 @@ mod tests {
     #[test]
     fn new_assignments_start() {
         let s = steps(&[a("ns/r1", "i1")], &BTreeMap::new());
-        assert_eq!(s, vec![Step::Start(a("ns/r1", "i1"))]);
+        assert_eq!(s, vec![Step::Start(Box::new(a("ns/r1", "i1")))]);
     }
 
     #[test]
@@ -90,7 +91,7 @@ mod tests {
                 Step::Cancel {
                     rollout: "ns/r1".into()
                 },
-                Step::Start(a("ns/r1", "i2"))
+                Step::Start(Box::new(a("ns/r1", "i2")))
             ]
         );
     }

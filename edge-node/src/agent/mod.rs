@@ -254,7 +254,10 @@ pub async fn run(
     let mut running: HashMap<String, Running> = HashMap::new();
     let mut finished: BTreeMap<String, AssignmentStatus> = BTreeMap::new();
     let mut installed: Vec<InstalledVersion> = Vec::new();
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Option<InstalledVersion>)>();
+    // (rollout, chunk index, what it installed): a run ends after its replacement started when the
+    // rollout moved to a new index, so the index tells whose end it is.
+    let (done_tx, mut done_rx) =
+        tokio::sync::mpsc::unbounded_channel::<(String, String, Option<InstalledVersion>)>();
     let progress_interval = throttle::jittered(cfg.progress_interval, &cfg.node_name);
     let mut throttle = throttle::ReportThrottle::new(progress_interval, cfg.heartbeat_interval);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -293,6 +296,7 @@ pub async fn run(
                             finished.remove(&rollout);
                         }
                         desired::Step::Start(a) => {
+                            let a = *a;
                             // An assignment that already finished for this exact index is not re-run.
                             if finished.get(&a.rollout).is_some_and(|s| s.chunk_index == a.chunk_index) { continue; }
                             finished.remove(&a.rollout);
@@ -313,15 +317,18 @@ pub async fn run(
                                 chunk_index: a.chunk_index.clone(), cancel: cancel.clone(), progress: rx,
                                 assignment: assignment_tx, reported_origin: 0,
                             });
+                            let index = a.chunk_index.clone();
                             let fut = runner.run(a, tx, assignment_rx, cancel);
                             let done = done_tx.clone();
-                            tokio::spawn(async move { let r = fut.await; let _ = done.send((rollout, r)); });
+                            tokio::spawn(async move { let r = fut.await; let _ = done.send((rollout, index, r)); });
                         }
                     }
                 }
             }
-            Some((rollout, result)) = done_rx.recv() => {
-                if let Some(w) = running.remove(&rollout) {
+            Some((rollout, index, result)) = done_rx.recv() => {
+                // A superseded run (cancelled for a new index) leaves its replacement alone.
+                let current = running.get(&rollout).is_some_and(|w| w.chunk_index == index);
+                if let Some(w) = current.then(|| running.remove(&rollout)).flatten() {
                     let last = w.progress.borrow().clone();
                     info!(%rollout, phase = ?last.phase, "assignment ended");
                     finished.insert(rollout, last);

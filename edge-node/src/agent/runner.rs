@@ -19,6 +19,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams};
+use pollen_crds::rollout::ActivationWindow;
 use pollen_crds::{Assignment, AssignmentPhase, AssignmentStatus, EdgeNode, InstalledVersion, TrustPolicy};
 use pollen_trust::keys::PublicKey;
 use pollen_trust::registry::{Registry, RegistryOptions};
@@ -27,6 +28,7 @@ use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::activation;
 use crate::engine::EngineError;
 use crate::install::Installer;
 use crate::metrics::{IndexLabel, Metrics, SourceLabel};
@@ -119,18 +121,29 @@ fn limits_of(a: &Assignment, upload: Option<u64>, download: Option<u64>) -> Rate
     }
 }
 
+/// What the running engine follows of an assignment.
+struct Followed {
+    /// The origin cap (`EngineConfig::origin_allowance`).
+    allowance: watch::Receiver<Option<u64>>,
+    /// The rate limits (`EngineConfig::rate_limits`).
+    limits: watch::Receiver<RateLimits>,
+    /// The activation window (`StandaloneOptions::activation`).
+    window: watch::Receiver<Option<ActivationWindow>>,
+}
+
 /// Follows the assignment as the operator changes it, until `cancel` or until the agent drops it: its
-/// origin cap and its rate limits (the lower of the agent's flags and the assignment's), as the
-/// engine takes them.
+/// origin cap, its rate limits (the lower of the agent's flags and the assignment's) and its
+/// activation window, as the engine takes them.
 fn follow(
     mut updates: watch::Receiver<Assignment>,
     upload: Option<u64>,
     download: Option<u64>,
     cancel: CancellationToken,
-) -> (watch::Receiver<Option<u64>>, watch::Receiver<RateLimits>) {
+) -> Followed {
     let a = updates.borrow_and_update().clone();
-    let (cap_tx, cap_rx) = watch::channel(super::allowance_of(&a));
-    let (limits_tx, limits_rx) = watch::channel(limits_of(&a, upload, download));
+    let (cap_tx, allowance) = watch::channel(super::allowance_of(&a));
+    let (limits_tx, limits) = watch::channel(limits_of(&a, upload, download));
+    let (window_tx, window) = watch::channel(a.activation_window.clone());
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -141,12 +154,17 @@ fn follow(
                     let a = updates.borrow_and_update().clone();
                     cap_tx.send_if_modified(|c| super::replace(c, super::allowance_of(&a)));
                     limits_tx.send_if_modified(|l| super::replace(l, limits_of(&a, upload, download)));
+                    window_tx.send_if_modified(|w| super::replace(w, a.activation_window.clone()));
                 }
                 _ = cancel.cancelled() => return,
             }
         }
     });
-    (cap_rx, limits_rx)
+    Followed {
+        allowance,
+        limits,
+        window,
+    }
 }
 
 fn short(s: &str) -> String {
@@ -273,9 +291,8 @@ impl super::AssignmentRunner for SwarmRunner {
                 _ = cancel.cancelled() => return None,
             };
             let install_root = target_root(&cfg.install_root, &a.target_path);
-            let (allowance, rate_limits) =
-                follow(updates, cfg.upload_limit, cfg.download_limit, cancel.clone());
-            let limits_now = *rate_limits.borrow();
+            let followed = follow(updates, cfg.upload_limit, cfg.download_limit, cancel.clone());
+            let limits_now = *followed.limits.borrow();
             let opts = StandaloneOptions {
                 name: Some(cfg.node_name.clone()),
                 site: cfg.site.clone(),
@@ -298,8 +315,8 @@ impl super::AssignmentRunner for SwarmRunner {
                 upload_limit: limits_now.upload,
                 download_limit: limits_now.download,
                 origin_budget: Budget::OneCopy,
-                origin_allowance: Some(allowance),
-                rate_limits: Some(rate_limits),
+                origin_allowance: Some(followed.allowance),
+                rate_limits: Some(followed.limits),
                 peer_wait: a.peer_wait.as_deref().and_then(|w| {
                     let d = pollen_crds::schema::parse_duration(w);
                     if d.is_none() {
@@ -307,6 +324,7 @@ impl super::AssignmentRunner for SwarmRunner {
                     }
                     d
                 }),
+                activation: Some(followed.window.clone()),
                 no_origin: false,
                 seed: None,
                 seed_for: None,
@@ -361,7 +379,14 @@ impl super::AssignmentRunner for SwarmRunner {
                                 s.verified_bytes = size as i64;
                                 s.updated_at = Some(Time(jiff::Timestamp::now()));
                             } else if frac >= 1.0 && !done {
-                                s.phase = AssignmentPhase::Installing;
+                                // Complete but not installed: staged while the window is closed.
+                                let closed = activation::wait_now(followed.window.borrow().as_ref())
+                                    .is_ok_and(|w| !w.is_zero());
+                                let phase = if closed { AssignmentPhase::Staged } else { AssignmentPhase::Installing };
+                                if s.phase != phase {
+                                    s.phase = phase;
+                                    s.updated_at = Some(Time(jiff::Timestamp::now()));
+                                }
                             }
                         });
                         if done && !installed_reported {
@@ -489,16 +514,22 @@ mod tests {
         assert_eq!(lower_limit(Some(1024), Some(2048)), Some(1024));
     }
 
-    /// A running assignment follows the operator's changes: its origin cap and its rate limits (the
-    /// lower of the agent's flag and the assignment's) reach the engine's channels, until cancelled.
+    /// A running assignment follows the operator's changes: its origin cap, its rate limits (the
+    /// lower of the agent's flag and the assignment's) and its activation window reach the engine's
+    /// channels, until cancelled.
     #[tokio::test]
     async fn assignment_changes_reach_the_running_engine() {
         let mut a = test_assignment("ns/r", "i");
         a.download_bytes_per_second = Some(1_000_000);
         let (tx, rx) = watch::channel(a.clone());
         let cancel = CancellationToken::new();
-        let (mut cap, mut limits) = follow(rx, Some(500_000), None, cancel.clone());
+        let super::Followed {
+            allowance: mut cap,
+            mut limits,
+            mut window,
+        } = follow(rx, Some(500_000), None, cancel.clone());
         assert_eq!(*cap.borrow(), None);
+        assert_eq!(*window.borrow(), None);
         assert_eq!(
             *limits.borrow(),
             RateLimits {
@@ -509,6 +540,8 @@ mod tests {
         a.origin_allowance_bytes = Some(4096);
         a.upload_bytes_per_second = Some(100_000);
         a.download_bytes_per_second = None;
+        let night = pollen_crds::rollout::ActivationWindow::parse("01:00-04:00").unwrap();
+        a.activation_window = Some(night.clone());
         tx.send_replace(a);
         let wait = Duration::from_secs(5);
         tokio::time::timeout(wait, cap.changed()).await.unwrap().unwrap();
@@ -524,6 +557,11 @@ mod tests {
                 download: None
             }
         );
+        tokio::time::timeout(wait, window.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(*window.borrow_and_update(), Some(night));
         cancel.cancel();
         assert!(
             tokio::time::timeout(wait, cap.changed()).await.unwrap().is_err(),

@@ -557,3 +557,23 @@ fn no_runs_in_the_random_phase_or_when_turned_off() {
     q.peer_have_map(1, &Bitfield::full(n), MS);
     assert!(crate::engine::runs(&q.pick_for_peer(1, MS)).len() >= 12);
 }
+
+#[test]
+fn a_peer_that_does_not_read_the_origin_owns_nothing_there() {
+    let n = 64;
+    let mut a = Picker::new("a", 1024, 64 * 1024, Bitfield::new(n), cfg(), 1);
+    a.add_peer(1, "b", true);
+    let mine = a.pick_for_origin(MS);
+    assert!(
+        !mine.is_empty() && mine.len() < n as usize,
+        "two readers share the chunks: {}",
+        mine.len()
+    );
+    // The peer says it does not read the origin: its share is this node's, at once and not after a stall.
+    a.peer_reads_origin(1, false);
+    let rest = a.pick_for_origin(2 * MS);
+    assert_eq!(mine.len() + rest.len(), n as usize);
+    // It still counts in the site rule (who of the site fetches a chunk across the WAN).
+    let theirs = (0..n).find(|&c| hrw("b", c) > hrw("a", c)).unwrap();
+    assert!(!a.owns(theirs, true));
+}
