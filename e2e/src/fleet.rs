@@ -349,6 +349,21 @@ impl LocalFleet {
     }
 }
 
+/// A daily activation window (UTC) that opens `minutes` from now and lasts an hour: closed now when
+/// `minutes` is above zero and below 23 hours.
+pub fn window_opening_in(minutes: u64) -> pollen_crds::rollout::ActivationWindow {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let start = (now / 60 + minutes) % 1440;
+    let hm = |m: u64| format!("{:02}:{:02}", m / 60, m % 60);
+    pollen_crds::rollout::ActivationWindow {
+        start: hm(start),
+        end: hm((start + 60) % 1440),
+    }
+}
+
 /// An UpdateRollout of `artifact` to every fleet node, in `waves`, installing at `target_path`.
 pub fn rollout(name: &str, artifact: &str, target_path: &str, waves: Vec<Wave>) -> UpdateRollout {
     UpdateRollout::new(

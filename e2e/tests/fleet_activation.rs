@@ -11,26 +11,11 @@ use std::time::{Duration, Instant};
 
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use pollen_crds::conditions::types;
-use pollen_crds::rollout::ActivationWindow;
 use pollen_crds::{AssignmentPhase, EdgeNode, UpdateRollout};
 use pollen_e2e::apiserver::retry_throttled;
 use pollen_e2e::fleet::{self, LocalFleet};
 
 const NODES: usize = 2;
-
-/// A daily window that opens three hours from now (UTC) and lasts an hour: closed now.
-fn closed_window() -> ActivationWindow {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let start = (secs / 60 + 180) % 1440;
-    let hm = |m: u64| format!("{:02}:{:02}", m / 60, m % 60);
-    ActivationWindow {
-        start: hm(start),
-        end: hm((start + 60) % 1440),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_window_stages_the_fleet_and_lifting_it_installs() {
@@ -45,7 +30,7 @@ async fn a_closed_window_stages_the_fleet_and_lifting_it_installs() {
         .expect("publish");
     let rollouts: Api<UpdateRollout> = Api::namespaced(f.client.clone(), "default");
     let mut ur = fleet::rollout("night-fw", &artifact, "fw/night.bin", Vec::new());
-    let window = closed_window();
+    let window = fleet::window_opening_in(180);
     ur.spec.install.activation_window = Some(window.clone());
     let pp = PostParams::default();
     retry_throttled(|| rollouts.create(&pp, &ur))

@@ -404,17 +404,8 @@ async fn a_closed_activation_window_stages_and_keeps_serving_until_it_opens() {
     .await;
     let shutdown = CancellationToken::new();
     let (staged_addr, peer_addr) = (free_udp(), free_udp());
-    // A window that opens in three hours (UTC) and lasts one: closed now.
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let start = (secs / 60 + 180) % 1440;
-    let hm = |m: u64| format!("{:02}:{:02}", m / 60, m % 60);
-    let closed = pollen_crds::rollout::ActivationWindow {
-        start: hm(start),
-        end: hm((start + 60) % 1440),
-    };
+    // A window that opens in three hours (UTC): closed now.
+    let closed = pollen_e2e::fleet::window_opening_in(180);
     let (tx, rx) = tokio::sync::watch::channel(Some(closed));
     let mut s = fleet.node("staged", staged_addr, &[peer_addr], &p, &p.index_ref);
     s.activation = Some(rx);
