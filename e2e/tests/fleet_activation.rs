@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use pollen_crds::conditions::types;
-use pollen_crds::{AssignmentPhase, EdgeNode, UpdateRollout};
+use pollen_crds::{AssignmentPhase, EdgeNode, UpdateRollout, UpdateRolloutStatus};
 use pollen_e2e::apiserver::retry_throttled;
 use pollen_e2e::fleet::{self, LocalFleet};
 
@@ -38,36 +38,13 @@ async fn a_closed_window_stages_the_fleet_and_lifting_it_installs() {
         .expect("UpdateRollout");
 
     // Every node downloads, verifies and reports Staged; the rollout counts them as staged.
+    let (staged, took) = wait_status(&mut f, &rollouts, 180, "the fleet was staged", |s| {
+        s.nodes.staged == NODES as i32
+    })
+    .await;
+    assert_eq!(staged.nodes.installed, 0, "{staged:?}");
     let nodes: Api<EdgeNode> = Api::all(f.client.clone());
-    let start = Instant::now();
-    loop {
-        assert!(
-            start.elapsed() < Duration::from_secs(180),
-            "the fleet was not staged within 180 s\n{}",
-            f.logs_tail(25)
-        );
-        f.check_alive().expect("fleet processes alive");
-        let list = nodes.list(&Default::default()).await.unwrap();
-        let staged = list
-            .items
-            .iter()
-            .filter(|n| {
-                n.status.as_ref().is_some_and(|s| {
-                    s.assignments
-                        .iter()
-                        .any(|a| a.phase == AssignmentPhase::Staged && a.verified_bytes == bytes.len() as i64)
-                })
-            })
-            .count();
-        let status = rollouts.get("night-fw").await.unwrap().status.unwrap_or_default();
-        if staged == NODES && status.nodes.staged == NODES as i32 {
-            assert_eq!(status.nodes.installed, 0, "{status:?}");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    let list = nodes.list(&Default::default()).await.unwrap();
-    for n in &list.items {
+    for n in &nodes.list(&Default::default()).await.unwrap().items {
         let a = n
             .spec
             .assignments
@@ -79,12 +56,18 @@ async fn a_closed_window_stages_the_fleet_and_lifting_it_installs() {
             Some(&window),
             "the window reaches the node"
         );
+        let st = n
+            .status
+            .as_ref()
+            .and_then(|s| s.assignments.iter().find(|s| s.rollout == a.rollout));
+        assert!(
+            st.is_some_and(|s| s.phase == AssignmentPhase::Staged && s.verified_bytes == bytes.len() as i64),
+            "{:?} staged with the whole payload verified: {st:?}",
+            n.metadata.name
+        );
     }
-    for node in f.install_roots.keys() {
-        let file = f.installed_file(node, "fw/night.bin");
-        assert!(!file.exists(), "{} installed outside the window", file.display());
-    }
-    eprintln!("staged in {:.1} s", start.elapsed().as_secs_f64());
+    nothing_installed(&f);
+    eprintln!("staged in {:.1} s", took.as_secs_f64());
 
     // A new artifact while staged: the node drops the staged index for the new one (its run ends after
     // the new run started, which must not take the new run's place) and stages that in turn.
@@ -93,36 +76,16 @@ async fn a_closed_window_stages_the_fleet_and_lifting_it_installs() {
         .publish("night-fw", "2.0.1", "night.bin", bytes.clone())
         .await
         .expect("publish the second version");
-    let first_index = rollouts
-        .get("night-fw")
-        .await
-        .unwrap()
-        .status
-        .unwrap_or_default()
-        .chunk_index;
     let change = serde_json::json!({"spec": {"artifact": {"reference": artifact}}});
     rollouts
         .patch("night-fw", &PatchParams::default(), &Patch::Merge(&change))
         .await
         .expect("a new artifact");
-    let restaged = Instant::now();
-    loop {
-        f.check_alive().expect("fleet processes alive");
-        let status = rollouts.get("night-fw").await.unwrap().status.unwrap_or_default();
-        assert!(
-            restaged.elapsed() < Duration::from_secs(120),
-            "the new version was not staged within 120 s: {status:?}\n{}",
-            f.logs_tail(25)
-        );
-        if status.chunk_index != first_index && status.nodes.staged == NODES as i32 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    for node in f.install_roots.keys() {
-        let file = f.installed_file(node, "fw/night.bin");
-        assert!(!file.exists(), "{} installed outside the window", file.display());
-    }
+    wait_status(&mut f, &rollouts, 120, "the new version was staged", |s| {
+        s.chunk_index != staged.chunk_index && s.nodes.staged == NODES as i32
+    })
+    .await;
+    nothing_installed(&f);
 
     // The window is lifted: the nodes install without a restart, and the rollout completes.
     let lift = serde_json::json!({"spec": {"install": {"activationWindow": null}}});
@@ -130,27 +93,15 @@ async fn a_closed_window_stages_the_fleet_and_lifting_it_installs() {
         .patch("night-fw", &PatchParams::default(), &Patch::Merge(&lift))
         .await
         .expect("lift the window");
-    let lifted = Instant::now();
-    loop {
-        f.check_alive().expect("fleet processes alive");
-        let status = rollouts.get("night-fw").await.unwrap().status.unwrap_or_default();
-        assert!(
-            lifted.elapsed() < Duration::from_secs(90),
-            "the fleet did not install within 90 s of the lift: {status:?}\n{}",
-            f.logs_tail(25)
-        );
-        if status
-            .conditions
+    let (complete, took) = wait_status(&mut f, &rollouts, 90, "the fleet installed after the lift", |s| {
+        s.conditions
             .iter()
             .any(|c| c.type_ == types::COMPLETE && c.status == "True")
-        {
-            assert_eq!(status.nodes.installed, NODES as i32, "{status:?}");
-            assert_eq!(status.nodes.staged, 0, "{status:?}");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    eprintln!("installed {:.1} s after the lift", lifted.elapsed().as_secs_f64());
+    })
+    .await;
+    assert_eq!(complete.nodes.installed, NODES as i32, "{complete:?}");
+    assert_eq!(complete.nodes.staged, 0, "{complete:?}");
+    eprintln!("installed {:.1} s after the lift", took.as_secs_f64());
     for node in f.install_roots.keys() {
         let file = f.installed_file(node, "fw/night.bin");
         let got = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
@@ -159,5 +110,38 @@ async fn a_closed_window_stages_the_fleet_and_lifting_it_installs() {
             "{} differs from the published payload",
             file.display()
         );
+    }
+}
+
+/// Polls the rollout's status every 300 ms until `done` holds, and returns it with the time taken;
+/// fails after `limit_s` seconds (with the status and the fleet's logs) or when a fleet process exits.
+async fn wait_status(
+    f: &mut LocalFleet,
+    rollouts: &Api<UpdateRollout>,
+    limit_s: u64,
+    what: &str,
+    done: impl Fn(&UpdateRolloutStatus) -> bool,
+) -> (UpdateRolloutStatus, Duration) {
+    let start = Instant::now();
+    loop {
+        f.check_alive().expect("fleet processes alive");
+        let status = rollouts.get("night-fw").await.unwrap().status.unwrap_or_default();
+        if done(&status) {
+            return (status, start.elapsed());
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(limit_s),
+            "not within {limit_s} s: {what}. {status:?}\n{}",
+            f.logs_tail(25)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// No node has a current version of the target.
+fn nothing_installed(f: &LocalFleet) {
+    for node in f.install_roots.keys() {
+        let file = f.installed_file(node, "fw/night.bin");
+        assert!(!file.exists(), "{} installed outside the window", file.display());
     }
 }
