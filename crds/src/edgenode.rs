@@ -94,6 +94,14 @@ pub struct Assignment {
     /// peers, and installs when the window opens. A change applies at once. Unset: install on completion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activation_window: Option<crate::rollout::ActivationWindow>,
+
+    /// The director's peer grant for this node on `chunkIndex` (base64 signature): written by the
+    /// operator for every assigned node, so that a node the signed index does not list (it joined
+    /// the selection after the index was built) may still trade chunks with its peers, who check the
+    /// grant with the director key before they send anything. Unset: listed nodes only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub peer_grant: Option<String>,
 }
 
 /// What the agent reports about its device.

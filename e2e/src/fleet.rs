@@ -18,7 +18,7 @@ use kube::api::{Api, PostParams};
 use pollen_crds::rollout::{ArtifactSource, InstallSettings};
 use pollen_crds::{
     DirectorKey, EdgeNode, Publisher, RolloutStrategy, TransferSettings, TrustPolicy, TrustPolicySpec,
-    UpdateRollout, UpdateRolloutSpec, Wave,
+    UpdateRollout, UpdateRolloutSpec, UpdateRolloutStatus, Wave,
 };
 use pollen_trust::keys::SigningKey;
 use pollen_trust::pki::{self, FleetCa};
@@ -96,6 +96,10 @@ pub struct LocalFleet {
     /// The folder holding keys, certificates, node data and logs.
     pub dir: PathBuf,
     publisher: SigningKey,
+    ca: FleetCa,
+    ca_file: PathBuf,
+    bin_dir: PathBuf,
+    log: String,
     procs: Vec<Proc>,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -171,6 +175,10 @@ impl LocalFleet {
             install_roots: BTreeMap::new(),
             dir: dir.clone(),
             publisher,
+            ca,
+            ca_file,
+            bin_dir: opts.bin_dir.clone(),
+            log: opts.log.clone(),
             procs: Vec::new(),
             _tmp: tmp,
         };
@@ -179,52 +187,23 @@ impl LocalFleet {
             opts.nodes
         ));
         for i in 0..opts.nodes {
-            let name = format!("gw-{i}");
-            let ndir = dir.join(&name);
-            std::fs::create_dir_all(&ndir)?;
-            let (cert, key) = issue_node(&ca, &name, &ndir)?;
-            let install_root = ndir.join("install");
-            let mut cmd = Command::new(opts.bin_dir.join("pollen-edge-node"));
-            cmd.arg("agent")
-                .args(["--node-name", &name, "--site", "lab"])
-                .arg("--listen")
-                .arg(free_udp()?.to_string())
-                .arg("--cert")
-                .arg(&cert)
-                .arg("--key")
-                .arg(&key)
-                .arg("--ca")
-                .arg(&ca_file)
-                .arg("--data-dir")
-                .arg(ndir.join("data"))
-                .arg("--install-root")
-                .arg(&install_root)
-                .arg("--metrics")
-                .arg(free_tcp()?.to_string())
-                .arg("--insecure-registry")
-                .args([
-                    "--label",
-                    &format!("{}={}", ROLE.0, ROLE.1),
-                    "--status-interval",
-                    "1",
-                ]);
-            fleet.spawn(&name, cmd, &opts.log)?;
-            fleet.install_roots.insert(name, install_root);
+            fleet.add_node(&format!("gw-{i}"))?;
         }
         step("starting the operator");
-        let mut op = Command::new(opts.bin_dir.join("pollen-operator"));
+        let mut op = Command::new(fleet.bin_dir.join("pollen-operator"));
         op.arg("--director-key")
             .arg(&director_file)
             .env("POLLEN_DIRECTOR_KEY_PASSWORD", PASSWORD)
             .arg(format!("--insecure-registry={}", fleet.registry.host()))
             .arg("--leader-election=false")
             .arg("--fleet-ca-cert")
-            .arg(&ca_file)
+            .arg(&fleet.ca_file)
             .arg("--fleet-ca-key")
             .arg(&ca_key_file)
             .arg("--metrics-addr")
             .arg(free_tcp()?.to_string());
-        fleet.spawn("operator", op, &opts.log)?;
+        let log = fleet.log.clone();
+        fleet.spawn("operator", op, &log)?;
 
         let nodes: Api<EdgeNode> = Api::all(fleet.client.clone());
         let start = Instant::now();
@@ -272,6 +251,44 @@ impl LocalFleet {
                 .await
                 .expect("local fleet"),
         )
+    }
+
+    /// Starts the agent of a new edge node `name` (certificate from the fleet CA, the fleet's role
+    /// label, site `lab`). It registers its EdgeNode itself; a node started after a rollout began
+    /// joins its selection late.
+    pub fn add_node(&mut self, name: &str) -> anyhow::Result<()> {
+        let ndir = self.dir.join(name);
+        std::fs::create_dir_all(&ndir)?;
+        let (cert, key) = issue_node(&self.ca, name, &ndir)?;
+        let install_root = ndir.join("install");
+        let mut cmd = Command::new(self.bin_dir.join("pollen-edge-node"));
+        cmd.arg("agent")
+            .args(["--node-name", name, "--site", "lab"])
+            .arg("--listen")
+            .arg(free_udp()?.to_string())
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .arg("--ca")
+            .arg(&self.ca_file)
+            .arg("--data-dir")
+            .arg(ndir.join("data"))
+            .arg("--install-root")
+            .arg(&install_root)
+            .arg("--metrics")
+            .arg(free_tcp()?.to_string())
+            .arg("--insecure-registry")
+            .args([
+                "--label",
+                &format!("{}={}", ROLE.0, ROLE.1),
+                "--status-interval",
+                "1",
+            ]);
+        let log = self.log.clone();
+        self.spawn(name, cmd, &log)?;
+        self.install_roots.insert(name.to_string(), install_root);
+        Ok(())
     }
 
     fn spawn(&mut self, name: &str, mut cmd: Command, log_level: &str) -> anyhow::Result<()> {
@@ -335,6 +352,32 @@ impl LocalFleet {
         )
         .await?;
         Ok(reference)
+    }
+
+    /// Polls the status of rollout `default/<name>` until `done` holds; returns it and the time it took.
+    /// Panics (with the processes' last log lines) when a process died or `limit_s` passed.
+    pub async fn wait_rollout(
+        &mut self,
+        name: &str,
+        limit_s: u64,
+        what: &str,
+        done: impl Fn(&UpdateRolloutStatus) -> bool,
+    ) -> (UpdateRolloutStatus, Duration) {
+        let rollouts: Api<UpdateRollout> = Api::namespaced(self.client.clone(), "default");
+        let start = Instant::now();
+        loop {
+            self.check_alive().expect("fleet processes alive");
+            let status = rollouts.get(name).await.unwrap().status.unwrap_or_default();
+            if done(&status) {
+                return (status, start.elapsed());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(limit_s),
+                "not within {limit_s} s: {what}. {status:?}\n{}",
+                self.logs_tail(25)
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
     }
 
     /// The file a node installed for `target_path` (its `current` version).

@@ -7,11 +7,9 @@
 //! Needs `docker-registry`, `crd-apiserver` and `etcd` (`e2e/tools/install-deps.sh`); fails under `CI`
 //! without them.
 
-use std::time::{Duration, Instant};
-
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use pollen_crds::conditions::types;
-use pollen_crds::{AssignmentPhase, EdgeNode, UpdateRollout, UpdateRolloutStatus};
+use pollen_crds::{AssignmentPhase, EdgeNode, UpdateRollout};
 use pollen_e2e::apiserver::retry_throttled;
 use pollen_e2e::fleet::{self, LocalFleet};
 
@@ -38,10 +36,11 @@ async fn a_closed_window_stages_the_fleet_and_lifting_it_installs() {
         .expect("UpdateRollout");
 
     // Every node downloads, verifies and reports Staged; the rollout counts them as staged.
-    let (staged, took) = wait_status(&mut f, &rollouts, 180, "the fleet was staged", |s| {
-        s.nodes.staged == NODES as i32
-    })
-    .await;
+    let (staged, took) = f
+        .wait_rollout("night-fw", 180, "the fleet was staged", |s| {
+            s.nodes.staged == NODES as i32
+        })
+        .await;
     assert_eq!(staged.nodes.installed, 0, "{staged:?}");
     let nodes: Api<EdgeNode> = Api::all(f.client.clone());
     for n in &nodes.list(&Default::default()).await.unwrap().items {
@@ -81,7 +80,7 @@ async fn a_closed_window_stages_the_fleet_and_lifting_it_installs() {
         .patch("night-fw", &PatchParams::default(), &Patch::Merge(&change))
         .await
         .expect("a new artifact");
-    wait_status(&mut f, &rollouts, 120, "the new version was staged", |s| {
+    f.wait_rollout("night-fw", 120, "the new version was staged", |s| {
         s.chunk_index != staged.chunk_index && s.nodes.staged == NODES as i32
     })
     .await;
@@ -93,12 +92,13 @@ async fn a_closed_window_stages_the_fleet_and_lifting_it_installs() {
         .patch("night-fw", &PatchParams::default(), &Patch::Merge(&lift))
         .await
         .expect("lift the window");
-    let (complete, took) = wait_status(&mut f, &rollouts, 90, "the fleet installed after the lift", |s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == types::COMPLETE && c.status == "True")
-    })
-    .await;
+    let (complete, took) = f
+        .wait_rollout("night-fw", 90, "the fleet installed after the lift", |s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == types::COMPLETE && c.status == "True")
+        })
+        .await;
     assert_eq!(complete.nodes.installed, NODES as i32, "{complete:?}");
     assert_eq!(complete.nodes.staged, 0, "{complete:?}");
     eprintln!("installed {:.1} s after the lift", took.as_secs_f64());
@@ -110,31 +110,6 @@ async fn a_closed_window_stages_the_fleet_and_lifting_it_installs() {
             "{} differs from the published payload",
             file.display()
         );
-    }
-}
-
-/// Polls the rollout's status every 300 ms until `done` holds, and returns it with the time taken;
-/// fails after `limit_s` seconds (with the status and the fleet's logs) or when a fleet process exits.
-async fn wait_status(
-    f: &mut LocalFleet,
-    rollouts: &Api<UpdateRollout>,
-    limit_s: u64,
-    what: &str,
-    done: impl Fn(&UpdateRolloutStatus) -> bool,
-) -> (UpdateRolloutStatus, Duration) {
-    let start = Instant::now();
-    loop {
-        f.check_alive().expect("fleet processes alive");
-        let status = rollouts.get("night-fw").await.unwrap().status.unwrap_or_default();
-        if done(&status) {
-            return (status, start.elapsed());
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(limit_s),
-            "not within {limit_s} s: {what}. {status:?}\n{}",
-            f.logs_tail(25)
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 

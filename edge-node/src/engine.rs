@@ -139,6 +139,12 @@ pub struct EngineConfig {
     pub upload_slots_per_peer: u32,
     /// Seed for the picker's random choices.
     pub seed: u64,
+    /// This node's peer grant for the index (the raw director signature, `pollen_trust::grant`): sent
+    /// to peers before `Hello` when the signed index does not list this node.
+    pub grant: Option<Vec<u8>>,
+    /// The director public key, to check the grants of peers the index does not list. Without it,
+    /// such peers are refused whatever they send.
+    pub director_key: Option<pollen_trust::PublicKey>,
     /// Fault injection for the multi-node tests: flip a byte in every chunk served (a hostile peer).
     #[cfg(feature = "testing")]
     pub corrupt_uploads: bool,
@@ -168,6 +174,8 @@ impl EngineConfig {
             upload_slots: 16,
             upload_slots_per_peer: 8,
             seed: rand::random(),
+            grant: None,
+            director_key: None,
             #[cfg(feature = "testing")]
             corrupt_uploads: false,
         }
@@ -283,6 +291,12 @@ struct Shared {
     /// Addresses of peers that refused this node as not authorised for the index, or that this node
     /// dialled and refused as not authorised: until when they are not dialled.
     refused_by: Mutex<HashMap<SocketAddr, Instant>>,
+    /// This node's grant, when the index does not list it and it holds one.
+    own_grant: Option<Vec<u8>>,
+    /// The director key that checks peers' grants.
+    director_key: Option<pollen_trust::PublicKey>,
+    /// Peers the index does not list that presented a valid grant on this engine's connections.
+    granted: Mutex<HashSet<String>>,
     known: Mutex<BTreeSet<SocketAddr>>,
     dialing: Mutex<HashSet<SocketAddr>>,
     dial_now: tokio::sync::Notify,
@@ -366,6 +380,7 @@ impl Engine {
             .local_addr()
             .map_err(|e| EngineError::Net(NetError::Endpoint(e)))?;
         let known: BTreeSet<SocketAddr> = cfg.peers.iter().copied().filter(|a| *a != local).collect();
+        let own_grant = cfg.grant.clone().filter(|_| !index.authorises(&name));
         let shared = Arc::new(Shared {
             name,
             tls: cfg.tls.clone(),
@@ -384,6 +399,9 @@ impl Engine {
             banned_addrs: Mutex::new(HashSet::new()),
             revoked_addrs: Mutex::new(HashMap::new()),
             refused_by: Mutex::new(HashMap::new()),
+            own_grant,
+            director_key: cfg.director_key.clone(),
+            granted: Mutex::new(HashSet::new()),
             known: Mutex::new(known),
             dialing: Mutex::new(HashSet::new()),
             dial_now: tokio::sync::Notify::new(),
@@ -609,6 +627,19 @@ impl Shared {
         self.status.send_replace(Status::Failed(Arc::new(e)));
     }
 
+    /// Whether `name` may take part in this index's swarm: listed by the signed index, or admitted by
+    /// a valid grant on one of this engine's connections.
+    fn authorised(&self, name: &str) -> bool {
+        self.index.authorises(name) || self.granted.lock().expect("granted").contains(name)
+    }
+
+    /// Whether `signature` is the director's grant for `name` on this index.
+    fn grant_valid(&self, name: &str, signature: &[u8]) -> bool {
+        self.director_key
+            .as_ref()
+            .is_some_and(|k| pollen_trust::grant::verify(k, self.index.index_digest(), name, signature))
+    }
+
     fn refused(&self, reason: &'static str) {
         self.metrics
             .peer_refusals
@@ -823,12 +854,16 @@ impl Shared {
                     // into datagrams and the frames they held.
                     let near = self.picker.lock().expect("picker").same_site_peers();
                     let (mut tx, mut rx, mut lost) = (0u64, 0u64, 0u64);
+                    let (mut black_holes, mut mtu_min, mut mtu_max) = (0u64, u16::MAX, 0u16);
                     let mut far = quinn::ConnectionStats::default();
                     for p in self.peers.lock().expect("peers").values() {
                         let st = p.conn.stats();
                         tx += st.udp_tx.bytes;
                         rx += st.udp_rx.bytes;
                         lost += st.path.lost_bytes;
+                        black_holes += st.path.black_holes_detected;
+                        mtu_min = mtu_min.min(st.path.current_mtu);
+                        mtu_max = mtu_max.max(st.path.current_mtu);
                         if !near.contains(&p.id) {
                             far.udp_rx.bytes += st.udp_rx.bytes;
                             far.udp_rx.datagrams += st.udp_rx.datagrams;
@@ -856,6 +891,9 @@ impl Shared {
                         far_ack_frames_rx = far.frame_rx.acks,
                         far_ack_frames_tx = far.frame_tx.acks,
                         far_lost_bytes = far.path.lost_bytes,
+                        black_holes,
+                        mtu_min,
+                        mtu_max,
                         "index complete"
                     );
                     self.status.send_replace(Status::Complete);
@@ -1005,7 +1043,12 @@ impl Shared {
             conn.close(protocol::CLOSE_REFUSED.into(), b"banned");
             return;
         }
-        if !self.index.authorises(&name) {
+        // A peer the index does not list must show a grant before it learns anything. An accepting node
+        // reads it first; a dialling node can read it only after it has sent, so it does so only when it
+        // sends a grant itself (both joined late), and otherwise refuses: the granted node dials instead.
+        let listed = self.index.authorises(&name);
+        let expect_grant = !listed && self.director_key.is_some() && (!dialer || self.own_grant.is_some());
+        if !listed && !expect_grant {
             self.refuse_unauthorised(&conn, dialer).await;
             return;
         }
@@ -1015,18 +1058,46 @@ impl Shared {
             } else {
                 conn.accept_bi().await?
             };
+            let mut buf = Vec::new();
+            if expect_grant && !dialer && !self.check_grant(read_frame(&mut recv, &mut buf).await?, &name) {
+                return Ok(Handshake::Refuse(send));
+            }
+            if let Some(signature) = &self.own_grant {
+                let grant = Message::Grant {
+                    index: self.id,
+                    signature: signature.clone(),
+                };
+                write_msg(&mut send, &grant).await?;
+            }
             let hello = Message::Hello {
                 version: protocol::VERSION,
                 site: self.site.clone(),
                 indexes: vec![self.id],
             };
             write_msg(&mut send, &hello).await?;
-            let mut buf = Vec::new();
-            let peer_hello = read_frame(&mut recv, &mut buf).await?;
-            Ok::<_, FetchError>((send, recv, peer_hello))
+            let mut first = read_frame(&mut recv, &mut buf).await?;
+            if expect_grant && dialer {
+                match first {
+                    // The peer refuses this node: handled with any other refusal below.
+                    Some(Message::Error { .. }) => {}
+                    other => {
+                        if !self.check_grant(other, &name) {
+                            return Ok(Handshake::Refuse(send));
+                        }
+                        first = read_frame(&mut recv, &mut buf).await?;
+                    }
+                }
+            }
+            Ok::<_, FetchError>(Handshake::Hello(send, recv, first))
         };
         let (send, recv, peer_hello) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, hs).await {
-            Ok(Ok((s, r, Some(h)))) => (s, r, h),
+            Ok(Ok(Handshake::Hello(s, r, Some(h)))) => (s, r, h),
+            Ok(Ok(Handshake::Refuse(send))) => {
+                self.refused("not_authorised");
+                info!("peer not listed by this index and without a valid grant: refused");
+                self.send_refusal(&conn, send).await;
+                return;
+            }
             Ok(Ok(_)) => return,
             Ok(Err(e)) => {
                 debug!(error = %e, "control stream failed");
@@ -1049,11 +1120,15 @@ impl Shared {
                 ..
             } => {
                 // The peer's copy of the index does not list this node: leave it alone for a while.
+                // Unless it dialled this node, which holds a grant: a listed node refuses an unlisted
+                // one it dials without reading the grant, and this node dials it with the grant instead.
                 info!(%message, "the peer refuses this node: not authorised for this index");
-                self.refused_by
-                    .lock()
-                    .expect("refused")
-                    .insert(conn.remote_address(), Instant::now() + NOT_AUTHORISED_REDIAL);
+                if dialer || self.own_grant.is_none() {
+                    self.refused_by
+                        .lock()
+                        .expect("refused")
+                        .insert(conn.remote_address(), Instant::now() + NOT_AUTHORISED_REDIAL);
+                }
                 conn.close(protocol::CLOSE_REFUSED.into(), b"not authorised");
                 return;
             }
@@ -1264,12 +1339,40 @@ impl Shared {
                 .expect("refused")
                 .insert(conn.remote_address(), Instant::now() + NOT_AUTHORISED_REDIAL);
         }
-        let notice = async {
-            let mut send = if dialer {
+        let send = async {
+            Ok::<_, quinn::ConnectionError>(if dialer {
                 conn.open_bi().await?.0
             } else {
                 conn.accept_bi().await?.0
-            };
+            })
+        };
+        match tokio::time::timeout(REFUSAL_NOTICE_TIMEOUT, send).await {
+            Ok(Ok(send)) => self.send_refusal(conn, send).await,
+            _ => conn.close(protocol::CLOSE_REFUSED.into(), b"not authorised"),
+        }
+    }
+
+    /// Whether `msg` is a valid grant for `name` on this index; admits `name` if so.
+    fn check_grant(&self, msg: Option<Message>, name: &str) -> bool {
+        match msg {
+            Some(Message::Grant { index, signature }) if index == self.id => {
+                if self.grant_valid(name, &signature) {
+                    info!("peer not listed by this index admitted by its grant");
+                    self.granted.lock().expect("granted").insert(name.to_owned());
+                    true
+                } else {
+                    self.refused("bad_grant");
+                    warn!("peer presented a grant that does not verify");
+                    false
+                }
+            }
+            _ => false,
+        }
+    }
+
+    /// Sends the typed `NotAuthorised` error on `send`, waits briefly for it to arrive, and closes.
+    async fn send_refusal(&self, conn: &quinn::Connection, mut send: quinn::SendStream) {
+        let notice = async {
             let error = Message::Error {
                 code: ErrorCode::NotAuthorised,
                 index: self.id,
@@ -1468,7 +1571,7 @@ impl Shared {
                 .refuse(&mut send, ErrorCode::UnknownIndex, "unknown index")
                 .await;
         }
-        if !self.index.authorises(name) {
+        if !self.authorised(name) {
             self.refused("not_authorised");
             return self
                 .refuse(
@@ -1971,6 +2074,14 @@ impl Shared {
             }
         }
     }
+}
+
+/// How the control stream's opening went.
+enum Handshake {
+    /// The peer's first frame after any grant (`None`: it closed the stream).
+    Hello(quinn::SendStream, quinn::RecvStream, Option<Message>),
+    /// The peer is not listed and showed no valid grant: refuse it on this stream.
+    Refuse(quinn::SendStream),
 }
 
 /// Counts the bytes of a chunk received from a peer as discarded when dropped before it completes.

@@ -114,6 +114,10 @@ struct StandaloneArgs {
     /// midnight). Outside it the node downloads and verifies, keeps serving, and installs when it opens.
     #[arg(long, value_parser = pollen_crds::rollout::ActivationWindow::parse)]
     activation_window: Option<pollen_crds::rollout::ActivationWindow>,
+    /// The director's peer grant for this node on the index (base64, as the operator writes it into
+    /// the assignment): lets a node the signed index does not list trade with its peers.
+    #[arg(long)]
+    peer_grant: Option<String>,
     /// Never read from the origin (peers only).
     #[arg(long)]
     no_origin: bool,
@@ -191,6 +195,7 @@ fn main() -> anyhow::Result<()> {
                     activation: a
                         .activation_window
                         .map(|w| tokio::sync::watch::channel(Some(w)).1),
+                    peer_grant: a.peer_grant,
                     no_origin: a.no_origin,
                     seed: a.seed,
                     seed_for: if a.exit_when_done {

@@ -39,6 +39,7 @@
 //! | 0x09 | Fetching | `id[32]`, `n: u16` (1..=1024), `n × chunk: u32` |
 //! | 0x0a | Revocations | `format: u8` (1: DER X.509 CRL), `len: u32` (1..=[`MAX_CRL_LEN`]), `len` bytes |
 //! | 0x0b | Origin   | `id[32]`, `reads: u8` (0 or 1) |
+//! | 0x0c | Grant    | `id[32]`, `len: u16` (1..=[`MAX_GRANT_LEN`]), `len` bytes: the director's signature |
 //!
 //! `Fetching` is the origin hint: "I am fetching these chunks from outside (the origin or another site)";
 //! peers that hear it do not fetch the same chunks from outside themselves, and wait for the `Have`.
@@ -48,6 +49,14 @@
 //! allowance is used up) sends `reads = 0` right after its have-map and again whenever that changes.
 //! Peers leave a node that does not read out of the rendezvous choice of who reads each chunk, so
 //! nobody waits for a read that will never come.
+//!
+//! `Grant` admits a node the signed index does not list (it joined the rollout after the index was
+//! built): the director key's signature over the index's manifest digest and the node's name (see
+//! `pollen_trust::grant`; the name is the one in the sender's certificate). A node that holds a grant
+//! and is not listed sends it on the control stream before its `Hello`. A receiver that does not list
+//! the sender reads the first frame before it sends anything: a `Grant` that verifies admits the sender
+//! for this index, anything else gets the `NotAuthorised` refusal. A listed node that dials an unlisted
+//! one refuses it at once (it cannot read a grant before it sends); the granted node dials instead.
 //!
 //! `Revocations` carries the fleet's CA-signed revocation list as signed, so that it spreads peer to
 //! peer and reaches nodes cut off from the control plane. It is sent right after `Hello` when the sender
@@ -87,6 +96,8 @@ pub const MAX_PEERS: usize = 32;
 pub const MAX_DATA_LEN: u32 = 64 * 1024 * 1024;
 /// Largest revocation list in a `Revocations` message, in bytes (about 3000 revoked serials).
 pub const MAX_CRL_LEN: u32 = 128 * 1024;
+/// Longest grant signature in a `Grant` message.
+pub const MAX_GRANT_LEN: usize = pollen_trust::grant::MAX_GRANT_LEN;
 /// The `Revocations` payload format: a DER X.509 CRL signed by the fleet CA.
 pub const CRL_FORMAT_DER: u8 = 1;
 /// Length of the frame header (`len: u32`).
@@ -266,6 +277,13 @@ pub enum Message {
         /// Whether the sender reads from the origin.
         reads: bool,
     },
+    /// "The director admits me to this index's swarm": the peer grant of an unlisted node.
+    Grant {
+        /// Index id.
+        index: IndexId,
+        /// The raw grant signature (1..=[`MAX_GRANT_LEN`] bytes).
+        signature: Vec<u8>,
+    },
     /// The fleet's revocation list, as signed by the fleet CA (format [`CRL_FORMAT_DER`]).
     Revocations {
         /// The DER X.509 CRL (1..=[`MAX_CRL_LEN`] bytes).
@@ -304,6 +322,7 @@ const T_PEERS: u8 = 0x08;
 const T_FETCHING: u8 = 0x09;
 const T_REVOCATIONS: u8 = 0x0a;
 const T_ORIGIN: u8 = 0x0b;
+const T_GRANT: u8 = 0x0c;
 
 impl Message {
     /// Appends the framed encoding to `out`. Panics if a field breaks a limit (a caller bug: the engine
@@ -400,6 +419,13 @@ impl Message {
                 out.extend_from_slice(index);
                 out.push(u8::from(*reads));
             }
+            Message::Grant { index, signature } => {
+                assert!(!signature.is_empty() && signature.len() <= MAX_GRANT_LEN);
+                out.push(T_GRANT);
+                out.extend_from_slice(index);
+                out.extend_from_slice(&(signature.len() as u16).to_be_bytes());
+                out.extend_from_slice(signature);
+            }
             Message::Revocations { crl } => {
                 assert!(!crl.is_empty() && crl.len() <= MAX_CRL_LEN as usize);
                 out.push(T_REVOCATIONS);
@@ -468,6 +494,7 @@ pub fn decode_body(frame: &[u8]) -> Result<Message, DecodeError> {
         T_FETCHING => "fetching",
         T_REVOCATIONS => "revocations",
         T_ORIGIN => "origin",
+        T_GRANT => "grant",
         other => return Err(DecodeError::UnknownType(other)),
     };
     let mut r = Reader { buf: body, name };
@@ -599,6 +626,17 @@ pub fn decode_body(frame: &[u8]) -> Result<Message, DecodeError> {
                 _ => return Err(DecodeError::Invalid("origin flag")),
             };
             Message::Origin { index, reads }
+        }
+        T_GRANT => {
+            let index = r.id()?;
+            let n = r.u16()? as usize;
+            if n == 0 || n > MAX_GRANT_LEN {
+                return Err(DecodeError::Invalid("grant length"));
+            }
+            Message::Grant {
+                index,
+                signature: r.take(n)?.to_vec(),
+            }
         }
         _ => unreachable!("type checked above"),
     };
@@ -838,6 +876,59 @@ mod tests {
         long.push(0);
         long[3] += 1;
         assert_eq!(decode(&long), Err(DecodeError::Trailing("origin", 1)));
+    }
+
+    #[test]
+    fn golden_grant() {
+        golden(
+            Message::Grant {
+                index: [0x66; 32],
+                signature: vec![0x30, 0x06, 0x02, 0x01],
+            },
+            "00 00 00 27   # len 39
+             0c ID(66)     # grant, index
+             00 04         # 4 signature bytes
+             30 06 02 01",
+        );
+        // The longest signature fits; a zero or overlong length, a short body or a trailing byte do not.
+        let max = Message::Grant {
+            index: [0x66; 32],
+            signature: vec![0x30; MAX_GRANT_LEN],
+        };
+        let b = max.to_bytes();
+        assert_eq!(decode(&b).unwrap().unwrap(), (max, b.len()));
+        let mut zero = Message::Grant {
+            index: [0x66; 32],
+            signature: vec![1],
+        }
+        .to_bytes();
+        zero[3] -= 1;
+        zero.pop();
+        zero[38] = 0;
+        assert_eq!(decode(&zero), Err(DecodeError::Invalid("grant length")));
+        let mut over = Vec::new();
+        over.extend_from_slice(&(35 + MAX_GRANT_LEN as u32 + 1).to_be_bytes());
+        over.push(0x0c);
+        over.extend_from_slice(&[0x66; 32]);
+        over.extend_from_slice(&(MAX_GRANT_LEN as u16 + 1).to_be_bytes());
+        over.extend_from_slice(&vec![0x30; MAX_GRANT_LEN + 1]);
+        assert_eq!(decode(&over), Err(DecodeError::Invalid("grant length")));
+        let mut short = Message::Grant {
+            index: [0x66; 32],
+            signature: vec![1, 2],
+        }
+        .to_bytes();
+        short.pop();
+        short[3] -= 1;
+        assert_eq!(decode(&short), Err(DecodeError::Truncated("grant")));
+        let mut long = Message::Grant {
+            index: [0x66; 32],
+            signature: vec![1, 2],
+        }
+        .to_bytes();
+        long.push(0);
+        long[3] += 1;
+        assert_eq!(decode(&long), Err(DecodeError::Trailing("grant", 1)));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use pollen_trust::registry::{Registry, RegistryOptions};
 use pollen_trust::verified::VerifiedIndex;
 use pollen_trust::verify::{TrustPolicy, VerifyContext};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::engine::{Engine, EngineConfig, EngineError};
 use crate::install::{InstallError, Installer};
@@ -89,6 +89,9 @@ pub struct StandaloneOptions {
     /// The daily window (UTC) in which the verified payload may be installed; outside it the node
     /// waits, still serving. It may change while the node waits (`None` in the channel: no window).
     pub activation: Option<tokio::sync::watch::Receiver<Option<pollen_crds::rollout::ActivationWindow>>>,
+    /// This node's peer grant for the index (base64, `pollen_trust::grant`), for when the signed index
+    /// does not list it. A malformed one is logged and ignored: the node then trades with no peer.
+    pub peer_grant: Option<String>,
     /// Never read from the origin.
     pub no_origin: bool,
     /// Seed for the picker's random choices.
@@ -319,6 +322,24 @@ pub async fn run_with_members(
     if let Some(s) = opts.seed {
         cfg.seed = s;
     }
+    cfg.director_key = Some(trust.director_key.clone());
+    cfg.grant = opts
+        .peer_grant
+        .as_deref()
+        .and_then(|g| match pollen_trust::grant::decode(g) {
+            Ok(raw) => Some(raw),
+            Err(e) => {
+                warn!(error = %e, "ignoring the peer grant");
+                None
+            }
+        });
+    if !index.authorises(&cfg.tls.name()) {
+        if cfg.grant.is_some() {
+            info!("this node is not listed by the index; it presents its peer grant to its peers");
+        } else {
+            warn!("this node is not listed by the index and holds no peer grant: its peers will refuse it");
+        }
+    }
     let mut engine = Engine::start(cfg, index.clone(), metrics.clone(), shutdown.clone()).await?;
     let res = engine.wait_complete().await;
     if let Err(e) = res {
@@ -441,6 +462,7 @@ mod tests {
             rate_limits: None,
             origin_allowance: None,
             activation: None,
+            peer_grant: None,
             no_origin: true,
             seed: None,
             seed_for: Some(Duration::ZERO),

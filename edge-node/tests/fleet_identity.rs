@@ -71,6 +71,10 @@ struct Opts<'a> {
     seed_with: Option<&'a [u8]>,
     upload_limit: Option<u64>,
     dir: Option<tempfile::TempDir>,
+    /// This node's peer grant (raw signature).
+    grant: Option<Vec<u8>>,
+    /// The director key that checks peers' grants.
+    director: Option<pollen_trust::PublicKey>,
 }
 
 async fn try_start(
@@ -92,6 +96,8 @@ async fn try_start(
     cfg.origin = false;
     cfg.seed = 7;
     cfg.upload_limit = o.upload_limit;
+    cfg.grant = o.grant;
+    cfg.director_key = o.director;
     let metrics = Arc::new(Metrics::default());
     match Engine::start(
         cfg,
@@ -1041,4 +1047,106 @@ async fn a_dialled_peer_the_index_does_not_list_is_not_redialled_at_once() {
     assert!(outsider.engine.peer_names().is_empty());
     member.engine.shutdown().await;
     outsider.engine.shutdown().await;
+}
+
+/// A grant for `node` on the fixture's index, signed by `key`.
+fn grant_for(fx: &Fixture, key: &pollen_trust::SigningKey, node: &str) -> Vec<u8> {
+    let text = pollen_trust::grant::sign(key, fx.verified.index_reference(), node).unwrap();
+    pollen_trust::grant::decode(&text).unwrap()
+}
+
+/// Nodes that joined after the index was built are admitted by the director's grant: a late node fetches
+/// the whole payload from listed peers (the origin is off), two late nodes trade with each other, and a
+/// grant signed by another key, or made out to another node, is refused before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_nodes_with_a_director_grant_join_the_swarm() {
+    init();
+    let data = payload(512 * 1024);
+    let mut meta = test_meta();
+    meta.peers = vec!["member".into(), "seed".into()];
+    let fx = Fixture::new("127.0.0.1:1", "test/app", &data, 64 * 1024, meta).unwrap();
+    let director = Some(fx.trust.director_key.clone());
+    let ca = ca();
+    let seed = start(
+        identity(&ca, "seed"),
+        &fx,
+        Opts {
+            seed_with: Some(&data),
+            director: director.clone(),
+            ..Opts::default()
+        },
+    )
+    .await;
+    let addr = seed.engine.local_addr();
+
+    // A late node with its grant: admitted by the listed seed, completes from it.
+    let mut late1 = start(
+        identity(&ca, "late1"),
+        &fx,
+        Opts {
+            peers: &[addr],
+            grant: Some(grant_for(&fx, &fx.director, "late1")),
+            director: director.clone(),
+            ..Opts::default()
+        },
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(20), late1.engine.wait_complete())
+        .await
+        .expect("the granted late node completes")
+        .unwrap();
+    assert_eq!(late1.metrics.received("peer"), data.len() as u64);
+    assert!(seed.engine.peer_names().iter().any(|p| p == "late1"));
+    assert_eq!(seed.metrics.refusals("not_authorised"), 0);
+
+    // Two late nodes: late2 dials late1 only, and both are unlisted; each checks the other's grant.
+    let mut late2 = start(
+        identity(&ca, "late2"),
+        &fx,
+        Opts {
+            peers: &[late1.engine.local_addr()],
+            grant: Some(grant_for(&fx, &fx.director, "late2")),
+            director: director.clone(),
+            ..Opts::default()
+        },
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(20), late2.engine.wait_complete())
+        .await
+        .expect("the second late node completes")
+        .unwrap();
+    assert!(late1.engine.peer_names().iter().any(|p| p == "late2"));
+    assert!(late2.metrics.received("peer") > 0);
+
+    // A grant from another key, and one made out to another node: refused, nothing received.
+    let stranger = pollen_trust::SigningKey::generate().unwrap();
+    for (name, grant) in [
+        ("forger", grant_for(&fx, &stranger, "forger")),
+        ("borrower", grant_for(&fx, &fx.director, "late1")),
+    ] {
+        let before = seed.metrics.refusals("bad_grant");
+        let mut n = start(
+            identity(&ca, name),
+            &fx,
+            Opts {
+                peers: &[addr],
+                grant: Some(grant),
+                director: director.clone(),
+                ..Opts::default()
+            },
+        )
+        .await;
+        wait_for(Duration::from_secs(10), "the seed refuses the bad grant", || {
+            seed.metrics.refusals("bad_grant") > before
+        })
+        .await;
+        let r = tokio::time::timeout(Duration::from_secs(3), n.engine.wait_complete()).await;
+        assert!(r.is_err(), "{name} must not complete");
+        assert_eq!(n.metrics.received("peer"), 0, "{name} received data");
+        assert!(!seed.engine.peer_names().iter().any(|p| p == name));
+        n.engine.shutdown().await;
+    }
+    for n in [late2, late1, seed] {
+        n.engine.shutdown().await;
+    }
 }

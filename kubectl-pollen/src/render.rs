@@ -542,6 +542,7 @@ mod tests {
                     peer_wait: None,
                     origin_allowance_bytes: None,
                     activation_window: None,
+                    peer_grant: None,
                 }],
             },
         );

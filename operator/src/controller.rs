@@ -725,6 +725,7 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
                     .and_then(|c| c.caps.get(&name))
                     .map(|&v| v.min(i64::MAX as u64) as i64),
                 activation_window: ur.spec.install.activation_window.clone(),
+                peer_grant: peer_grant(ctx, &chunk_index, &name, entry_of(n)),
             });
         if desired != entry_of(n) {
             writes.push((name, desired));
@@ -851,6 +852,22 @@ async fn no_targets(
 
 /// The selection is larger than a chunk index can authorise: `Indexed=False` (reason
 /// [`TOO_MANY_PEERS`]), phase `Failed`, nothing delivered until the selection or the spec changes.
+/// The peer grant of `node`'s assignment: the one it holds while valid for this index, else a new one.
+/// A node that cannot have one (an unpinned index reference, a signing failure) gets none, with a
+/// warning: it then trades only if the index lists it.
+fn peer_grant(ctx: &Context, chunk_index: &str, node: &str, current: Option<Assignment>) -> Option<String> {
+    let existing = current
+        .filter(|a| a.chunk_index == chunk_index)
+        .and_then(|a| a.peer_grant);
+    match ctx.pipeline.peer_grant(chunk_index, node, existing.as_deref()) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            warn!(node, error = %e, "no peer grant for this assignment");
+            None
+        }
+    }
+}
+
 async fn too_many_peers(
     ctx: &Context,
     ur: &UpdateRollout,
@@ -1447,6 +1464,40 @@ mod tests {
         assert_eq!(a.activation_window, None);
         assert_eq!(a.chunk_index, index);
         assert_eq!(pipeline.calls().len(), 3, "the index is built once");
+        h.finish().await;
+    }
+
+    /// Every assignment carries the director's peer grant for its node on its index (what lets a node
+    /// that joined after the index was built trade with its peers), and grants are kept, not signed
+    /// afresh: a reconcile with nothing new writes no EdgeNode.
+    #[tokio::test]
+    async fn assignments_carry_a_stable_peer_grant() {
+        let pipeline = ScriptedPipeline::signed();
+        let h = Harness::new(
+            world_with(3, vec![UpdateRollout::test("r").finalized()]),
+            pipeline,
+        );
+        h.step("r").await.unwrap();
+        let assigned = h.w().assigned("r");
+        assert!(!assigned.is_empty());
+        let director = crate::fixtures::test_director().public_key().unwrap();
+        for (node, index) in &assigned {
+            let a = h.w().assignment(node, "r").unwrap();
+            let raw = pollen_trust::grant::decode(a.peer_grant.as_deref().expect("a grant")).unwrap();
+            let digest = pollen_trust::grant::index_digest(index).unwrap();
+            assert!(
+                pollen_trust::grant::verify(&director, digest, node, &raw),
+                "{node}"
+            );
+            assert!(!pollen_trust::grant::verify(&director, digest, "gw-99", &raw));
+        }
+        let writes = h.w().edge_node_writes();
+        h.step("r").await.unwrap();
+        assert_eq!(
+            h.w().edge_node_writes(),
+            writes,
+            "a reconcile rewrote assignments"
+        );
         h.finish().await;
     }
 
@@ -2322,6 +2373,7 @@ mod tests {
             peer_wait: None,
             origin_allowance_bytes: None,
             activation_window: None,
+            peer_grant: None,
         });
         let refs = rollouts_for_node(&node, &[a, Arc::new(other)]);
         let names: Vec<String> = refs

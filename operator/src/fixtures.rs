@@ -159,6 +159,8 @@ pub struct ScriptedPipeline {
     pub calls: Mutex<Vec<&'static str>>,
     /// Every index request received, in order.
     pub index_requests: Mutex<Vec<IndexRequest>>,
+    /// Signs peer grants with [`test_director`].
+    pub grants: crate::grants::GrantSigner,
 }
 
 impl ScriptedPipeline {
@@ -170,6 +172,7 @@ impl ScriptedPipeline {
             calls: Mutex::default(),
             index_down: Default::default(),
             index_requests: Mutex::default(),
+            grants: test_grants(),
         })
     }
     /// Artifacts without a signature.
@@ -180,6 +183,7 @@ impl ScriptedPipeline {
             calls: Mutex::default(),
             index_down: Default::default(),
             index_requests: Mutex::default(),
+            grants: test_grants(),
         })
     }
     /// Artifacts signed by a key the policy does not trust.
@@ -190,6 +194,7 @@ impl ScriptedPipeline {
             calls: Mutex::default(),
             index_down: Default::default(),
             index_requests: Mutex::default(),
+            grants: test_grants(),
         })
     }
     /// A registry that refuses every request.
@@ -200,6 +205,7 @@ impl ScriptedPipeline {
             calls: Mutex::default(),
             index_down: Default::default(),
             index_requests: Mutex::default(),
+            grants: test_grants(),
         })
     }
     /// The calls made so far.
@@ -218,6 +224,17 @@ impl ScriptedPipeline {
     fn hash(s: &str) -> String {
         hex::encode(Sha256::digest(s.as_bytes()))
     }
+}
+
+/// The director key of every scripted pipeline (a real key: tests check the grants it signs).
+pub fn test_director() -> Arc<pollen_trust::SigningKey> {
+    static KEY: std::sync::OnceLock<Arc<pollen_trust::SigningKey>> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| Arc::new(pollen_trust::SigningKey::generate().unwrap()))
+        .clone()
+}
+
+fn test_grants() -> crate::grants::GrantSigner {
+    crate::grants::GrantSigner::new(test_director()).unwrap()
 }
 
 impl ArtifactPipeline for ScriptedPipeline {
@@ -273,6 +290,16 @@ impl ArtifactPipeline for ScriptedPipeline {
                 reference: format!("{repo}@sha256:{h}"),
             })
         })
+    }
+    fn peer_grant(
+        &self,
+        index_reference: &str,
+        node: &str,
+        existing: Option<&str>,
+    ) -> Result<String, PipelineError> {
+        self.grants
+            .grant(index_reference, node, existing)
+            .map_err(|e| PipelineError::Index(e.to_string()))
     }
 }
 

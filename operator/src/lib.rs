@@ -23,6 +23,7 @@ pub mod controller;
 pub mod csr;
 #[cfg(test)]
 pub mod fixtures;
+pub mod grants;
 pub mod http;
 pub mod leader;
 pub mod metrics;

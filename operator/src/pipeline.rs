@@ -88,4 +88,13 @@ pub trait ArtifactPipeline: Send + Sync + 'static {
         &'a self,
         request: &'a IndexRequest,
     ) -> BoxFuture<'a, Result<IndexedArtifact, PipelineError>>;
+
+    /// The director's peer grant (base64) for `node` on the index at the pinned `index_reference`;
+    /// `existing`, the one the node's assignment holds, is kept while it verifies.
+    fn peer_grant(
+        &self,
+        index_reference: &str,
+        node: &str,
+        existing: Option<&str>,
+    ) -> Result<String, PipelineError>;
 }

@@ -22,6 +22,7 @@ use pollen_trust::verify::{self, SignedManifest, VerifyError};
 use pollen_trust::{PublicKey, Registry, RegistryOptions, SigningKey, TargetSpec, cosign, oci};
 use tracing::warn;
 
+use crate::grants::GrantSigner;
 use crate::pipeline::{ArtifactPipeline, IndexRequest, IndexedArtifact, PinnedArtifact, PipelineError};
 
 /// Why the pipeline could not be set up.
@@ -30,6 +31,9 @@ pub enum SetupError {
     /// A registry client could not be built (for example an unreadable Docker config).
     #[error("registry client: {0}")]
     Registry(#[source] RegistryError),
+    /// The director key cannot sign peer grants.
+    #[error("director key: {0}")]
+    Grants(#[source] pollen_trust::grant::GrantError),
 }
 
 /// Registry settings of the pipeline.
@@ -47,6 +51,7 @@ pub struct TrustPipeline {
     insecure: Registry,
     insecure_hosts: Vec<String>,
     director: Arc<SigningKey>,
+    grants: GrantSigner,
 }
 
 impl TrustPipeline {
@@ -59,11 +64,13 @@ impl TrustPipeline {
             })
             .map_err(SetupError::Registry)
         };
+        let director = Arc::new(director);
         Ok(Self {
+            grants: GrantSigner::new(director.clone()).map_err(SetupError::Grants)?,
             secure: make(false)?,
             insecure: make(true)?,
             insecure_hosts: opts.insecure_registries.clone(),
-            director: Arc::new(director),
+            director,
         })
     }
 
@@ -183,5 +190,16 @@ impl ArtifactPipeline for TrustPipeline {
                 reference: published.reference,
             })
         })
+    }
+
+    fn peer_grant(
+        &self,
+        index_reference: &str,
+        node: &str,
+        existing: Option<&str>,
+    ) -> Result<String, PipelineError> {
+        self.grants
+            .grant(index_reference, node, existing)
+            .map_err(|e| PipelineError::Index(e.to_string()))
     }
 }

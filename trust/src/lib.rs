@@ -17,6 +17,7 @@
 //! from fetching a few small objects from the registry.
 
 pub mod cosign;
+pub mod grant;
 pub mod index;
 pub mod keys;
 pub mod oci;

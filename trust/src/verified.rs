@@ -75,6 +75,12 @@ impl VerifiedIndex {
         &self.index_reference
     }
 
+    /// Digest of the index's OCI manifest (`sha256:<hex>`), the part of [`Self::index_reference`]
+    /// after `@`; peer grants name the index by it.
+    pub fn index_digest(&self) -> &str {
+        self.index_reference.rsplit_once('@').map_or("", |(_, d)| d)
+    }
+
     /// The index itself.
     pub fn index(&self) -> &ChunkIndex {
         &self.index

@@ -247,6 +247,7 @@ impl Fleet {
             peer_wait: None,
             rate_limits: None,
             activation: None,
+            peer_grant: None,
             no_origin: false,
             seed: Some(name.bytes().map(u64::from).sum()),
             seed_for: None,

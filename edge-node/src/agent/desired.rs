@@ -58,6 +58,7 @@ pub(crate) fn test_assignment(rollout: &str, index: &str) -> Assignment {
         peer_wait: None,
         origin_allowance_bytes: None,
         activation_window: None,
+        peer_grant: None,
     }
 }
 

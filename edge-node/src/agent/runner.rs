@@ -325,6 +325,7 @@ impl super::AssignmentRunner for SwarmRunner {
                     d
                 }),
                 activation: Some(followed.window.clone()),
+                peer_grant: a.peer_grant.clone(),
                 no_origin: false,
                 seed: None,
                 seed_for: None,
