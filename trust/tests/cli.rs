@@ -194,6 +194,36 @@ fn publish_index_verify_from_the_command_line() {
         "same sequence",
     );
 
+    // A peer grant for a node the index does not list, checked with the director's public key.
+    let grant = ok(
+        &pollen(
+            d,
+            &[
+                "grant",
+                "--index",
+                &index_ref,
+                "--node",
+                "gw-9",
+                "--key",
+                "director.key",
+            ],
+        ),
+        "grant",
+    );
+    let director = pollen_trust::PublicKey::from_file(&d.join("director.pub")).unwrap();
+    let digest = pollen_trust::grant::index_digest(&index_ref).unwrap();
+    let raw = pollen_trust::grant::decode(grant.trim()).unwrap();
+    assert!(pollen_trust::grant::verify(&director, digest, "gw-9", &raw));
+    assert!(!pollen_trust::grant::verify(&director, digest, "gw-8", &raw));
+    fails(
+        &pollen(
+            d,
+            &["grant", "--index", &to, "--node", "gw-9", "--key", "director.key"],
+        ),
+        "grant for a tag",
+        "not pinned by digest",
+    );
+
     // Indexing refuses a payload the given publisher key did not sign.
     let mut a = index_args("3");
     let pos = a.iter().position(|x| *x == "publisher.pub").unwrap();

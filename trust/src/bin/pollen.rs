@@ -109,6 +109,20 @@ enum Command {
         #[command(flatten)]
         registry: RegistryArgs,
     },
+    /// Print the director's peer grant (base64) that lets NODE trade chunks of the index although the
+    /// index's peer list does not name it; give it to the node's `--peer-grant`. (In a cluster the
+    /// operator writes grants into the assignments.)
+    Grant {
+        /// The index, pinned: REGISTRY/REPO@sha256:….
+        #[arg(long)]
+        index: String,
+        /// The node name (as in its certificate).
+        #[arg(long)]
+        node: String,
+        /// The director's cosign private key.
+        #[arg(long)]
+        key: PathBuf,
+    },
     /// A fleet CA, node certificates and revocation lists for development, the lab and standalone mode.
     /// In a cluster the operator signs node certificates through the Kubernetes CSR API instead.
     Pki {
@@ -368,6 +382,10 @@ async fn run(cli: Cli) -> Result<()> {
             let p =
                 publish::publish_file(&reg, &target, &file, &key, &opts, progress_bar("uploading")).await?;
             println!("{}", p.reference);
+        }
+        Command::Grant { index, node, key } => {
+            let director = load_signing_key(&key)?;
+            println!("{}", pollen_trust::grant::sign(&director, &index, &node)?);
         }
         Command::Index {
             payload,
