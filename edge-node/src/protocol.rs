@@ -10,8 +10,9 @@
 //! - **Control stream**: the first bidirectional stream, opened by the dialing side. Each side first sends
 //!   `Hello`, then any number of `HaveMap`, `Have`, `Fetching`, `Origin`, `Peers`, `Cancel`,
 //!   `Revocations` and `Error` messages. A node the receiver's index does not authorise (its certificate names a node the
-//!   signed index does not list) gets, instead of `Hello`, one `Error` with code `NotAuthorised`, and
-//!   the connection is closed with [`CLOSE_REFUSED`]: it learns nothing about the swarm.
+//!   signed index does not list, and it shows no valid `Grant`, see below) gets, instead of `Hello`, one
+//!   `Error` with code `NotAuthorised`, and the connection is closed with [`CLOSE_REFUSED`]: it learns
+//!   nothing about the swarm.
 //! - **Request streams**: one bidirectional stream per request, opened by the side that wants data. It
 //!   sends one `Request` (a chunk, or a range of up to [`MAX_REQUEST_CHUNKS`] chunks) and finishes its
 //!   send side. The server answers, for each chunk in order, a `Data` header immediately followed by

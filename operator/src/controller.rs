@@ -27,9 +27,9 @@
 //! holds no node that is not quarantined waits in `Pending` before indexing. A selection larger than
 //! the index format allows fails with `Indexed=False`, reason `TooManyPeers`. The list is fixed for
 //! the life of the index: a node that joins the selection later (or whose quarantine is lifted) gets
-//! its assignment, but fetches from the origin registry only, since its peers refuse it; a spec
-//! change (a new index) includes it. Re-signing on every join would make the whole fleet fetch the
-//! payload again under the new index.
+//! its assignment with a peer grant ([`crate::grants`]), which its peers check before they trade with
+//! it; a spec change (a new index) lists it. Re-signing on every join would make the whole fleet fetch
+//! the payload again under the new index. Every assignment carries a grant, listed node or not.
 //!
 //! Non-goals: no registry or crypto here ([`crate::pipeline`]), no HTTP ([`crate::http`]).
 
