@@ -142,6 +142,10 @@ pub struct EngineConfig {
     /// This node's peer grant for the index (the raw director signature, `pollen_trust::grant`): sent
     /// to peers before `Hello` when the signed index does not list this node.
     pub grant: Option<Vec<u8>>,
+    /// A grant the caller may pass while the engine runs (the agent: when the operator writes one
+    /// into a running assignment); each value replaces `grant`, and refusals of this node are
+    /// forgotten so that its peers are dialled again at once.
+    pub grant_updates: Option<watch::Receiver<Option<Vec<u8>>>>,
     /// The director public key, to check the grants of peers the index does not list. Without it,
     /// such peers are refused whatever they send.
     pub director_key: Option<pollen_trust::PublicKey>,
@@ -175,6 +179,7 @@ impl EngineConfig {
             upload_slots_per_peer: 8,
             seed: rand::random(),
             grant: None,
+            grant_updates: None,
             director_key: None,
             #[cfg(feature = "testing")]
             corrupt_uploads: false,
@@ -291,8 +296,9 @@ struct Shared {
     /// Addresses of peers that refused this node as not authorised for the index, or that this node
     /// dialled and refused as not authorised: until when they are not dialled.
     refused_by: Mutex<HashMap<SocketAddr, Instant>>,
-    /// This node's grant, when the index does not list it and it holds one.
-    own_grant: Option<Vec<u8>>,
+    /// This node's grant, when the index does not list it and it holds one (replaced as the caller
+    /// passes a new one).
+    own_grant: Mutex<Option<Vec<u8>>>,
     /// The director key that checks peers' grants.
     director_key: Option<pollen_trust::PublicKey>,
     /// Peers the index does not list that presented a valid grant on this engine's connections.
@@ -399,7 +405,7 @@ impl Engine {
             banned_addrs: Mutex::new(HashSet::new()),
             revoked_addrs: Mutex::new(HashMap::new()),
             refused_by: Mutex::new(HashMap::new()),
-            own_grant,
+            own_grant: Mutex::new(own_grant),
             director_key: cfg.director_key.clone(),
             granted: Mutex::new(HashSet::new()),
             known: Mutex::new(known),
@@ -452,6 +458,9 @@ impl Engine {
         tasks.spawn(shared.clone().trust_loop());
         if let Some(rx) = cfg.rate_limits.clone() {
             tasks.spawn(shared.clone().limits_loop(rx));
+        }
+        if let Some(rx) = cfg.grant_updates.clone() {
+            tasks.spawn(shared.clone().grant_loop(rx));
         }
         Ok(Engine {
             shared,
@@ -1044,10 +1053,15 @@ impl Shared {
             return;
         }
         // A peer the index does not list must show a grant before it learns anything. An accepting node
-        // reads it first; a dialling node can read it only after it has sent, so it does so only when it
-        // sends a grant itself (both joined late), and otherwise refuses: the granted node dials instead.
+        // reads it first. A dialling node can read only after it has written (the acceptor sees the
+        // stream once it carries data): with a grant of its own it writes that alone, then reads; to a
+        // peer admitted by grant before, it writes `Hello` and then checks the grant that leads the
+        // peer's answer. Otherwise it refuses: the granted node dials instead.
         let listed = self.index.authorises(&name);
-        let expect_grant = !listed && self.director_key.is_some() && (!dialer || self.own_grant.is_some());
+        let own_grant = self.own_grant.lock().expect("grant").clone();
+        let known = !listed && self.granted.lock().expect("granted").contains(&name);
+        let expect_grant =
+            !listed && self.director_key.is_some() && (!dialer || own_grant.is_some() || known);
         if !listed && !expect_grant {
             self.refuse_unauthorised(&conn, dialer).await;
             return;
@@ -1059,15 +1073,33 @@ impl Shared {
                 conn.accept_bi().await?
             };
             let mut buf = Vec::new();
-            if expect_grant && !dialer && !self.check_grant(read_frame(&mut recv, &mut buf).await?, &name) {
-                return Ok(Handshake::Refuse(send));
+            // The peer's grant, or its refusal of this node (passed on to the refusal handling below).
+            macro_rules! peer_grant {
+                () => {
+                    match read_frame(&mut recv, &mut buf).await? {
+                        Some(e @ Message::Error { .. }) => {
+                            return Ok(Handshake::Hello(send, recv, Some(e)));
+                        }
+                        other => {
+                            if !self.check_grant(other, &name) {
+                                return Ok(Handshake::Refuse(send));
+                            }
+                        }
+                    }
+                };
             }
-            if let Some(signature) = &self.own_grant {
+            if expect_grant && !dialer {
+                peer_grant!();
+            }
+            if let Some(signature) = &own_grant {
                 let grant = Message::Grant {
                     index: self.id,
                     signature: signature.clone(),
                 };
                 write_msg(&mut send, &grant).await?;
+                if expect_grant && dialer {
+                    peer_grant!();
+                }
             }
             let hello = Message::Hello {
                 version: protocol::VERSION,
@@ -1075,19 +1107,10 @@ impl Shared {
                 indexes: vec![self.id],
             };
             write_msg(&mut send, &hello).await?;
-            let mut first = read_frame(&mut recv, &mut buf).await?;
-            if expect_grant && dialer {
-                match first {
-                    // The peer refuses this node: handled with any other refusal below.
-                    Some(Message::Error { .. }) => {}
-                    other => {
-                        if !self.check_grant(other, &name) {
-                            return Ok(Handshake::Refuse(send));
-                        }
-                        first = read_frame(&mut recv, &mut buf).await?;
-                    }
-                }
+            if expect_grant && dialer && own_grant.is_none() {
+                peer_grant!();
             }
+            let first = read_frame(&mut recv, &mut buf).await?;
             Ok::<_, FetchError>(Handshake::Hello(send, recv, first))
         };
         let (send, recv, peer_hello) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, hs).await {
@@ -1095,6 +1118,12 @@ impl Shared {
             Ok(Ok(Handshake::Refuse(send))) => {
                 self.refused("not_authorised");
                 info!("peer not listed by this index and without a valid grant: refused");
+                if dialer {
+                    self.refused_by
+                        .lock()
+                        .expect("refused")
+                        .insert(conn.remote_address(), Instant::now() + NOT_AUTHORISED_REDIAL);
+                }
                 self.send_refusal(&conn, send).await;
                 return;
             }
@@ -1123,7 +1152,7 @@ impl Shared {
                 // Unless it dialled this node, which holds a grant: a listed node refuses an unlisted
                 // one it dials without reading the grant, and this node dials it with the grant instead.
                 info!(%message, "the peer refuses this node: not authorised for this index");
-                if dialer || self.own_grant.is_none() {
+                if dialer || own_grant.is_none() {
                     self.refused_by
                         .lock()
                         .expect("refused")
@@ -2058,6 +2087,28 @@ impl Shared {
 
 impl Shared {
     /// Applies rate limits as the caller changes them, until shutdown or until the sender is gone.
+    /// Takes this node's grant as the caller changes it, until shutdown or until the sender is gone.
+    async fn grant_loop(self: Arc<Self>, mut rx: watch::Receiver<Option<Vec<u8>>>) {
+        loop {
+            tokio::select! {
+                r = rx.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    let g = rx.borrow_and_update().clone().filter(|_| !self.index.authorises(&self.name));
+                    let had = std::mem::replace(&mut *self.own_grant.lock().expect("grant"), g.clone()).is_some();
+                    if g.is_some() {
+                        // Peers that refused this node may admit it now.
+                        self.refused_by.lock().expect("refused").clear();
+                        self.dial_now.notify_one();
+                    }
+                    info!(had, has = g.is_some(), "peer grant changed");
+                }
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
     async fn limits_loop(self: Arc<Self>, mut rx: watch::Receiver<RateLimits>) {
         loop {
             tokio::select! {

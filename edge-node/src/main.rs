@@ -196,6 +196,7 @@ fn main() -> anyhow::Result<()> {
                         .activation_window
                         .map(|w| tokio::sync::watch::channel(Some(w)).1),
                     peer_grant: a.peer_grant,
+                    peer_grant_updates: None,
                     no_origin: a.no_origin,
                     seed: a.seed,
                     seed_for: if a.exit_when_done {

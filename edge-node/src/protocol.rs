@@ -8,7 +8,7 @@
 //!
 //! ## Streams
 //! - **Control stream**: the first bidirectional stream, opened by the dialing side. Each side first sends
-//!   `Hello`, then any number of `HaveMap`, `Have`, `Fetching`, `Origin`, `Peers`, `Cancel`,
+//!   `Hello` (after its `Grant`, when it holds one; see below), then any number of `HaveMap`, `Have`, `Fetching`, `Origin`, `Peers`, `Cancel`,
 //!   `Revocations` and `Error` messages. A node the receiver's index does not authorise (its certificate names a node the
 //!   signed index does not list, and it shows no valid `Grant`, see below) gets, instead of `Hello`, one
 //!   `Error` with code `NotAuthorised`, and the connection is closed with [`CLOSE_REFUSED`]: it learns
@@ -55,9 +55,12 @@
 //! built): the director key's signature over the index's manifest digest and the node's name (see
 //! `pollen_trust::grant`; the name is the one in the sender's certificate). A node that holds a grant
 //! and is not listed sends it on the control stream before its `Hello`. A receiver that does not list
-//! the sender reads the first frame before it sends anything: a `Grant` that verifies admits the sender
-//! for this index, anything else gets the `NotAuthorised` refusal. A listed node that dials an unlisted
-//! one refuses it at once (it cannot read a grant before it sends); the granted node dials instead.
+//! the sender reads its first frame before it sends anything: a `Grant` that verifies admits the sender
+//! for this index, anything else gets the `NotAuthorised` refusal. A dialling node must write before it
+//! can read (the acceptor sees the stream once it carries data), so toward an unlisted peer it sends
+//! its own `Grant` alone and waits for the peer's before its `Hello`; toward a peer it admitted by grant
+//! before, it sends `Hello` and checks the grant that leads the answer; otherwise it refuses at once,
+//! and the granted node dials it instead.
 //!
 //! `Revocations` carries the fleet's CA-signed revocation list as signed, so that it spreads peer to
 //! peer and reaches nodes cut off from the control plane. It is sent right after `Hello` when the sender

@@ -92,6 +92,9 @@ pub struct StandaloneOptions {
     /// This node's peer grant for the index (base64, `pollen_trust::grant`), for when the signed index
     /// does not list it. A malformed one is logged and ignored: the node then trades with no peer.
     pub peer_grant: Option<String>,
+    /// Grants passed while the node runs (the agent: from the assignment), raw; each replaces the
+    /// last (`EngineConfig::grant_updates`).
+    pub peer_grant_updates: Option<tokio::sync::watch::Receiver<Option<Vec<u8>>>>,
     /// Never read from the origin.
     pub no_origin: bool,
     /// Seed for the picker's random choices.
@@ -323,6 +326,7 @@ pub async fn run_with_members(
         cfg.seed = s;
     }
     cfg.director_key = Some(trust.director_key.clone());
+    cfg.grant_updates = opts.peer_grant_updates.clone();
     cfg.grant = opts
         .peer_grant
         .as_deref()
@@ -463,6 +467,7 @@ mod tests {
             origin_allowance: None,
             activation: None,
             peer_grant: None,
+            peer_grant_updates: None,
             no_origin: true,
             seed: None,
             seed_for: Some(Duration::ZERO),

@@ -75,6 +75,8 @@ struct Opts<'a> {
     grant: Option<Vec<u8>>,
     /// The director key that checks peers' grants.
     director: Option<pollen_trust::PublicKey>,
+    /// Grants passed while the engine runs.
+    grant_updates: Option<tokio::sync::watch::Receiver<Option<Vec<u8>>>>,
 }
 
 async fn try_start(
@@ -98,6 +100,7 @@ async fn try_start(
     cfg.upload_limit = o.upload_limit;
     cfg.grant = o.grant;
     cfg.director_key = o.director;
+    cfg.grant_updates = o.grant_updates;
     let metrics = Arc::new(Metrics::default());
     match Engine::start(
         cfg,
@@ -1149,4 +1152,53 @@ async fn late_nodes_with_a_director_grant_join_the_swarm() {
     for n in [late2, late1, seed] {
         n.engine.shutdown().await;
     }
+}
+
+/// A grant that arrives while the node runs (the operator wrote it into a running assignment) is taken
+/// at once: the node, refused until then, dials its peers again and completes from them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_given_to_a_running_node_lets_it_in() {
+    init();
+    let data = payload(256 * 1024);
+    let mut meta = test_meta();
+    meta.peers = vec!["seed".into()];
+    let fx = Fixture::new("127.0.0.1:1", "test/app", &data, 64 * 1024, meta).unwrap();
+    let director = Some(fx.trust.director_key.clone());
+    let ca = ca();
+    let seed = start(
+        identity(&ca, "seed"),
+        &fx,
+        Opts {
+            seed_with: Some(&data),
+            director: director.clone(),
+            ..Opts::default()
+        },
+    )
+    .await;
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let mut late = start(
+        identity(&ca, "late"),
+        &fx,
+        Opts {
+            peers: &[seed.engine.local_addr()],
+            director,
+            grant_updates: Some(rx),
+            ..Opts::default()
+        },
+    )
+    .await;
+    wait_for(Duration::from_secs(10), "the seed refuses the late node", || {
+        seed.metrics.refusals("not_authorised") >= 1
+    })
+    .await;
+    assert_eq!(late.metrics.received("peer"), 0);
+    // Refused once, the node would not dial the seed again for a minute; the grant lifts that.
+    tx.send_replace(Some(grant_for(&fx, &fx.director, "late")));
+    tokio::time::timeout(Duration::from_secs(10), late.engine.wait_complete())
+        .await
+        .expect("the late node completes once it holds a grant")
+        .unwrap();
+    assert_eq!(late.metrics.received("peer"), data.len() as u64);
+    late.engine.shutdown().await;
+    seed.engine.shutdown().await;
 }

@@ -850,8 +850,6 @@ async fn no_targets(
     settle(ctx, ur, prev, st, Action::requeue(ctx.config.blocked_retry)).await
 }
 
-/// The selection is larger than a chunk index can authorise: `Indexed=False` (reason
-/// [`TOO_MANY_PEERS`]), phase `Failed`, nothing delivered until the selection or the spec changes.
 /// The peer grant of `node`'s assignment: the one it holds while valid for this index, else a new one.
 /// A node that cannot have one (an unpinned index reference, a signing failure) gets none, with a
 /// warning: it then trades only if the index lists it.
@@ -868,6 +866,8 @@ fn peer_grant(ctx: &Context, chunk_index: &str, node: &str, current: Option<Assi
     }
 }
 
+/// The selection is larger than a chunk index can authorise: `Indexed=False` (reason
+/// [`TOO_MANY_PEERS`]), phase `Failed`, nothing delivered until the selection or the spec changes.
 async fn too_many_peers(
     ctx: &Context,
     ur: &UpdateRollout,

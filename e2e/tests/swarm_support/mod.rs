@@ -248,6 +248,7 @@ impl Fleet {
             rate_limits: None,
             activation: None,
             peer_grant: None,
+            peer_grant_updates: None,
             no_origin: false,
             seed: Some(name.bytes().map(u64::from).sum()),
             seed_for: None,

@@ -129,11 +129,20 @@ struct Followed {
     limits: watch::Receiver<RateLimits>,
     /// The activation window (`StandaloneOptions::activation`).
     window: watch::Receiver<Option<ActivationWindow>>,
+    /// The peer grant, decoded (`EngineConfig::grant_updates`; a malformed one counts as none).
+    grant: watch::Receiver<Option<Vec<u8>>>,
+}
+
+/// The raw peer grant of an assignment (`None` when it has none or it is malformed).
+fn grant_of(a: &Assignment) -> Option<Vec<u8>> {
+    a.peer_grant
+        .as_deref()
+        .and_then(|g| pollen_trust::grant::decode(g).ok())
 }
 
 /// Follows the assignment as the operator changes it, until `cancel` or until the agent drops it: its
-/// origin cap, its rate limits (the lower of the agent's flags and the assignment's) and its
-/// activation window, as the engine takes them.
+/// origin cap, its rate limits (the lower of the agent's flags and the assignment's), its
+/// activation window and its peer grant, as the engine takes them.
 fn follow(
     mut updates: watch::Receiver<Assignment>,
     upload: Option<u64>,
@@ -144,6 +153,7 @@ fn follow(
     let (cap_tx, allowance) = watch::channel(super::allowance_of(&a));
     let (limits_tx, limits) = watch::channel(limits_of(&a, upload, download));
     let (window_tx, window) = watch::channel(a.activation_window.clone());
+    let (grant_tx, grant) = watch::channel(grant_of(&a));
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -155,6 +165,7 @@ fn follow(
                     cap_tx.send_if_modified(|c| super::replace(c, super::allowance_of(&a)));
                     limits_tx.send_if_modified(|l| super::replace(l, limits_of(&a, upload, download)));
                     window_tx.send_if_modified(|w| super::replace(w, a.activation_window.clone()));
+                    grant_tx.send_if_modified(|g| super::replace(g, grant_of(&a)));
                 }
                 _ = cancel.cancelled() => return,
             }
@@ -164,6 +175,7 @@ fn follow(
         allowance,
         limits,
         window,
+        grant,
     }
 }
 
@@ -326,6 +338,7 @@ impl super::AssignmentRunner for SwarmRunner {
                 }),
                 activation: Some(followed.window.clone()),
                 peer_grant: a.peer_grant.clone(),
+                peer_grant_updates: Some(followed.grant.clone()),
                 no_origin: false,
                 seed: None,
                 seed_for: None,
@@ -516,8 +529,8 @@ mod tests {
     }
 
     /// A running assignment follows the operator's changes: its origin cap, its rate limits (the
-    /// lower of the agent's flag and the assignment's) and its activation window reach the engine's
-    /// channels, until cancelled.
+    /// lower of the agent's flag and the assignment's), its activation window and its peer grant reach
+    /// the engine's channels, until cancelled.
     #[tokio::test]
     async fn assignment_changes_reach_the_running_engine() {
         let mut a = test_assignment("ns/r", "i");
@@ -528,8 +541,10 @@ mod tests {
             allowance: mut cap,
             mut limits,
             mut window,
+            mut grant,
         } = follow(rx, Some(500_000), None, cancel.clone());
         assert_eq!(*cap.borrow(), None);
+        assert_eq!(*grant.borrow(), None);
         assert_eq!(*window.borrow(), None);
         assert_eq!(
             *limits.borrow(),
@@ -543,7 +558,8 @@ mod tests {
         a.download_bytes_per_second = None;
         let night = pollen_crds::rollout::ActivationWindow::parse("01:00-04:00").unwrap();
         a.activation_window = Some(night.clone());
-        tx.send_replace(a);
+        a.peer_grant = Some("AQID".into());
+        tx.send_replace(a.clone());
         let wait = Duration::from_secs(5);
         tokio::time::timeout(wait, cap.changed()).await.unwrap().unwrap();
         assert_eq!(*cap.borrow_and_update(), Some(4096));
@@ -563,6 +579,19 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(*window.borrow_and_update(), Some(night));
+        tokio::time::timeout(wait, grant.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(*grant.borrow_and_update(), Some(vec![1, 2, 3]), "decoded");
+        // A malformed grant counts as none.
+        a.peer_grant = Some("not base64!".into());
+        tx.send_replace(a);
+        tokio::time::timeout(wait, grant.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(*grant.borrow_and_update(), None);
         cancel.cancel();
         assert!(
             tokio::time::timeout(wait, cap.changed()).await.unwrap().is_err(),
