@@ -1052,6 +1052,41 @@ async fn a_dialled_peer_the_index_does_not_list_is_not_redialled_at_once() {
     outsider.engine.shutdown().await;
 }
 
+/// An index of `data` that lists `listed`, a fleet CA, and node `seed` holding the whole payload and
+/// checking grants with the index's director key.
+async fn listed_seed(data: &[u8], listed: &[&str]) -> (Fixture, FleetCa, Node) {
+    let mut meta = test_meta();
+    meta.peers = listed.iter().map(|n| n.to_string()).collect();
+    let fx = Fixture::new("127.0.0.1:1", "test/app", data, 64 * 1024, meta).unwrap();
+    let ca = ca();
+    let seed = start(
+        identity(&ca, "seed"),
+        &fx,
+        Opts {
+            seed_with: Some(data),
+            director: Some(fx.trust.director_key.clone()),
+            ..Opts::default()
+        },
+    )
+    .await;
+    (fx, ca, seed)
+}
+
+/// A node `name` that holds `grant` and checks its peers' grants with the fixture's director key.
+async fn start_granted(ca: &FleetCa, fx: &Fixture, name: &str, peers: &[SocketAddr], grant: Vec<u8>) -> Node {
+    start(
+        identity(ca, name),
+        fx,
+        Opts {
+            peers,
+            grant: Some(grant),
+            director: Some(fx.trust.director_key.clone()),
+            ..Opts::default()
+        },
+    )
+    .await
+}
+
 /// A grant for `node` on the fixture's index, signed by `key`.
 fn grant_for(fx: &Fixture, key: &pollen_trust::SigningKey, node: &str) -> Vec<u8> {
     let text = pollen_trust::grant::sign(key, fx.verified.index_reference(), node).unwrap();
@@ -1065,35 +1100,11 @@ fn grant_for(fx: &Fixture, key: &pollen_trust::SigningKey, node: &str) -> Vec<u8
 async fn late_nodes_with_a_director_grant_join_the_swarm() {
     init();
     let data = payload(512 * 1024);
-    let mut meta = test_meta();
-    meta.peers = vec!["member".into(), "seed".into()];
-    let fx = Fixture::new("127.0.0.1:1", "test/app", &data, 64 * 1024, meta).unwrap();
-    let director = Some(fx.trust.director_key.clone());
-    let ca = ca();
-    let seed = start(
-        identity(&ca, "seed"),
-        &fx,
-        Opts {
-            seed_with: Some(&data),
-            director: director.clone(),
-            ..Opts::default()
-        },
-    )
-    .await;
+    let (fx, ca, seed) = listed_seed(&data, &["member", "seed"]).await;
     let addr = seed.engine.local_addr();
 
     // A late node with its grant: admitted by the listed seed, completes from it.
-    let mut late1 = start(
-        identity(&ca, "late1"),
-        &fx,
-        Opts {
-            peers: &[addr],
-            grant: Some(grant_for(&fx, &fx.director, "late1")),
-            director: director.clone(),
-            ..Opts::default()
-        },
-    )
-    .await;
+    let mut late1 = start_granted(&ca, &fx, "late1", &[addr], grant_for(&fx, &fx.director, "late1")).await;
     tokio::time::timeout(Duration::from_secs(20), late1.engine.wait_complete())
         .await
         .expect("the granted late node completes")
@@ -1103,15 +1114,13 @@ async fn late_nodes_with_a_director_grant_join_the_swarm() {
     assert_eq!(seed.metrics.refusals("not_authorised"), 0);
 
     // Two late nodes: late2 dials late1 only, and both are unlisted; each checks the other's grant.
-    let mut late2 = start(
-        identity(&ca, "late2"),
+    let late1_addr = late1.engine.local_addr();
+    let mut late2 = start_granted(
+        &ca,
         &fx,
-        Opts {
-            peers: &[late1.engine.local_addr()],
-            grant: Some(grant_for(&fx, &fx.director, "late2")),
-            director: director.clone(),
-            ..Opts::default()
-        },
+        "late2",
+        &[late1_addr],
+        grant_for(&fx, &fx.director, "late2"),
     )
     .await;
     tokio::time::timeout(Duration::from_secs(20), late2.engine.wait_complete())
@@ -1128,17 +1137,7 @@ async fn late_nodes_with_a_director_grant_join_the_swarm() {
         ("borrower", grant_for(&fx, &fx.director, "late1")),
     ] {
         let before = seed.metrics.refusals("bad_grant");
-        let mut n = start(
-            identity(&ca, name),
-            &fx,
-            Opts {
-                peers: &[addr],
-                grant: Some(grant),
-                director: director.clone(),
-                ..Opts::default()
-            },
-        )
-        .await;
+        let mut n = start_granted(&ca, &fx, name, &[addr], grant).await;
         wait_for(Duration::from_secs(10), "the seed refuses the bad grant", || {
             seed.metrics.refusals("bad_grant") > before
         })
@@ -1160,21 +1159,8 @@ async fn late_nodes_with_a_director_grant_join_the_swarm() {
 async fn a_grant_given_to_a_running_node_lets_it_in() {
     init();
     let data = payload(256 * 1024);
-    let mut meta = test_meta();
-    meta.peers = vec!["seed".into()];
-    let fx = Fixture::new("127.0.0.1:1", "test/app", &data, 64 * 1024, meta).unwrap();
+    let (fx, ca, seed) = listed_seed(&data, &["seed"]).await;
     let director = Some(fx.trust.director_key.clone());
-    let ca = ca();
-    let seed = start(
-        identity(&ca, "seed"),
-        &fx,
-        Opts {
-            seed_with: Some(&data),
-            director: director.clone(),
-            ..Opts::default()
-        },
-    )
-    .await;
     let (tx, rx) = tokio::sync::watch::channel(None);
     let mut late = start(
         identity(&ca, "late"),

@@ -297,9 +297,7 @@ impl ArtifactPipeline for ScriptedPipeline {
         node: &str,
         existing: Option<&str>,
     ) -> Result<String, PipelineError> {
-        self.grants
-            .grant(index_reference, node, existing)
-            .map_err(|e| PipelineError::Index(e.to_string()))
+        Ok(self.grants.grant(index_reference, node, existing)?)
     }
 }
 

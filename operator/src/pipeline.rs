@@ -68,6 +68,9 @@ pub enum PipelineError {
     /// Building, pushing or signing the index failed.
     #[error("indexing failed: {0}")]
     Index(String),
+    /// A peer grant could not be made (an unpinned index reference, a signing failure).
+    #[error("peer grant: {0}")]
+    Grant(#[from] pollen_trust::grant::GrantError),
 }
 
 /// The three registry-facing steps of a rollout.

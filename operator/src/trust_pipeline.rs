@@ -198,8 +198,6 @@ impl ArtifactPipeline for TrustPipeline {
         node: &str,
         existing: Option<&str>,
     ) -> Result<String, PipelineError> {
-        self.grants
-            .grant(index_reference, node, existing)
-            .map_err(|e| PipelineError::Index(e.to_string()))
+        Ok(self.grants.grant(index_reference, node, existing)?)
     }
 }
