@@ -74,6 +74,8 @@ pub fn run(
                 node: node.name.clone(),
                 done_s: ok.then_some(f.elapsed.as_secs_f64()),
                 cpu_s: f.cpu_s,
+                site: node.site,
+                data: None,
             }
         })
         .collect();

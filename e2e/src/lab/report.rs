@@ -18,6 +18,49 @@ pub struct NodeResult {
     pub done_s: Option<f64>,
     /// CPU seconds the node's process used.
     pub cpu_s: f64,
+    /// The node's site.
+    pub site: usize,
+    /// Verified chunk bytes read from the origin and from other sites' peers, as the node counted
+    /// them (its completion log line; swarm only, `None` when it did not say).
+    pub data: Option<DataBytes>,
+}
+
+/// Chunk bytes one node fetched, headers and retransmissions excluded (what was needed on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DataBytes {
+    /// From the origin.
+    pub origin: u64,
+    /// From peers of other sites (across the WAN).
+    pub cross_site: u64,
+}
+
+/// The node's [`DataBytes`] from its log: the `origin_bytes=` and `cross_site_bytes=` fields of the
+/// engine's `index complete` line, terminal colour codes allowed.
+pub fn data_from_log(log: &str) -> Option<DataBytes> {
+    let line = log.lines().rev().find(|l| l.contains("index complete"))?;
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // An escape sequence, `ESC [ … m`.
+            for d in chars.by_ref() {
+                if d == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    let field = |key: &str| -> Option<u64> {
+        plain
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+    };
+    Some(DataBytes {
+        origin: field("origin_bytes")?,
+        cross_site: field("cross_site_bytes")?,
+    })
 }
 
 /// WAN traffic of one site in a phase.
@@ -33,6 +76,9 @@ pub struct SiteWan {
     pub in_copies: f64,
     /// `out_bytes` in payload copies.
     pub out_copies: f64,
+    /// Chunk bytes the site's nodes needed from outside (origin and other sites), in payload copies:
+    /// what one copy per site means, without transport overhead (`None` unless every node said).
+    pub data_in_copies: Option<f64>,
 }
 
 /// The figures of one phase (the client-server baseline, or the swarm).
@@ -58,6 +104,9 @@ pub struct PhaseReport {
     pub origin_bytes: u64,
     /// `origin_bytes` in payload copies.
     pub origin_copies: f64,
+    /// Chunk bytes the nodes read from the origin, in payload copies (`None` unless every node said):
+    /// the share of `origin_copies` that is data, not headers or retransmissions.
+    pub origin_data_copies: Option<f64>,
     /// WAN traffic per site.
     pub sites: Vec<SiteWan>,
     /// CPU seconds used by all node processes.
@@ -103,6 +152,21 @@ pub fn phase_report(
         None
     };
     let last_s = (completed == n && n > 0).then(|| times[n - 1]);
+    let data: Option<Vec<(usize, DataBytes)>> = (n > 0)
+        .then(|| nodes.iter().map(|x| x.data.map(|d| (x.site, d))).collect())
+        .flatten();
+    let origin_data_copies = data
+        .as_ref()
+        .map(|d| d.iter().map(|(_, b)| b.origin).sum::<u64>() as f64 / f);
+    let data_in = |site: usize| {
+        data.as_ref().map(|d| {
+            d.iter()
+                .filter(|(s, _)| *s == site)
+                .map(|(_, b)| b.origin + b.cross_site)
+                .sum::<u64>() as f64
+                / f
+        })
+    };
     PhaseReport {
         phase: phase.to_string(),
         nodes: n,
@@ -114,6 +178,7 @@ pub fn phase_report(
         last_over_origin_once: last_s.map(|l| l / bounds.origin_once_s),
         origin_bytes: traffic.origin_tx,
         origin_copies: traffic.origin_tx as f64 / f,
+        origin_data_copies,
         sites: traffic
             .wan_in
             .iter()
@@ -125,6 +190,7 @@ pub fn phase_report(
                 out_bytes: o,
                 in_copies: i as f64 / f,
                 out_copies: o as f64 / f,
+                data_in_copies: data_in(site),
             })
             .collect(),
         node_cpu_s: nodes.iter().map(|n| n.cpu_s).sum(),
@@ -153,7 +219,7 @@ pub fn table(phases: &[PhaseReport], bounds: Bounds) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<9} {:>6} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>8} {:>9} {:>9} {:>5}  site WAN in/out ×",
+        "{:<9} {:>6} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>6} {:>8} {:>9} {:>9} {:>5}  site WAN in/out × (data in)",
         "phase",
         "done",
         "first s",
@@ -162,6 +228,7 @@ pub fn table(phases: &[PhaseReport], bounds: Bounds) -> String {
         "/KR",
         "/once",
         "origin ×",
+        "data",
         "node cpu",
         "delay cpu",
         "lab drops",
@@ -171,11 +238,14 @@ pub fn table(phases: &[PhaseReport], bounds: Bounds) -> String {
         let wan: Vec<String> = p
             .sites
             .iter()
-            .map(|w| format!("{:.2}/{:.2}", w.in_copies, w.out_copies))
+            .map(|w| match w.data_in_copies {
+                Some(d) => format!("{:.2}/{:.2} ({d:.3})", w.in_copies, w.out_copies),
+                None => format!("{:.2}/{:.2}", w.in_copies, w.out_copies),
+            })
             .collect();
         let _ = writeln!(
             s,
-            "{:<9} {:>6} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8.3} {:>8.1} {:>9.1} {:>9} {:>4.0}%  {}",
+            "{:<9} {:>6} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8.3} {:>6} {:>8.1} {:>9.1} {:>9} {:>4.0}%  {}",
             p.phase,
             format!("{}/{}", p.completed, p.nodes),
             opt(p.first_s, 1),
@@ -184,6 +254,7 @@ pub fn table(phases: &[PhaseReport], bounds: Bounds) -> String {
             opt(p.last_over_kumar_ross, 2),
             opt(p.last_over_origin_once, 2),
             p.origin_copies,
+            opt(p.origin_data_copies, 3),
             p.node_cpu_s,
             p.delay_cpu_s,
             p.lab_drops,
@@ -206,6 +277,8 @@ mod tests {
                 node: format!("n{i}"),
                 done_s: *t,
                 cpu_s: 0.5,
+                site: i % 2,
+                data: None,
             })
             .collect()
     }
@@ -247,6 +320,58 @@ mod tests {
         let t = table(&[r], B);
         assert!(t.contains("swarm"), "{t}");
         assert!(t.contains("2.100"), "{t}");
+    }
+
+    #[test]
+    fn data_copies_from_the_nodes_logs() {
+        let line = "\u{1b}[2m2026-11-23T12:35:08Z\u{1b}[0m INFO peer: index complete \u{1b}[3mseconds\u{1b}[0m\u{1b}[2m=\u{1b}[0m63.5 \
+                    \u{1b}[3morigin_bytes\u{1b}[0m\u{1b}[2m=\u{1b}[0m300 \u{1b}[3mcross_site_bytes\u{1b}[0m\u{1b}[2m=\u{1b}[0m600 x=1";
+        let log = format!("starting\n{line}\nseeding\n");
+        assert_eq!(
+            data_from_log(&log),
+            Some(DataBytes {
+                origin: 300,
+                cross_site: 600
+            })
+        );
+        assert_eq!(
+            data_from_log("index complete origin_bytes=5 cross_site_bytes=7"),
+            Some(DataBytes {
+                origin: 5,
+                cross_site: 7
+            })
+        );
+        assert_eq!(data_from_log("index complete origin_bytes=5"), None);
+        assert_eq!(data_from_log("origin_bytes=5 cross_site_bytes=7"), None);
+
+        let mut ns = nodes(&[Some(1.0), Some(2.0), Some(3.0)]);
+        for (n, (o, x)) in ns.iter_mut().zip([(400, 600), (100, 900), (500, 500)]) {
+            n.data = Some(DataBytes {
+                origin: o,
+                cross_site: x,
+            });
+        }
+        let r = phase_report(
+            "swarm",
+            1_000,
+            ns.clone(),
+            &LabCounters {
+                wan_in: vec![2_100, 1_050],
+                wan_out: vec![0, 0],
+                ..LabCounters::default()
+            },
+            0.0,
+            B,
+        );
+        assert_eq!(r.origin_data_copies, Some(1.0));
+        // Site 0 holds n0 and n2, site 1 holds n1.
+        assert_eq!(r.sites[0].data_in_copies, Some(2.0));
+        assert_eq!(r.sites[1].data_in_copies, Some(1.0));
+        assert!(table(&[r], B).contains("(2.000)"));
+        // One node without figures: no data columns, rather than a partial sum.
+        ns[1].data = None;
+        let r = phase_report("swarm", 1_000, ns, &LabCounters::default(), 0.0, B);
+        assert_eq!(r.origin_data_copies, None);
     }
 
     #[test]

@@ -410,6 +410,10 @@ pub fn run_phase(
                 node: node.name.clone(),
                 done_s: w.done_after.map(|d| d.as_secs_f64()),
                 cpu_s: w.cpu_s,
+                site: node.site,
+                data: std::fs::read_to_string(&w.stderr_path)
+                    .ok()
+                    .and_then(|log| super::report::data_from_log(&log)),
             }
         })
         .collect();
