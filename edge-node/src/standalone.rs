@@ -92,8 +92,9 @@ pub struct StandaloneOptions {
     /// This node's peer grant for the index (base64, `pollen_trust::grant`), for when the signed index
     /// does not list it. A malformed one is logged and ignored: the node then trades with no peer.
     pub peer_grant: Option<String>,
-    /// Grants passed while the node runs (the agent: from the assignment), raw; each replaces the
-    /// last (`EngineConfig::grant_updates`).
+    /// Grants passed while the node runs (the agent: from the assignment), raw; the current one is
+    /// the starting grant (in place of `peer_grant`), and each change replaces it
+    /// (`EngineConfig::grant_updates`).
     pub peer_grant_updates: Option<tokio::sync::watch::Receiver<Option<Vec<u8>>>>,
     /// Never read from the origin.
     pub no_origin: bool,
@@ -327,16 +328,19 @@ pub async fn run_with_members(
     }
     cfg.director_key = Some(trust.director_key.clone());
     cfg.grant_updates = opts.peer_grant_updates.clone();
-    cfg.grant = opts
-        .peer_grant
-        .as_deref()
-        .and_then(|g| match pollen_trust::grant::decode(g) {
-            Ok(raw) => Some(raw),
-            Err(e) => {
-                warn!(error = %e, "ignoring the peer grant");
-                None
-            }
-        });
+    cfg.grant = match &opts.peer_grant_updates {
+        Some(rx) => rx.borrow().clone(),
+        None => opts
+            .peer_grant
+            .as_deref()
+            .and_then(|g| match pollen_trust::grant::decode(g) {
+                Ok(raw) => Some(raw),
+                Err(e) => {
+                    warn!(error = %e, "ignoring the peer grant");
+                    None
+                }
+            }),
+    };
     if !index.authorises(&cfg.tls.name()) {
         if cfg.grant.is_some() {
             info!("this node is not listed by the index; it presents its peer grant to its peers");

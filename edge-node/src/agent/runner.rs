@@ -337,7 +337,7 @@ impl super::AssignmentRunner for SwarmRunner {
                     d
                 }),
                 activation: Some(followed.window.clone()),
-                peer_grant: a.peer_grant.clone(),
+                peer_grant: None,
                 peer_grant_updates: Some(followed.grant.clone()),
                 no_origin: false,
                 seed: None,
