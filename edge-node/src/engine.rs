@@ -81,6 +81,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 const READ_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 const SLOT_WAIT: Duration = Duration::from_secs(5);
 const DIAL_INTERVAL: Duration = Duration::from_secs(2);
+/// A running node that verifies no chunk for this long logs what its picker knows, once per stall.
+const STALL_LOG_AFTER: Duration = Duration::from_secs(30);
 const MAX_KNOWN_ADDRS: usize = 256;
 /// How long a peer that refused this node as not authorised is left alone before it is dialled again.
 const NOT_AUTHORISED_REDIAL: Duration = Duration::from_secs(60);
@@ -1956,7 +1958,7 @@ impl Shared {
                 _ = self.shutdown.cancelled() => return,
             }
         }
-        let mut inflight: JoinSet<(u32, Duration, Result<(), FetchError>)> = JoinSet::new();
+        let mut inflight: JoinSet<(u32, Result<bool, FetchError>)> = JoinSet::new();
         let mut backoff_until = Instant::now();
         let mut allowance = self.origin_allowance.clone();
         let mut held_back = false;
@@ -2003,16 +2005,25 @@ impl Shared {
                     inflight.spawn(async move {
                         let t0 = Instant::now();
                         let r = s.fetch_from_origin(c).await;
-                        (c, t0.elapsed(), r)
+                        // Reported by the task, not by this loop: the chunk that completes the store ends
+                        // the loop, which drops the results it has not read, and every stored chunk must
+                        // still be announced with a `Have` (peers would otherwise wait on it forever).
+                        if let Ok(true) = r {
+                            s.chunk_done(c, Source::Origin, t0.elapsed());
+                        }
+                        (c, r)
                     });
                 }
             }
             tokio::select! {
                 _ = gen_rx.changed() => {},
                 Some(res) = inflight.join_next() => {
-                    let Ok((c, elapsed, r)) = res else { continue };
+                    let Ok((c, r)) = res else { continue };
                     match r {
-                        Ok(()) => self.chunk_done(c, Source::Origin, elapsed),
+                        Ok(true) => {}
+                        // Another source stored it first; whatever the picker still holds for the
+                        // origin is released.
+                        Ok(false) => self.picker.lock().expect("picker").failed(c, Source::Origin),
                         Err(e) => {
                             info!(chunk = c, error = %e, "origin fetch failed");
                             if let FetchError::Verify(_) = e {
@@ -2033,11 +2044,13 @@ impl Shared {
         }
     }
 
-    async fn fetch_from_origin(&self, c: u32) -> Result<(), FetchError> {
+    /// Reads chunk `c` from the origin into the store. `Ok(false)`: another source stored it first, and
+    /// nothing was read.
+    async fn fetch_from_origin(&self, c: u32) -> Result<bool, FetchError> {
         let lock = self.chunk_lock(c);
         let _guard = lock.lock_owned().await;
         if self.store.has(c) {
-            return Ok(());
+            return Ok(false);
         }
         let range = self.index.chunk_range(c);
         let url = self.index.payload_location().blob_url();
@@ -2064,15 +2077,28 @@ impl Shared {
             w.write(&bytes)?;
         }
         w.finish()?;
-        Ok(())
+        Ok(true)
     }
 
     async fn persist_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // (chunks held, when that count last changed, whether this stall was logged)
+        let mut progress = (self.store.present_count(), Instant::now(), false);
         loop {
             tokio::select! {
                 _ = tick.tick() => {},
                 _ = self.shutdown.cancelled() => return,
+            }
+            let held = self.store.present_count();
+            if held != progress.0 {
+                progress = (held, Instant::now(), false);
+            } else if !progress.2
+                && progress.1.elapsed() >= STALL_LOG_AFTER
+                && matches!(*self.status.borrow(), Status::Running)
+            {
+                progress.2 = true;
+                let view = self.picker.lock().expect("picker").describe_stall(8);
+                info!(held, stalled_s = progress.1.elapsed().as_secs(), %view, "no chunk verified for a while");
             }
             if self.store.unpersisted() > 0 {
                 let s = self.clone();

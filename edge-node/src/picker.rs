@@ -222,6 +222,39 @@ impl Picker {
         self.peers.get(&id).map_or(0, |p| p.inflight)
     }
 
+    /// What the picker knows about the chunks this node still lacks, for a log line when a node stalls:
+    /// each peer's pipeline and how many chunks it holds, then, per missing chunk (up to `limit`), whether
+    /// it is requested, from which sources, and which peers hold it.
+    pub fn describe_stall(&self, limit: usize) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        for (id, p) in &self.peers {
+            let _ = write!(
+                s,
+                "peer {} inflight {}/{} holds {}; ",
+                p.name,
+                p.inflight,
+                self.pipeline_target(*id),
+                p.have.count()
+            );
+        }
+        for c in self.have.iter_zeros().take(limit) {
+            let holders: Vec<&str> = self
+                .peers
+                .values()
+                .filter(|p| p.have.get(c))
+                .map(|p| p.name.as_str())
+                .collect();
+            let _ = write!(
+                s,
+                "chunk {c}: requested {} from {:?}, held by {holders:?}; ",
+                self.requested.get(c),
+                self.inflight.get(&c).map(Vec::as_slice).unwrap_or_default()
+            );
+        }
+        s
+    }
+
     /// Names of fleet members expected to join (static peers with known names). Until `until`, each one
     /// that is not connected yet counts in the origin ownership as a node holding nothing, so that nodes
     /// whose connections are still forming compute the same owners.

@@ -577,3 +577,21 @@ fn a_peer_that_does_not_read_the_origin_owns_nothing_there() {
     let theirs = (0..n).find(|&c| hrw("b", c) > hrw("a", c)).unwrap();
     assert!(!a.owns(theirs, true));
 }
+
+#[test]
+fn a_stall_description_names_the_missing_chunks_their_sources_and_holders() {
+    // Holds all but chunks 2 and 3; peer "a" holds 3, which is requested from it.
+    let mut p = Picker::new("me", 1024, 4 * 1024, bits(4, &[0, 1]), cfg(), 1);
+    p.add_peer(1, "a", true);
+    p.peer_have_map(1, &bits(4, &[0, 3]), MS);
+    assert_eq!(p.pick_for_peer(1, MS), vec![3]);
+    let s = p.describe_stall(8);
+    assert!(s.contains("peer a inflight 1/2 holds 2"), "{s}");
+    assert!(s.contains("chunk 2: requested false from [], held by []"), "{s}");
+    assert!(
+        s.contains("chunk 3: requested true from [Peer(1)], held by [\"a\"]"),
+        "{s}"
+    );
+    assert!(!s.contains("chunk 0") && !s.contains("chunk 1"), "{s}");
+    assert!(!p.describe_stall(1).contains("chunk 3"), "the limit holds");
+}
