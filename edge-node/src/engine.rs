@@ -83,6 +83,8 @@ const SLOT_WAIT: Duration = Duration::from_secs(5);
 const DIAL_INTERVAL: Duration = Duration::from_secs(2);
 /// A running node that verifies no chunk for this long logs what its picker knows, once per stall.
 const STALL_LOG_AFTER: Duration = Duration::from_secs(30);
+/// Control messages queued per peer before they are dropped (and the peer marked for a resync).
+const CONTROL_QUEUE: usize = 4096;
 const MAX_KNOWN_ADDRS: usize = 256;
 /// How long a peer that refused this node as not authorised is left alone before it is dialled again.
 const NOT_AUTHORISED_REDIAL: Duration = Duration::from_secs(60);
@@ -264,7 +266,43 @@ struct PeerEntry {
     serial: String,
     initiator: String,
     conn: quinn::Connection,
+    tx: ControlTx,
+}
+
+/// The sending side of a peer's control queue. A message that finds the queue full (the peer reads
+/// slower than this node announces) is dropped, and the peer is marked for a resync: its writer follows
+/// the next batch with this node's whole state (have-map, origin use, revocation list), which stands in
+/// for every `Have`, `Origin` or list dropped. Hints (`Fetching`, `Peers`) are not replayed.
+#[derive(Clone)]
+struct ControlTx {
     tx: mpsc::Sender<Message>,
+    resync: Arc<AtomicBool>,
+}
+
+impl ControlTx {
+    fn new(tx: mpsc::Sender<Message>) -> Self {
+        ControlTx {
+            tx,
+            resync: Arc::default(),
+        }
+    }
+
+    /// Queues `msg`; `false` when it was dropped (queue full: resync marked; or the connection ended).
+    fn send(&self, msg: Message) -> bool {
+        match self.tx.try_send(msg) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.resync.store(true, Ordering::Release);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// Whether a resync is due; clears the mark.
+fn take_resync(mark: &AtomicBool) -> bool {
+    mark.swap(false, Ordering::AcqRel)
 }
 
 /// A peer address left alone because its certificate is revoked.
@@ -715,7 +753,7 @@ impl Shared {
                     p.conn
                         .close(protocol::CLOSE_REVOKED.into(), b"own certificate revoked");
                 } else if newer && set.der.len() <= protocol::MAX_CRL_LEN as usize {
-                    let _ = p.tx.try_send(Message::Revocations { crl: set.der.clone() });
+                    p.tx.send(Message::Revocations { crl: set.der.clone() });
                 }
             }
         }
@@ -818,8 +856,8 @@ impl Shared {
     /// Queues `msg` on the control stream of every connected peer `to` accepts.
     fn send_where(&self, msg: &Message, to: impl Fn(PeerId) -> bool) {
         for p in self.peers.lock().expect("peers").values() {
-            if to(p.id) && p.tx.try_send(msg.clone()).is_err() {
-                debug!("control queue full; message dropped");
+            if to(p.id) && !p.tx.send(msg.clone()) {
+                debug!(peer_id = p.id, "control queue full or closed; message dropped");
             }
         }
     }
@@ -1175,7 +1213,8 @@ impl Shared {
         // One connection per pair: keep the one dialled by the smaller name.
         let initiator = if dialer { self.name.clone() } else { name.clone() };
         let keeper = self.name.clone().min(name.clone());
-        let (tx, rx) = mpsc::channel::<Message>(4096);
+        let (tx, rx) = mpsc::channel::<Message>(CONTROL_QUEUE);
+        let tx = ControlTx::new(tx);
         let id = {
             let mut peers = self.peers.lock().expect("peers");
             // Checked under the peers lock: a list installed after this point finds the entry and closes it.
@@ -1221,21 +1260,10 @@ impl Shared {
             .lock()
             .expect("revoked")
             .remove(&conn.remote_address());
-        // First messages: the revocation list we hold, our have-map and a few peer addresses.
-        if let Some(set) = self.tls.revocations()
-            && set.der.len() <= protocol::MAX_CRL_LEN as usize
-        {
-            let _ = tx.try_send(Message::Revocations { crl: set.der });
-        }
-        let _ = tx.try_send(Message::HaveMap {
-            index: self.id,
-            bits: self.store.have(),
-        });
-        if !self.reads_origin.load(Ordering::Relaxed) {
-            let _ = tx.try_send(Message::Origin {
-                index: self.id,
-                reads: false,
-            });
+        // First messages: the revocation list we hold, our have-map, whether we read the origin (when we
+        // do not), and a few peer addresses.
+        for m in self.state_messages(false) {
+            tx.send(m);
         }
         let addrs: Vec<SocketAddr> = self
             .peers
@@ -1246,10 +1274,10 @@ impl Shared {
             .map(|p| p.conn.remote_address())
             .take(protocol::MAX_PEERS)
             .collect();
-        let _ = tx.try_send(Message::Peers { addrs });
+        tx.send(Message::Peers { addrs });
         let fetching = self.picker.lock().expect("picker").origin_inflight();
         for l in protocol::chunk_lists(&fetching) {
-            let _ = tx.try_send(Message::Fetching {
+            tx.send(Message::Fetching {
                 index: self.id,
                 chunks: l,
             });
@@ -1260,7 +1288,7 @@ impl Shared {
                 addrs: vec![conn.remote_address()],
             };
             for p in self.peers.lock().expect("peers").values().filter(|p| p.id != id) {
-                let _ = p.tx.try_send(news.clone());
+                p.tx.send(news.clone());
             }
         }
 
@@ -1272,7 +1300,11 @@ impl Shared {
         } else {
             FAR_CONTROL_LINGER
         };
-        tasks.spawn(control_writer(send, rx, linger, conn_cancel.clone()).in_current_span());
+        tasks.spawn(
+            self.clone()
+                .control_writer(send, rx, tx.resync.clone(), linger, conn_cancel.clone())
+                .in_current_span(),
+        );
         let (crl_tx, crl_rx) = mpsc::channel(4);
         tasks.spawn(
             self.clone()
@@ -2202,24 +2234,57 @@ pub(crate) fn runs(picks: &[u32]) -> Vec<(u32, u32)> {
     out
 }
 
-async fn control_writer(
-    mut send: quinn::SendStream,
-    mut rx: mpsc::Receiver<Message>,
-    linger_for: Duration,
-    stop: CancellationToken,
-) {
-    let mut buf = Vec::with_capacity(4096);
-    while let Some(batch) = gather(&mut rx, linger_for, &stop).await {
-        buf.clear();
-        for m in protocol::coalesce(batch) {
-            m.encode(&mut buf);
+impl Shared {
+    /// This node's state as control messages: the revocation list it holds, its have-map, and whether it
+    /// reads the origin (`always`, or only when it does not: peers assume it does).
+    fn state_messages(&self, always: bool) -> Vec<Message> {
+        let mut out = Vec::new();
+        if let Some(set) = self.tls.revocations()
+            && set.der.len() <= protocol::MAX_CRL_LEN as usize
+        {
+            out.push(Message::Revocations { crl: set.der });
         }
-        if send.write_all(&buf).await.is_err() {
-            break;
+        out.push(Message::HaveMap {
+            index: self.id,
+            bits: self.store.have(),
+        });
+        let reads = self.reads_origin.load(Ordering::Relaxed);
+        if always || !reads {
+            out.push(Message::Origin {
+                index: self.id,
+                reads,
+            });
         }
+        out
     }
-    let _ = send.finish();
-    stop.cancel();
+
+    /// Writes a peer's control queue to its control stream, in batches; a batch after messages were
+    /// dropped for a full queue ends with this node's whole state.
+    async fn control_writer(
+        self: Arc<Self>,
+        mut send: quinn::SendStream,
+        mut rx: mpsc::Receiver<Message>,
+        resync: Arc<AtomicBool>,
+        linger_for: Duration,
+        stop: CancellationToken,
+    ) {
+        let mut buf = Vec::with_capacity(4096);
+        while let Some(mut batch) = gather(&mut rx, linger_for, &stop).await {
+            if take_resync(&resync) {
+                debug!("control queue overflowed: resending this node's state");
+                batch.extend(self.state_messages(true));
+            }
+            buf.clear();
+            for m in protocol::coalesce(batch) {
+                m.encode(&mut buf);
+            }
+            if send.write_all(&buf).await.is_err() {
+                break;
+            }
+        }
+        let _ = send.finish();
+        stop.cancel();
+    }
 }
 
 /// The next batch of control messages to write as one frame; `None` when the queue is closed or `stop`
@@ -2267,7 +2332,7 @@ async fn gather(
 
 #[cfg(test)]
 mod tests {
-    use super::{LINGER_FLUSH, gather, runs};
+    use super::{ControlTx, LINGER_FLUSH, gather, runs, take_resync};
     use crate::protocol::{MAX_REQUEST_CHUNKS, Message};
     use std::time::Duration;
     use tokio::sync::mpsc;
@@ -2331,6 +2396,24 @@ mod tests {
                 .await
                 .is_none()
         );
+    }
+
+    /// A message that finds the queue full is dropped and marks the peer for a resync, once; a closed
+    /// queue (the connection ended) marks nothing.
+    #[test]
+    fn a_full_control_queue_marks_the_peer_for_a_resync() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let q = ControlTx::new(tx);
+        assert!(q.send(have(1)) && q.send(have(2)));
+        assert!(!take_resync(&q.resync), "nothing dropped yet");
+        assert!(!q.send(have(3)), "dropped: the queue is full");
+        assert!(take_resync(&q.resync), "marked");
+        assert!(!take_resync(&q.resync), "the mark is taken once");
+        assert_eq!(rx.try_recv().unwrap(), have(1));
+        assert!(q.send(have(4)), "room again");
+        drop(rx);
+        assert!(!q.send(have(5)));
+        assert!(!take_resync(&q.resync), "a closed queue is not a resync");
     }
 
     #[test]
