@@ -42,6 +42,10 @@
 //! | 0x0b | Origin   | `id[32]`, `reads: u8` (0 or 1) |
 //! | 0x0c | Grant    | `id[32]`, `len: u16` (1..=[`MAX_GRANT_LEN`]), `len` bytes: the director's signature |
 //!
+//! A `HaveMap` replaces everything the receiver knew of the sender's chunks for that index; `Have`s add
+//! to it. A sender sends its have-map first and may send it again at any time: it does so when it had to
+//! drop control messages for a peer that reads too slowly, with its `Origin` state after it.
+//!
 //! `Fetching` is the origin hint: "I am fetching these chunks from outside (the origin or another site)";
 //! peers that hear it do not fetch the same chunks from outside themselves, and wait for the `Have`.
 //!
