@@ -52,11 +52,12 @@ async fn finish(
     .await;
     let progress_now: Vec<f64> = nodes.iter().map(|(m, _)| progress(m, p)).collect();
     shutdown.cancel();
+    // Said before the runs are read: a node stopped short of completion ends its run with `Stopped`.
+    assert!(ok, "not every node completed in time: {progress_now:?}");
     let mut out = Vec::new();
     for (_, t) in nodes {
         out.push(t.await.expect("node task").expect("node run"));
     }
-    assert!(ok, "not every node completed in time: {progress_now:?}");
     out
 }
 
@@ -441,6 +442,50 @@ async fn a_closed_activation_window_stages_and_keeps_serving_until_it_opens() {
     let out = staged.await.expect("node task").expect("node run");
     assert_eq!(std::fs::read(&out.installed).unwrap(), p.payload);
     other.await.expect("node task").expect("node run");
+}
+
+/// Every chunk a node stores is announced to its peers, the last ones too: a node reading all its
+/// chunks from the origin at once completes, and its peer, which never reads the origin, completes
+/// from it. (When the origin loop reported chunks itself, the ones stored together with the last were
+/// dropped with the loop, and the peer waited for them forever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_chunks_stored_last_from_the_origin_are_announced_too() {
+    let Some(reg) = registry().await else { return };
+    for round in 0..12u64 {
+        let fleet = Fleet::new();
+        let p = publish(
+            &reg.host(),
+            &format!("last{round}"),
+            payload(1024 * 1024, 20 + round),
+            16 * 1024,
+            1,
+            fleet.dir.path(),
+        )
+        .await;
+        let shutdown = CancellationToken::new();
+        let (reader_addr, peer_addr) = (free_udp(), free_udp());
+        let mut r = fleet.node("reader", reader_addr, &[peer_addr], &p, &p.index_ref);
+        // All 64 chunks in flight from the origin at once: many are stored before the loop reads any result.
+        r.origin_requests = Some(64);
+        let mut o = fleet.node("peer", peer_addr, &[reader_addr], &p, &p.index_ref);
+        o.no_origin = true;
+        let roots = [r.install_root.clone(), o.install_root.clone()];
+        let nodes = vec![
+            spawn_node(r, &["peer".into()], &shutdown),
+            spawn_node(o, &["reader".into()], &shutdown),
+        ];
+        // A round takes about a second; without the announcement, the peer never completes.
+        let out = finish(nodes, &roots, &p, shutdown, Duration::from_secs(15)).await;
+        assert_eq!(
+            std::fs::read(&out[1].installed).unwrap(),
+            p.payload,
+            "round {round}"
+        );
+        assert_eq!(
+            out[1].origin_bytes, 0,
+            "round {round}: the peer read only from the reader"
+        );
+    }
 }
 
 /// A node that does not read the origin says so, and its peers read its share of the chunks instead

@@ -350,6 +350,9 @@ struct Shared {
     status: watch::Sender<Status>,
     /// Set by the one `on_verified` call that finishes the index (the last chunks may verify at once).
     finishing: AtomicBool,
+    /// Serialises reading the chunk count and setting the progress gauge, so that chunks verified
+    /// together cannot leave an older (lower) ratio as the last one written.
+    progress_lock: Mutex<()>,
     up: Limiter,
     down: Limiter,
     slots: Mutex<UploadSlots>,
@@ -454,6 +457,7 @@ impl Engine {
             generation: watch::channel(0).0,
             status: status_tx,
             finishing: AtomicBool::new(false),
+            progress_lock: Mutex::new(()),
             up: Limiter::new(cfg.upload_limit),
             down: Limiter::new(cfg.download_limit),
             slots: Mutex::new(UploadSlots::new(cfg.upload_slots, cfg.upload_slots_per_peer)),
@@ -659,6 +663,7 @@ impl Shared {
 
     fn update_progress(&self) {
         // Runs once per verified chunk: count, do not copy the bitfield (128 KiB at 2^20 chunks).
+        let _serial = self.progress_lock.lock().expect("progress");
         let n = self.store.chunk_count();
         let ratio = if n == 0 {
             1.0

@@ -121,6 +121,9 @@ struct StandaloneArgs {
     /// Never read from the origin (peers only).
     #[arg(long)]
     no_origin: bool,
+    /// Most range GETs this node keeps in flight to the origin at once (default: 4).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    origin_requests: Option<u32>,
     /// Seed for the piece picker's random choices (default: random).
     #[arg(long)]
     seed: Option<u64>,
@@ -198,6 +201,7 @@ fn main() -> anyhow::Result<()> {
                     peer_grant: a.peer_grant,
                     peer_grant_updates: None,
                     no_origin: a.no_origin,
+                    origin_requests: a.origin_requests,
                     seed: a.seed,
                     seed_for: if a.exit_when_done {
                         Some(Duration::ZERO)

@@ -98,6 +98,9 @@ pub struct StandaloneOptions {
     pub peer_grant_updates: Option<tokio::sync::watch::Receiver<Option<Vec<u8>>>>,
     /// Never read from the origin.
     pub no_origin: bool,
+    /// Most range GETs in flight to the origin at once (`PickerConfig::origin_concurrency`; `None`: its
+    /// default).
+    pub origin_requests: Option<u32>,
     /// Seed for the picker's random choices.
     pub seed: Option<u64>,
     /// After installing: keep serving this long (`None`: until shutdown; zero: exit at once).
@@ -321,6 +324,7 @@ pub async fn run_with_members(
     cfg.picker = PickerConfig {
         origin_budget: opts.origin_budget.bytes(index.payload.size),
         stall_after: opts.peer_wait.unwrap_or(defaults.stall_after),
+        origin_concurrency: opts.origin_requests.unwrap_or(defaults.origin_concurrency),
         ..defaults
     };
     if let Some(s) = opts.seed {
@@ -473,6 +477,7 @@ mod tests {
             peer_grant: None,
             peer_grant_updates: None,
             no_origin: true,
+            origin_requests: None,
             seed: None,
             seed_for: Some(Duration::ZERO),
         };

@@ -250,6 +250,7 @@ impl Fleet {
             peer_grant: None,
             peer_grant_updates: None,
             no_origin: false,
+            origin_requests: None,
             seed: Some(name.bytes().map(u64::from).sum()),
             seed_for: None,
         }

@@ -340,6 +340,7 @@ impl super::AssignmentRunner for SwarmRunner {
                 peer_grant: None,
                 peer_grant_updates: Some(followed.grant.clone()),
                 no_origin: false,
+                origin_requests: None,
                 seed: None,
                 seed_for: None,
             };
