@@ -72,6 +72,7 @@ fn eight_edge_nodes_install_a_signed_payload_through_the_lab() {
         swarm: Some(SwarmConfig {
             edge_node: target.join("pollen-edge-node"),
             pollen: target.join("pollen"),
+            extra_args: Vec::new(),
         }),
         timeout: Duration::from_secs(180),
         log_dir: Some(logs.path().to_path_buf()),

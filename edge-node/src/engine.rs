@@ -8,7 +8,8 @@
 //! - per connection (a tracing span named for the peer): the control stream (hello, have-map, haves,
 //!   fetching hints, peer exchange), a request server, and a downloader that keeps the picker's pipeline
 //!   for that peer full;
-//! - the **origin loop**: HTTP range GETs of the registry blob, only for chunks the picker hands it;
+//! - the **origin loop**: HTTP range GETs of the registry blob, only for chunks the picker hands it, one
+//!   GET per run of consecutive chunks, each chunk verified and announced as soon as its bytes are in;
 //! - the **persist loop**: makes verified chunks durable once a second;
 //! - the **trust loop**: reacts to revocation lists and certificate rotations (see below).
 //!
@@ -1995,7 +1996,10 @@ impl Shared {
                 _ = self.shutdown.cancelled() => return,
             }
         }
-        let mut inflight: JoinSet<(u32, Result<bool, FetchError>)> = JoinSet::new();
+        // Each task reads one run: (first chunk not reached, end of the run, chunks reached and whether
+        // each was stored by it, result).
+        #[allow(clippy::type_complexity)]
+        let mut inflight: JoinSet<(u32, u32, Vec<(u32, bool)>, Result<(), FetchError>)> = JoinSet::new();
         let mut backoff_until = Instant::now();
         let mut allowance = self.origin_allowance.clone();
         let mut held_back = false;
@@ -2037,41 +2041,42 @@ impl Shared {
                         });
                     }
                 }
-                for c in picks {
+                // One range GET per run of consecutive picks (the picker hands out whole blocks).
+                for (first, count) in runs(&picks) {
                     let s = self.clone();
                     inflight.spawn(async move {
-                        let t0 = Instant::now();
-                        let r = s.fetch_from_origin(c).await;
-                        // Reported by the task, not by this loop: the chunk that completes the store ends
-                        // the loop, which drops the results it has not read, and every stored chunk must
-                        // still be announced with a `Have` (peers would otherwise wait on it forever).
-                        if let Ok(true) = r {
-                            s.chunk_done(c, Source::Origin, t0.elapsed());
-                        }
-                        (c, r)
+                        let mut done = Vec::with_capacity(count as usize);
+                        let r = s.fetch_from_origin(first, count, &mut done).await;
+                        (first + done.len() as u32, first + count, done, r)
                     });
                 }
             }
             tokio::select! {
                 _ = gen_rx.changed() => {},
                 Some(res) = inflight.join_next() => {
-                    let Ok((c, r)) = res else { continue };
-                    match r {
-                        Ok(true) => {}
-                        // Another source stored it first; whatever the picker still holds for the
-                        // origin is released.
-                        Ok(false) => self.picker.lock().expect("picker").failed(c, Source::Origin),
-                        Err(e) => {
-                            info!(chunk = c, error = %e, "origin fetch failed");
-                            if let FetchError::Verify(_) = e {
-                                self.metrics.verification_failures.get_or_create(&PeerLabel { peer: "origin".into() }).inc();
+                    let Ok((next, end, done, r)) = res else { continue };
+                    {
+                        // Chunks another source stored first, and those the run did not reach: whatever
+                        // the picker still holds for the origin is released.
+                        let mut p = self.picker.lock().expect("picker");
+                        for (c, stored) in &done {
+                            if !stored {
+                                p.failed(*c, Source::Origin);
                             }
-                            if let FetchError::Store(se) = &e {
-                                self.handle_store_error(se);
-                            }
-                            self.picker.lock().expect("picker").failed(c, Source::Origin);
-                            backoff_until = Instant::now() + Duration::from_secs(1);
                         }
+                        for c in next..end {
+                            p.failed(c, Source::Origin);
+                        }
+                    }
+                    if let Err(e) = r {
+                        info!(chunks = ?(next..end), error = %e, "origin fetch failed");
+                        if let FetchError::Verify(_) = e {
+                            self.metrics.verification_failures.get_or_create(&PeerLabel { peer: "origin".into() }).inc();
+                        }
+                        if let FetchError::Store(se) = &e {
+                            self.handle_store_error(se);
+                        }
+                        backoff_until = Instant::now() + Duration::from_secs(1);
                     }
                 },
                 _ = allowance_changed(&mut allowance) => {},
@@ -2081,40 +2086,103 @@ impl Shared {
         }
     }
 
-    /// Reads chunk `c` from the origin into the store. `Ok(false)`: another source stored it first, and
-    /// nothing was read.
-    async fn fetch_from_origin(&self, c: u32) -> Result<bool, FetchError> {
-        let lock = self.chunk_lock(c);
-        let _guard = lock.lock_owned().await;
-        if self.store.has(c) {
-            return Ok(false);
-        }
-        let range = self.index.chunk_range(c);
+    /// Reads the run `first..first + count` from the origin with one range GET, storing and verifying
+    /// each chunk as its bytes arrive and reporting it done at once (from this task, not the origin loop:
+    /// the chunk that completes the store ends that loop, which drops the results it has not read, and
+    /// every stored chunk must still be announced with a `Have`, or peers would wait on it forever).
+    /// `done` gets each chunk reached, with whether this read stored it (`false`: another source stored
+    /// it first, and its bytes were read and discarded). An error leaves the rest of the run unreached.
+    async fn fetch_from_origin(
+        &self,
+        first: u32,
+        count: u32,
+        done: &mut Vec<(u32, bool)>,
+    ) -> Result<(), FetchError> {
+        let end = first + count;
+        let start = self.index.chunk_range(first).start;
+        let stop = self.index.chunk_range(end - 1).end;
         let url = self.index.payload_location().blob_url();
-        debug!(node = %self.name, chunk = c, peers = self.peers.lock().expect("peers").len(), "origin fetch");
+        debug!(node = %self.name, first, count, peers = self.peers.lock().expect("peers").len(), "origin fetch");
         self.metrics.origin_requests.inc();
+        let t0 = Instant::now();
         let mut resp = self
             .http
             .get(&url)
-            .header("Range", format!("bytes={}-{}", range.start, range.end - 1))
+            .header("Range", format!("bytes={}-{}", start, stop - 1))
             .send()
             .await
             .map_err(|e| FetchError::Http(e.to_string()))?;
-        let full = range.start == 0 && range.end == self.index.payload.size;
+        let full = start == 0 && stop == self.index.payload.size;
         if !(resp.status() == reqwest::StatusCode::PARTIAL_CONTENT || (full && resp.status().is_success())) {
             return Err(FetchError::Http(format!("status {}", resp.status())));
         }
-        let mut w = self.store.writer(c)?;
-        while let Some(bytes) = resp.chunk().await.map_err(|e| FetchError::Http(e.to_string()))? {
+        let received = self
+            .metrics
+            .received_bytes
+            .get_or_create(&SourceLabel { source: "origin" })
+            .clone();
+        let mut c = first;
+        // The chunk being written: its lock, writer (`None`: another source stored it; skip its bytes) and
+        // the bytes of it still to come.
+        let mut cur: Option<(
+            tokio::sync::OwnedMutexGuard<()>,
+            Option<crate::store::ChunkWriter<'_>>,
+            usize,
+        )> = None;
+        let mut partial = Discard {
+            counter: &self.metrics.discarded_bytes,
+            bytes: 0,
+        };
+        while c < end {
+            let Some(mut bytes) = resp.chunk().await.map_err(|e| FetchError::Http(e.to_string()))? else {
+                return Err(FetchError::Http("response ended early".into()));
+            };
             self.down.acquire(bytes.len()).await;
-            self.metrics
-                .received_bytes
-                .get_or_create(&SourceLabel { source: "origin" })
-                .inc_by(bytes.len() as u64);
-            w.write(&bytes)?;
+            received.inc_by(bytes.len() as u64);
+            while !bytes.is_empty() {
+                if c >= end {
+                    return Err(FetchError::Http("response longer than the range".into()));
+                }
+                if cur.is_none() {
+                    let guard = self.chunk_lock(c).lock_owned().await;
+                    let w = if self.store.has(c) {
+                        None
+                    } else {
+                        Some(self.store.writer(c)?)
+                    };
+                    cur = Some((guard, w, self.index.chunk_len(c) as usize));
+                }
+                let (_, w, left) = cur.as_mut().expect("current chunk");
+                let n = bytes.len().min(*left);
+                let piece = bytes.split_to(n);
+                partial.bytes += n as u64;
+                if let Some(w) = w.as_mut() {
+                    w.write(&piece)?;
+                }
+                *left -= n;
+                if *left == 0 {
+                    let (guard, w, _) = cur.take().expect("current chunk");
+                    let stored = match w {
+                        Some(w) => {
+                            w.finish()?;
+                            partial.bytes = 0;
+                            true
+                        }
+                        None => false,
+                    };
+                    drop(guard);
+                    if stored {
+                        self.chunk_done(c, Source::Origin, t0.elapsed());
+                    } else {
+                        self.metrics.discarded_bytes.inc_by(partial.bytes);
+                        partial.bytes = 0;
+                    }
+                    done.push((c, stored));
+                    c += 1;
+                }
+            }
         }
-        w.finish()?;
-        Ok(true)
+        Ok(())
     }
 
     async fn persist_loop(self: Arc<Self>) {

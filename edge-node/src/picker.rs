@@ -18,9 +18,14 @@
 //! - **sites**: a chunk some same-site peer holds is never fetched from another site; a chunk only other
 //!   sites hold is fetched across the WAN by one node of the site, its rendezvous-hash owner;
 //! - **origin once**: a chunk goes to the origin only if no connected peer holds it, nobody announced
-//!   fetching it, and this node is the chunk's rendezvous-hash owner among all connected nodes. Every node
-//!   computes the same owner, so each chunk is read from the origin about once in total. If nothing
-//!   happens for `stall_after` (an owner vanished silently), ownership and hints are ignored;
+//!   fetching it, and this node is the rendezvous-hash owner of the chunk's block (`origin_run_bytes` of
+//!   chunks) among the connected nodes that read the origin. Every node computes the same owner, so each
+//!   chunk is read from the origin about once in total, and a node reads its blocks as runs, one range GET
+//!   each. If nothing happens for `stall_after` (an owner vanished silently), ownership and hints are
+//!   ignored;
+//! - **origin requests**: the fleet keeps about `origin_concurrency` range GETs in flight; each reader
+//!   takes its share (rounded up, at least one), since every parallel flow through the origin's uplink
+//!   adds to the packets lost there;
 //! - **origin budget**: origin reads stop at a byte budget per rollout and node.
 //!
 //! [`UploadSlots`] bounds concurrent uploads, overall and per peer.
@@ -64,8 +69,15 @@ pub struct PickerConfig {
     pub run_bytes: u64,
     /// Most sources for one chunk in endgame.
     pub endgame_sources: usize,
-    /// Most origin requests in flight.
+    /// Origin requests the fleet keeps in flight at once. The nodes that read from the origin share
+    /// them: each keeps `ceil(origin_concurrency / readers)` in flight, at least one, where readers
+    /// are this node and the connected peers that read from the origin. Fewer parallel flows through
+    /// the origin's uplink lose fewer packets, and every lost packet is sent (and paid for) again.
     pub origin_concurrency: u32,
+    /// Origin reads come in runs of consecutive chunks of up to this many bytes, one range GET each
+    /// (one chunk when a chunk is larger). Origin ownership goes by blocks of this size, so that a whole
+    /// run belongs to one node: fewer, larger requests cost the origin fewer response headers.
+    pub origin_run_bytes: u64,
     /// Origin byte budget for this rollout on this node (`None`: unlimited).
     pub origin_budget: Option<u64>,
     /// After this long without progress anywhere, ownership rules and hints are ignored.
@@ -82,6 +94,7 @@ impl Default for PickerConfig {
             run_bytes: 1024 * 1024,
             endgame_sources: 2,
             origin_concurrency: 4,
+            origin_run_bytes: 256 * 1024,
             origin_budget: None,
             stall_after: Duration::from_secs(10),
         }
@@ -390,15 +403,15 @@ impl Picker {
     /// Whether this node is the rendezvous owner of `c` among itself and the connected peers that lack
     /// it (all of them, or only same-site ones).
     fn owns(&self, c: u32, same_site_only: bool) -> bool {
-        self.owns_among(c, |p| !same_site_only || p.same_site)
+        self.owns_among(c, c, |p| !same_site_only || p.same_site)
     }
 
-    /// Whether this node is the rendezvous owner of `c` among itself and the connected peers that lack
-    /// it and pass `among`.
-    fn owns_among(&self, c: u32, among: impl Fn(&PeerState) -> bool) -> bool {
-        let mine = hrw(&self.name, c);
+    /// Whether this node is the rendezvous owner of `c` (scored by `key`: the chunk, or its origin
+    /// block) among itself and the connected peers that lack it and pass `among`.
+    fn owns_among(&self, c: u32, key: u32, among: impl Fn(&PeerState) -> bool) -> bool {
+        let mine = hrw(&self.name, key);
         let beats = |name: &str| {
-            let s = hrw(name, c);
+            let s = hrw(name, key);
             s > mine || (s == mine && name < self.name.as_str())
         };
         !self
@@ -411,19 +424,20 @@ impl Picker {
     /// Origin ownership: [`Picker::owns`] over the connected peers that read from the origin, plus
     /// expected members not yet connected while `now` is before the expectation deadline.
     fn owns_origin(&self, c: u32, now: Duration) -> bool {
-        if !self.owns_among(c, |p| p.reads_origin) {
+        let key = c / self.origin_block();
+        if !self.owns_among(c, key, |p| p.reads_origin) {
             return false;
         }
         if now >= self.expect_until {
             return true;
         }
-        let mine = hrw(&self.name, c);
+        let mine = hrw(&self.name, key);
         !self
             .expected
             .iter()
             .filter(|n| !self.peers.values().any(|p| &p.name == *n))
             .any(|n| {
-                let s = hrw(n, c);
+                let s = hrw(n, key);
                 s > mine || (s == mine && n.as_str() < self.name.as_str())
             })
     }
@@ -584,10 +598,13 @@ impl Picker {
         (self.have.len() - self.have.count()) as usize == self.inflight.len()
     }
 
-    /// Chunks to fetch from the origin now, under the origin rule and budget. They are recorded as in
+    /// Chunks to fetch from the origin now, under the origin rule and budget: up to this node's share of
+    /// requests, each a block's worth of chunks, whole owned blocks in random order and each block's
+    /// chunks ascending (the engine reads consecutive picks with one range GET). They are recorded as in
     /// flight from the origin; the engine announces them to peers with a `Fetching` hint.
     pub fn pick_for_origin(&mut self, now: Duration) -> Vec<u32> {
-        let room = self.cfg.origin_concurrency.saturating_sub(self.origin_inflight);
+        let block = self.origin_block();
+        let room = (self.origin_share() * block).saturating_sub(self.origin_inflight);
         if room == 0 || self.is_complete() {
             return Vec::new();
         }
@@ -604,7 +621,10 @@ impl Picker {
                 *b = b.saturating_sub(self.chunk_len(*c));
             }
         }
+        // (the block's random rank, chunk): whole blocks in random order, each block's chunks in order,
+        // so that the engine reads each block's picks as one run.
         let mut cands: Vec<(u32, u32)> = Vec::new();
+        let (mut cur, mut rank) = (u32::MAX, 0u32);
         for c in self.have.iter_zeros() {
             if !self.wanted(c) || self.availability[c as usize] > 0 {
                 continue;
@@ -612,7 +632,11 @@ impl Picker {
             if !stalled && (self.someone_fetching(c, false) || !self.owns_origin(c, now)) {
                 continue;
             }
-            cands.push((self.rng.random(), c));
+            if c / block != cur {
+                cur = c / block;
+                rank = self.rng.random();
+            }
+            cands.push((rank, c));
         }
         cands.sort_unstable();
         let mut picked = Vec::new();
@@ -635,6 +659,18 @@ impl Picker {
         }
         self.origin_inflight += picked.len() as u32;
         picked
+    }
+
+    /// Chunks per origin block (and longest origin run): `origin_run_bytes` of chunks, at least one.
+    fn origin_block(&self) -> u32 {
+        (self.cfg.origin_run_bytes / u64::from(self.chunk_size.max(1))).clamp(1, 1 << 16) as u32
+    }
+
+    /// This node's share of the fleet's origin requests: `origin_concurrency` divided among the
+    /// readers (this node and the connected peers that read from the origin), rounded up.
+    pub fn origin_share(&self) -> u32 {
+        let readers = 1 + self.peers.values().filter(|p| p.reads_origin).count() as u32;
+        self.cfg.origin_concurrency.div_ceil(readers).max(1)
     }
 
     fn drop_source(&mut self, c: u32, src: Source) {

@@ -98,8 +98,8 @@ pub struct StandaloneOptions {
     pub peer_grant_updates: Option<tokio::sync::watch::Receiver<Option<Vec<u8>>>>,
     /// Never read from the origin.
     pub no_origin: bool,
-    /// Most range GETs in flight to the origin at once (`PickerConfig::origin_concurrency`; `None`: its
-    /// default).
+    /// Range GETs the fleet keeps in flight to the origin at once, shared among the nodes that read
+    /// from it (`PickerConfig::origin_concurrency`; `None`: its default).
     pub origin_requests: Option<u32>,
     /// Seed for the picker's random choices.
     pub seed: Option<u64>,

@@ -114,6 +114,10 @@ struct RunArgs {
     /// Write the JSON report to this file.
     #[arg(long)]
     json_out: Option<PathBuf>,
+    /// One more argument for every swarm node's `standalone` command line, after the launcher's own;
+    /// repeat it for several, e.g. `--node-arg=--origin-requests --node-arg=2`.
+    #[arg(long = "node-arg", allow_hyphen_values = true)]
+    node_args: Vec<String>,
 }
 
 impl LabArgs {
@@ -182,6 +186,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| beside("pollen-edge-node")),
         pollen: args.pollen.clone().unwrap_or_else(|| beside("pollen")),
+        extra_args: args.node_args.clone(),
     });
     let spec = BenchSpec {
         lab,

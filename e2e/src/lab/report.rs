@@ -107,6 +107,8 @@ pub struct PhaseReport {
     /// Chunk bytes the nodes read from the origin, in payload copies (`None` unless every node said):
     /// the share of `origin_copies` that is data, not headers or retransmissions.
     pub origin_data_copies: Option<f64>,
+    /// TCP segments the origin sent again, as a share of all it sent (0 when it sent none).
+    pub origin_retrans_share: f64,
     /// WAN traffic per site.
     pub sites: Vec<SiteWan>,
     /// CPU seconds used by all node processes.
@@ -179,6 +181,11 @@ pub fn phase_report(
         origin_bytes: traffic.origin_tx,
         origin_copies: traffic.origin_tx as f64 / f,
         origin_data_copies,
+        origin_retrans_share: if traffic.origin_tcp.out > 0 {
+            traffic.origin_tcp.retrans as f64 / traffic.origin_tcp.out as f64
+        } else {
+            0.0
+        },
         sites: traffic
             .wan_in
             .iter()
@@ -219,7 +226,7 @@ pub fn table(phases: &[PhaseReport], bounds: Bounds) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<9} {:>6} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>6} {:>8} {:>9} {:>9} {:>5}  site WAN in/out × (data in)",
+        "{:<9} {:>6} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>6} {:>6} {:>8} {:>9} {:>9} {:>5}  site WAN in/out × (data in)",
         "phase",
         "done",
         "first s",
@@ -229,6 +236,7 @@ pub fn table(phases: &[PhaseReport], bounds: Bounds) -> String {
         "/once",
         "origin ×",
         "data",
+        "rexmit",
         "node cpu",
         "delay cpu",
         "lab drops",
@@ -245,7 +253,7 @@ pub fn table(phases: &[PhaseReport], bounds: Bounds) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "{:<9} {:>6} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8.3} {:>6} {:>8.1} {:>9.1} {:>9} {:>4.0}%  {}",
+            "{:<9} {:>6} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8.3} {:>6} {:>5.1}% {:>8.1} {:>9.1} {:>9} {:>4.0}%  {}",
             p.phase,
             format!("{}/{}", p.completed, p.nodes),
             opt(p.first_s, 1),
@@ -255,6 +263,7 @@ pub fn table(phases: &[PhaseReport], bounds: Bounds) -> String {
             opt(p.last_over_origin_once, 2),
             p.origin_copies,
             opt(p.origin_data_copies, 3),
+            p.origin_retrans_share * 100.0,
             p.node_cpu_s,
             p.delay_cpu_s,
             p.lab_drops,
@@ -292,6 +301,10 @@ mod tests {
     fn figures_from_times_and_counters() {
         let traffic = LabCounters {
             origin_tx: 2_100,
+            origin_tcp: super::super::counters::TcpSegs {
+                out: 400,
+                retrans: 10,
+            },
             wan_out: vec![100, 0],
             wan_in: vec![1_000, 1_050],
             lab_drops: 3,
@@ -317,9 +330,11 @@ mod tests {
         assert!((r.node_cpu_s - 2.0).abs() < 1e-12);
         assert_eq!(r.lab_drops, 3);
         assert!((r.machine_cpu_busy - 0.75).abs() < 1e-12);
+        assert!((r.origin_retrans_share - 0.025).abs() < 1e-12);
         let t = table(&[r], B);
         assert!(t.contains("swarm"), "{t}");
         assert!(t.contains("2.100"), "{t}");
+        assert!(t.contains("2.5%"), "{t}");
     }
 
     #[test]

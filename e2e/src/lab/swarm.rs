@@ -59,6 +59,8 @@ pub struct SwarmConfig {
     pub edge_node: PathBuf,
     /// The `pollen` CLI (publishing and indexing).
     pub pollen: PathBuf,
+    /// More `standalone` arguments for every node, after the launcher's own (e.g. `--origin-requests 2`).
+    pub extra_args: Vec<String>,
 }
 
 /// Files every node shares.
@@ -383,6 +385,7 @@ pub fn run_phase(
     for node in lab.nodes() {
         let mut cmd = lab.command(&node.ns, &cfg.edge_node);
         cmd.args(node_args(node, lab.nodes(), &files, budget, origin.size));
+        cmd.args(&cfg.extra_args);
         procs.push(Proc::spawn(&format!("swarm-{}", node.name), cmd, log_dir)?);
     }
     let installed: Vec<PathBuf> = lab

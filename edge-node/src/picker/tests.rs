@@ -6,7 +6,9 @@ const MS: Duration = Duration::from_millis(1);
 
 fn cfg() -> PickerConfig {
     PickerConfig {
-        origin_concurrency: 64,
+        // Enough that every reader's share is unlimited in these tests.
+        origin_concurrency: 1 << 20,
+        origin_run_bytes: 0,
         min_inflight_bytes: 0,
         run_bytes: 0,
         ..PickerConfig::default()
@@ -148,6 +150,92 @@ fn origin_only_for_chunks_no_peer_has_and_split_between_owners() {
     c.add_peer(1, "node-d", true);
     c.peer_have_map(1, &Bitfield::full(n), MS);
     assert!(c.pick_for_origin(MS).is_empty());
+}
+
+#[test]
+fn the_fleet_origin_requests_are_shared_among_the_readers() {
+    let n = 64;
+    let c = PickerConfig {
+        origin_concurrency: 4,
+        ..cfg()
+    };
+    let mut p = Picker::new("me", 1024, 64 * 1024, Bitfield::new(n), c, 1);
+    assert_eq!(p.origin_share(), 4, "alone: all of them");
+    p.add_peer(1, "a", true);
+    assert_eq!(p.origin_share(), 2);
+    p.add_peer(2, "b", true);
+    assert_eq!(p.origin_share(), 2, "4 among 3, rounded up");
+    for (id, name) in [(3, "c"), (4, "d"), (5, "e"), (6, "f")] {
+        p.add_peer(id, name, true);
+    }
+    assert_eq!(p.origin_share(), 1, "at least one each");
+    let first = p.pick_for_origin(MS);
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(p.pick_for_origin(2 * MS).is_empty(), "the share is in flight");
+    // Peers that stop reading from the origin leave their part of the fleet's requests.
+    for id in 1..=6 {
+        p.peer_reads_origin(id, false);
+    }
+    assert_eq!(p.origin_share(), 4);
+    assert_eq!(p.pick_for_origin(3 * MS).len(), 3, "one in flight, three more");
+}
+
+#[test]
+fn origin_reads_come_in_runs_of_whole_owned_blocks() {
+    let n = 64;
+    // Blocks of 4 chunks; each node keeps one request (one block) in flight.
+    let c = PickerConfig {
+        origin_concurrency: 2,
+        origin_run_bytes: 4 * 1024,
+        ..cfg()
+    };
+    let mut a = Picker::new("node-a", 1024, 64 * 1024, Bitfield::new(n), c.clone(), 1);
+    let mut b = Picker::new("node-b", 1024, 64 * 1024, Bitfield::new(n), c, 2);
+    a.add_peer(1, "node-b", true);
+    b.add_peer(1, "node-a", true);
+    let mut all = Vec::new();
+    let mut t = MS;
+    for p in [&mut a, &mut b] {
+        loop {
+            let picks = p.pick_for_origin(t);
+            if picks.is_empty() {
+                break;
+            }
+            assert_eq!(picks.len(), 4, "one whole block per request: {picks:?}");
+            let first = picks[0];
+            assert_eq!(first % 4, 0, "{picks:?}");
+            assert_eq!(picks, (first..first + 4).collect::<Vec<_>>());
+            assert!(p.pick_for_origin(t).is_empty(), "one request at a time");
+            for &x in &picks {
+                p.completed(x, Source::Origin, MS, t);
+            }
+            all.extend(picks);
+            t += MS;
+        }
+    }
+    all.sort();
+    assert_eq!(
+        all,
+        (0..n).collect::<Vec<_>>(),
+        "each block has exactly one owner"
+    );
+    // Chunks of a block that a peer already holds are left out of the run.
+    let mut d = Picker::new(
+        "node-d",
+        1024,
+        8 * 1024,
+        Bitfield::new(8),
+        PickerConfig {
+            origin_concurrency: 1,
+            origin_run_bytes: 8 * 1024,
+            ..cfg()
+        },
+        1,
+    );
+    d.add_peer(1, "node-e", true);
+    d.peer_reads_origin(1, false);
+    d.peer_have_map(1, &bits(8, &[2, 5]), MS);
+    assert_eq!(d.pick_for_origin(MS), vec![0, 1, 3, 4, 6, 7]);
 }
 
 #[test]
