@@ -488,6 +488,58 @@ async fn the_chunks_stored_last_from_the_origin_are_announced_too() {
     }
 }
 
+/// A peer whose control queue overflows loses no state: the node marks it and sends its whole
+/// have-map with the next batch, which stands in for every `Have` dropped. The reader here queues one
+/// control message per peer at most, and stores its chunks from the origin in bursts, so `Have`s are
+/// dropped; its peer, which never reads the origin and learns what the reader holds only from it,
+/// still completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_whose_control_queue_overflowed_gets_the_whole_have_map_again() {
+    let Some(reg) = registry().await else { return };
+    let mut resyncs = Vec::new();
+    for round in 0..4u64 {
+        let fleet = Fleet::new();
+        let p = publish(
+            &reg.host(),
+            &format!("resync{round}"),
+            payload(1024 * 1024, 40 + round),
+            16 * 1024,
+            1,
+            fleet.dir.path(),
+        )
+        .await;
+        let shutdown = CancellationToken::new();
+        let (reader_addr, peer_addr) = (free_udp(), free_udp());
+        let mut r = fleet.node("reader", reader_addr, &[peer_addr], &p, &p.index_ref);
+        r.origin_requests = Some(64);
+        r.control_queue = Some(1);
+        let mut o = fleet.node("peer", peer_addr, &[reader_addr], &p, &p.index_ref);
+        o.no_origin = true;
+        let roots = [r.install_root.clone(), o.install_root.clone()];
+        let nodes = vec![
+            spawn_node(r, &["peer".into()], &shutdown),
+            spawn_node(o, &["reader".into()], &shutdown),
+        ];
+        let reader_metrics = nodes[0].0.clone();
+        let out = finish(nodes, &roots, &p, shutdown, Duration::from_secs(20)).await;
+        assert_eq!(
+            std::fs::read(&out[1].installed).unwrap(),
+            p.payload,
+            "round {round}"
+        );
+        assert_eq!(
+            out[1].origin_bytes, 0,
+            "round {round}: the peer read only from the reader"
+        );
+        resyncs.push(reader_metrics.control_resyncs.get());
+    }
+    eprintln!("control queue resyncs per round: {resyncs:?}");
+    assert!(
+        resyncs.iter().sum::<u64>() > 0,
+        "no control queue overflowed, so the resync went untested: {resyncs:?}"
+    );
+}
+
 /// A node that does not read the origin says so, and its peers read its share of the chunks instead
 /// of waiting for it: with `peerWait` far longer than the test, only that message can unblock them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

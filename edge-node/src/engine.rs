@@ -154,6 +154,9 @@ pub struct EngineConfig {
     /// The director public key, to check the grants of peers the index does not list. Without it,
     /// such peers are refused whatever they send.
     pub director_key: Option<pollen_trust::PublicKey>,
+    /// Control messages queued per peer before one is dropped and the peer marked for a resync (its
+    /// next batch carries this node's whole state). Bounds memory per slow peer.
+    pub control_queue: usize,
     /// Fault injection for the multi-node tests: flip a byte in every chunk served (a hostile peer).
     #[cfg(feature = "testing")]
     pub corrupt_uploads: bool,
@@ -186,6 +189,7 @@ impl EngineConfig {
             grant: None,
             grant_updates: None,
             director_key: None,
+            control_queue: CONTROL_QUEUE,
             #[cfg(feature = "testing")]
             corrupt_uploads: false,
         }
@@ -373,6 +377,7 @@ struct Shared {
     origin_grace: Duration,
     static_peers: usize,
     max_connections: usize,
+    control_queue: usize,
     shutdown: CancellationToken,
     #[cfg(feature = "testing")]
     corrupt_uploads: bool,
@@ -475,6 +480,7 @@ impl Engine {
             origin_grace: cfg.origin_grace,
             static_peers: cfg.peers.len(),
             max_connections: cfg.max_connections,
+            control_queue: cfg.control_queue.max(1),
             shutdown,
             #[cfg(feature = "testing")]
             corrupt_uploads: cfg.corrupt_uploads,
@@ -1219,7 +1225,7 @@ impl Shared {
         // One connection per pair: keep the one dialled by the smaller name.
         let initiator = if dialer { self.name.clone() } else { name.clone() };
         let keeper = self.name.clone().min(name.clone());
-        let (tx, rx) = mpsc::channel::<Message>(CONTROL_QUEUE);
+        let (tx, rx) = mpsc::channel::<Message>(self.control_queue);
         let tx = ControlTx::new(tx);
         let id = {
             let mut peers = self.peers.lock().expect("peers");
@@ -2345,6 +2351,7 @@ impl Shared {
         while let Some(mut batch) = gather(&mut rx, linger_for, &stop).await {
             if take_resync(&resync) {
                 debug!("control queue overflowed: resending this node's state");
+                self.metrics.control_resyncs.inc();
                 batch.extend(self.state_messages(true));
             }
             buf.clear();

@@ -203,6 +203,7 @@ fn main() -> anyhow::Result<()> {
                     peer_grant_updates: None,
                     no_origin: a.no_origin,
                     origin_requests: a.origin_requests,
+                    control_queue: None,
                     seed: a.seed,
                     seed_for: if a.exit_when_done {
                         Some(Duration::ZERO)

@@ -76,6 +76,8 @@ pub struct Metrics {
     pub refused_requests: Family<CodeLabel, Counter>,
     /// Range requests sent to the origin.
     pub origin_requests: Counter,
+    /// Times a peer's control queue overflowed and this node's whole state was sent to it again.
+    pub control_resyncs: Counter,
     /// Connections refused during the handshake or by policy.
     pub refused_connections: Counter,
     /// Peers refused, by reason: handshakes refused by certificate checks, open connections closed on
@@ -107,6 +109,11 @@ impl Metrics {
             "discarded_bytes",
             "Chunk bytes received and thrown away (cancelled, cut off or failed mid-chunk)",
             self.discarded_bytes.clone(),
+        );
+        r.register(
+            "control_resyncs",
+            "Times a peer's control queue overflowed and this node's whole state was sent again",
+            self.control_resyncs.clone(),
         );
         r.register(
             "chunks_verified",

@@ -101,6 +101,9 @@ pub struct StandaloneOptions {
     /// Range GETs the fleet keeps in flight to the origin at once, shared among the nodes that read
     /// from it (`PickerConfig::origin_concurrency`; `None`: its default).
     pub origin_requests: Option<u32>,
+    /// Control messages queued per peer before one is dropped and the peer resynced
+    /// (`EngineConfig::control_queue`; `None`: its default).
+    pub control_queue: Option<usize>,
     /// Seed for the picker's random choices.
     pub seed: Option<u64>,
     /// After installing: keep serving this long (`None`: until shutdown; zero: exit at once).
@@ -330,6 +333,9 @@ pub async fn run_with_members(
     if let Some(s) = opts.seed {
         cfg.seed = s;
     }
+    if let Some(q) = opts.control_queue {
+        cfg.control_queue = q;
+    }
     cfg.director_key = Some(trust.director_key.clone());
     cfg.grant_updates = opts.peer_grant_updates.clone();
     cfg.grant = match &opts.peer_grant_updates {
@@ -478,6 +484,7 @@ mod tests {
             peer_grant_updates: None,
             no_origin: true,
             origin_requests: None,
+            control_queue: None,
             seed: None,
             seed_for: Some(Duration::ZERO),
         };

@@ -251,6 +251,7 @@ impl Fleet {
             peer_grant_updates: None,
             no_origin: false,
             origin_requests: None,
+            control_queue: None,
             seed: Some(name.bytes().map(u64::from).sum()),
             seed_for: None,
         }

@@ -341,6 +341,7 @@ impl super::AssignmentRunner for SwarmRunner {
                 peer_grant_updates: Some(followed.grant.clone()),
                 no_origin: false,
                 origin_requests: None,
+                control_queue: None,
                 seed: None,
                 seed_for: None,
             };
