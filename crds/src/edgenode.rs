@@ -81,6 +81,12 @@ pub struct Assignment {
     #[schemars(schema_with = "crate::schema::optional_duration")]
     pub peer_wait: Option<String>,
 
+    /// Range GETs the fleet keeps in flight to the origin, shared among the nodes that read from it
+    /// (copied from the rollout's `originRequests`). Unset: the node's default (4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub origin_requests: Option<i32>,
+
     /// Bytes this node may read from the origin registry for this assignment, in total, set from the
     /// rollout's `originBudgetPercent`: what it read plus what the fleet's budget has left, rewritten
     /// by the operator as the budget is spent. The running engine honours a new value at once.

@@ -184,6 +184,15 @@ pub struct TransferSettings {
     #[schemars(schema_with = "crate::schema::optional_duration")]
     pub peer_wait: Option<String>,
 
+    /// Range GETs the fleet keeps in flight to the origin at once. The nodes that read from the
+    /// origin share them: each keeps this number divided by the readers it knows of, rounded up, at
+    /// least one. Fewer parallel flows through the origin's uplink lose fewer packets, each of which
+    /// is sent (and paid for) again. Unset: `4`. Copied into each assignment; a node takes it when it
+    /// starts the assignment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub origin_requests: Option<i32>,
+
     /// Bytes the whole fleet may read from the origin, as a percentage of the payload size.
     /// Unset: no fleet-wide cap (each node still reads at most one payload, and the nodes'
     /// origin-once rule keeps the fleet at about one copy). When set, the operator writes each

@@ -540,6 +540,7 @@ mod tests {
                     upload_bytes_per_second: None,
                     download_bytes_per_second: None,
                     peer_wait: None,
+                    origin_requests: None,
                     origin_allowance_bytes: None,
                     activation_window: None,
                     peer_grant: None,

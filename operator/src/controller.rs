@@ -720,6 +720,7 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
                 upload_bytes_per_second: ur.spec.transfer.upload_bytes_per_second,
                 download_bytes_per_second: ur.spec.transfer.download_bytes_per_second,
                 peer_wait: ur.spec.transfer.peer_wait.clone(),
+                origin_requests: ur.spec.transfer.origin_requests,
                 origin_allowance_bytes: origin_caps
                     .as_ref()
                     .and_then(|c| c.caps.get(&name))
@@ -1440,6 +1441,7 @@ mod tests {
         ur.spec.transfer.upload_bytes_per_second = Some(65536);
         ur.spec.transfer.download_bytes_per_second = Some(131072);
         ur.spec.transfer.peer_wait = Some("45s".into());
+        ur.spec.transfer.origin_requests = Some(8);
         let night = pollen_crds::rollout::ActivationWindow::parse("22:00-03:00").unwrap();
         ur.spec.install.activation_window = Some(night.clone());
         let pipeline = ScriptedPipeline::signed();
@@ -1450,6 +1452,7 @@ mod tests {
         assert_eq!(a.upload_bytes_per_second, Some(65536));
         assert_eq!(a.download_bytes_per_second, Some(131072));
         assert_eq!(a.peer_wait.as_deref(), Some("45s"));
+        assert_eq!(a.origin_requests, Some(8));
         assert_eq!(a.activation_window, Some(night));
         let index = a.chunk_index;
         // Lifting the window rewrites the assignment but keeps the index: no registry work.
@@ -2371,6 +2374,7 @@ mod tests {
             upload_bytes_per_second: None,
             download_bytes_per_second: None,
             peer_wait: None,
+            origin_requests: None,
             origin_allowance_bytes: None,
             activation_window: None,
             peer_grant: None,

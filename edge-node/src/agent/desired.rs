@@ -56,6 +56,7 @@ pub(crate) fn test_assignment(rollout: &str, index: &str) -> Assignment {
         upload_bytes_per_second: None,
         download_bytes_per_second: None,
         peer_wait: None,
+        origin_requests: None,
         origin_allowance_bytes: None,
         activation_window: None,
         peer_grant: None,

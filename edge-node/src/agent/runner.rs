@@ -140,6 +140,14 @@ fn grant_of(a: &Assignment) -> Option<Vec<u8>> {
         .and_then(|g| pollen_trust::grant::decode(g).ok())
 }
 
+/// The fleet's origin requests of an assignment. The CRD bounds them to 1–64; anything else (an object
+/// written around the schema) counts as unset.
+fn origin_requests_of(a: &Assignment) -> Option<u32> {
+    a.origin_requests
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|n| (1..=64).contains(n))
+}
+
 /// Follows the assignment as the operator changes it, until `cancel` or until the agent drops it: its
 /// origin cap, its rate limits (the lower of the agent's flags and the assignment's), its
 /// activation window and its peer grant, as the engine takes them.
@@ -340,7 +348,7 @@ impl super::AssignmentRunner for SwarmRunner {
                 peer_grant: None,
                 peer_grant_updates: Some(followed.grant.clone()),
                 no_origin: false,
-                origin_requests: None,
+                origin_requests: origin_requests_of(&a),
                 control_queue: None,
                 seed: None,
                 seed_for: None,
@@ -452,7 +460,7 @@ async fn wait_for_new_identity(tls: &FleetTls, cancel: &CancellationToken) -> bo
 
 #[cfg(test)]
 mod tests {
-    use super::{RateLimits, follow, target_root, wait_for_new_identity};
+    use super::{RateLimits, follow, origin_requests_of, target_root, wait_for_new_identity};
     use crate::agent::desired::test_assignment;
     use crate::tls::{FleetTls, TlsIdentity};
     use pollen_trust::pki::FleetCa;
@@ -507,6 +515,23 @@ mod tests {
         let cancel = CancellationToken::new();
         cancel.cancel();
         assert!(!wait_for_new_identity(&tls, &cancel).await);
+    }
+
+    #[test]
+    fn the_origin_requests_of_an_assignment_within_bounds_only() {
+        let mut a = test_assignment("ns/r", "idx");
+        assert_eq!(origin_requests_of(&a), None);
+        for (v, want) in [
+            (8, Some(8)),
+            (1, Some(1)),
+            (64, Some(64)),
+            (0, None),
+            (65, None),
+            (-3, None),
+        ] {
+            a.origin_requests = Some(v);
+            assert_eq!(origin_requests_of(&a), want, "{v}");
+        }
     }
 
     #[test]
