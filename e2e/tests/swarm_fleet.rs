@@ -444,6 +444,50 @@ async fn a_closed_activation_window_stages_and_keeps_serving_until_it_opens() {
     other.await.expect("node task").expect("node run");
 }
 
+/// One round of two nodes: a reader that has all 64 chunks of a 1 MiB payload in flight from the origin
+/// at once (so that several are stored together), holding at most `control_queue` control messages per
+/// peer, and a peer without origin access that learns what the reader holds only from the reader itself.
+/// Checks that the peer installs the payload having read nothing from the origin; returns how often the
+/// reader resent its whole state to an overflowed control queue.
+async fn reader_and_peer_round(
+    reg: &pollen_e2e::registry::Registry,
+    tag: &str,
+    seed: u64,
+    control_queue: Option<usize>,
+) -> u64 {
+    let fleet = Fleet::new();
+    let p = publish(
+        &reg.host(),
+        tag,
+        payload(1024 * 1024, seed),
+        16 * 1024,
+        1,
+        fleet.dir.path(),
+    )
+    .await;
+    let shutdown = CancellationToken::new();
+    let (reader_addr, peer_addr) = (free_udp(), free_udp());
+    let mut r = fleet.node("reader", reader_addr, &[peer_addr], &p, &p.index_ref);
+    r.origin_requests = Some(64);
+    r.control_queue = control_queue;
+    let mut o = fleet.node("peer", peer_addr, &[reader_addr], &p, &p.index_ref);
+    o.no_origin = true;
+    let roots = [r.install_root.clone(), o.install_root.clone()];
+    let nodes = vec![
+        spawn_node(r, &["peer".into()], &shutdown),
+        spawn_node(o, &["reader".into()], &shutdown),
+    ];
+    let reader_metrics = nodes[0].0.clone();
+    // A round takes about a second; a peer that misses a `Have` never completes.
+    let out = finish(nodes, &roots, &p, shutdown, Duration::from_secs(20)).await;
+    assert_eq!(std::fs::read(&out[1].installed).unwrap(), p.payload, "{tag}");
+    assert_eq!(
+        out[1].origin_bytes, 0,
+        "{tag}: the peer read only from the reader"
+    );
+    reader_metrics.control_resyncs.get()
+}
+
 /// Every chunk a node stores is announced to its peers, the last ones too: a node reading all its
 /// chunks from the origin at once completes, and its peer, which never reads the origin, completes
 /// from it. (When the origin loop reported chunks itself, the ones stored together with the last were
@@ -452,39 +496,7 @@ async fn a_closed_activation_window_stages_and_keeps_serving_until_it_opens() {
 async fn the_chunks_stored_last_from_the_origin_are_announced_too() {
     let Some(reg) = registry().await else { return };
     for round in 0..12u64 {
-        let fleet = Fleet::new();
-        let p = publish(
-            &reg.host(),
-            &format!("last{round}"),
-            payload(1024 * 1024, 20 + round),
-            16 * 1024,
-            1,
-            fleet.dir.path(),
-        )
-        .await;
-        let shutdown = CancellationToken::new();
-        let (reader_addr, peer_addr) = (free_udp(), free_udp());
-        let mut r = fleet.node("reader", reader_addr, &[peer_addr], &p, &p.index_ref);
-        // All 64 chunks in flight from the origin at once: many are stored before the loop reads any result.
-        r.origin_requests = Some(64);
-        let mut o = fleet.node("peer", peer_addr, &[reader_addr], &p, &p.index_ref);
-        o.no_origin = true;
-        let roots = [r.install_root.clone(), o.install_root.clone()];
-        let nodes = vec![
-            spawn_node(r, &["peer".into()], &shutdown),
-            spawn_node(o, &["reader".into()], &shutdown),
-        ];
-        // A round takes about a second; without the announcement, the peer never completes.
-        let out = finish(nodes, &roots, &p, shutdown, Duration::from_secs(15)).await;
-        assert_eq!(
-            std::fs::read(&out[1].installed).unwrap(),
-            p.payload,
-            "round {round}"
-        );
-        assert_eq!(
-            out[1].origin_bytes, 0,
-            "round {round}: the peer read only from the reader"
-        );
+        reader_and_peer_round(&reg, &format!("last{round}"), 20 + round, None).await;
     }
 }
 
@@ -498,40 +510,7 @@ async fn a_peer_whose_control_queue_overflowed_gets_the_whole_have_map_again() {
     let Some(reg) = registry().await else { return };
     let mut resyncs = Vec::new();
     for round in 0..4u64 {
-        let fleet = Fleet::new();
-        let p = publish(
-            &reg.host(),
-            &format!("resync{round}"),
-            payload(1024 * 1024, 40 + round),
-            16 * 1024,
-            1,
-            fleet.dir.path(),
-        )
-        .await;
-        let shutdown = CancellationToken::new();
-        let (reader_addr, peer_addr) = (free_udp(), free_udp());
-        let mut r = fleet.node("reader", reader_addr, &[peer_addr], &p, &p.index_ref);
-        r.origin_requests = Some(64);
-        r.control_queue = Some(1);
-        let mut o = fleet.node("peer", peer_addr, &[reader_addr], &p, &p.index_ref);
-        o.no_origin = true;
-        let roots = [r.install_root.clone(), o.install_root.clone()];
-        let nodes = vec![
-            spawn_node(r, &["peer".into()], &shutdown),
-            spawn_node(o, &["reader".into()], &shutdown),
-        ];
-        let reader_metrics = nodes[0].0.clone();
-        let out = finish(nodes, &roots, &p, shutdown, Duration::from_secs(20)).await;
-        assert_eq!(
-            std::fs::read(&out[1].installed).unwrap(),
-            p.payload,
-            "round {round}"
-        );
-        assert_eq!(
-            out[1].origin_bytes, 0,
-            "round {round}: the peer read only from the reader"
-        );
-        resyncs.push(reader_metrics.control_resyncs.get());
+        resyncs.push(reader_and_peer_round(&reg, &format!("resync{round}"), 40 + round, Some(1)).await);
     }
     eprintln!("control queue resyncs per round: {resyncs:?}");
     assert!(
