@@ -2002,10 +2002,7 @@ impl Shared {
                 _ = self.shutdown.cancelled() => return,
             }
         }
-        // Each task reads one run: (first chunk not reached, end of the run, chunks reached and whether
-        // each was stored by it, result).
-        #[allow(clippy::type_complexity)]
-        let mut inflight: JoinSet<(u32, u32, Vec<(u32, bool)>, Result<(), FetchError>)> = JoinSet::new();
+        let mut inflight: JoinSet<OriginRun> = JoinSet::new();
         let mut backoff_until = Instant::now();
         let mut allowance = self.origin_allowance.clone();
         let mut held_back = false;
@@ -2051,31 +2048,43 @@ impl Shared {
                 for (first, count) in runs(&picks) {
                     let s = self.clone();
                     inflight.spawn(async move {
-                        let mut done = Vec::with_capacity(count as usize);
-                        let r = s.fetch_from_origin(first, count, &mut done).await;
-                        (first + done.len() as u32, first + count, done, r)
+                        let mut run = OriginRun {
+                            first,
+                            end: first + count,
+                            done: Vec::with_capacity(count as usize),
+                            read: 0,
+                            result: Ok(()),
+                        };
+                        run.result = s.fetch_from_origin(first, count, &mut run).await;
+                        run
                     });
                 }
             }
             tokio::select! {
                 _ = gen_rx.changed() => {},
                 Some(res) = inflight.join_next() => {
-                    let Ok((next, end, done, r)) = res else { continue };
+                    let Ok(run) = res else { continue };
+                    let unreached = run.unreached();
                     {
                         // Chunks another source stored first, and those the run did not reach: whatever
-                        // the picker still holds for the origin is released.
+                        // the picker still holds for the origin is released. Bytes read for nothing still
+                        // count against the origin budget.
                         let mut p = self.picker.lock().expect("picker");
-                        for (c, stored) in &done {
-                            if !stored {
-                                p.failed(*c, Source::Origin);
+                        let mut stored_bytes = 0;
+                        for &(c, stored) in &run.done {
+                            if stored {
+                                stored_bytes += u64::from(self.index.chunk_len(c));
+                            } else {
+                                p.failed(c, Source::Origin);
                             }
                         }
-                        for c in next..end {
+                        for c in unreached.clone() {
                             p.failed(c, Source::Origin);
                         }
+                        p.origin_read_unused(run.read.saturating_sub(stored_bytes));
                     }
-                    if let Err(e) = r {
-                        info!(chunks = ?(next..end), error = %e, "origin fetch failed");
+                    if let Err(e) = run.result {
+                        info!(chunks = ?unreached, error = %e, "origin fetch failed");
                         if let FetchError::Verify(_) = e {
                             self.metrics.verification_failures.get_or_create(&PeerLabel { peer: "origin".into() }).inc();
                         }
@@ -2096,14 +2105,10 @@ impl Shared {
     /// each chunk as its bytes arrive and reporting it done at once (from this task, not the origin loop:
     /// the chunk that completes the store ends that loop, which drops the results it has not read, and
     /// every stored chunk must still be announced with a `Have`, or peers would wait on it forever).
-    /// `done` gets each chunk reached, with whether this read stored it (`false`: another source stored
-    /// it first, and its bytes were read and discarded). An error leaves the rest of the run unreached.
-    async fn fetch_from_origin(
-        &self,
-        first: u32,
-        count: u32,
-        done: &mut Vec<(u32, bool)>,
-    ) -> Result<(), FetchError> {
+    /// `run.done` gets each chunk reached, with whether this read stored it (`false`: another source
+    /// stored it first, and its bytes were read and discarded), and `run.read` every byte read. An error
+    /// leaves the rest of the run unreached.
+    async fn fetch_from_origin(&self, first: u32, count: u32, run: &mut OriginRun) -> Result<(), FetchError> {
         let end = first + count;
         let start = self.index.chunk_range(first).start;
         let stop = self.index.chunk_range(end - 1).end;
@@ -2145,6 +2150,7 @@ impl Shared {
             };
             self.down.acquire(bytes.len()).await;
             received.inc_by(bytes.len() as u64);
+            run.read += bytes.len() as u64;
             while !bytes.is_empty() {
                 if c >= end {
                     return Err(FetchError::Http("response longer than the range".into()));
@@ -2183,7 +2189,7 @@ impl Shared {
                         self.metrics.discarded_bytes.inc_by(partial.bytes);
                         partial.bytes = 0;
                     }
-                    done.push((c, stored));
+                    run.done.push((c, stored));
                     c += 1;
                 }
             }
@@ -2270,6 +2276,26 @@ enum Handshake {
     Hello(quinn::SendStream, quinn::RecvStream, Option<Message>),
     /// The peer is not listed and showed no valid grant: refuse it on this stream.
     Refuse(quinn::SendStream),
+}
+
+/// What one origin read (a run of consecutive chunks, one range GET) did.
+struct OriginRun {
+    /// First chunk of the run.
+    first: u32,
+    /// End of the run (exclusive).
+    end: u32,
+    /// Chunks reached, in order, with whether this read stored each (`false`: another source had).
+    done: Vec<(u32, bool)>,
+    /// Bytes read from the origin.
+    read: u64,
+    result: Result<(), FetchError>,
+}
+
+impl OriginRun {
+    /// The chunks of the run not reached (an error cut it short).
+    fn unreached(&self) -> std::ops::Range<u32> {
+        self.first + self.done.len() as u32..self.end
+    }
 }
 
 /// Counts the bytes of a chunk received from a peer as discarded when dropped before it completes.

@@ -734,7 +734,13 @@ impl Picker {
         self.drop_source(c, src);
     }
 
-    /// Accounts origin bytes that were read but did not yield a verified chunk (a failed range GET).
+    /// Accounts origin bytes that were read but did not yield a chunk stored by that read (a range GET
+    /// cut off or failing verification, or chunks another source stored first): they count against the
+    /// origin budget like any other byte read.
+    pub fn origin_read_unused(&mut self, bytes: u64) {
+        self.origin_bytes += bytes;
+    }
+
     /// Caps origin reads at `bytes` in total from now on (`None`: no cap), replacing the configured
     /// budget: the fleet's allowance for this node, which the operator raises as the rollout goes.
     pub fn set_origin_budget(&mut self, bytes: Option<u64>) {

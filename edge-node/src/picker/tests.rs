@@ -291,6 +291,19 @@ fn origin_budget_caps_reads() {
 }
 
 #[test]
+fn origin_bytes_read_for_nothing_count_against_the_budget() {
+    let c = PickerConfig {
+        origin_budget: Some(5 * 1000),
+        ..cfg()
+    };
+    let mut p = Picker::new("x", 1000, 10_000, Bitfield::new(10), c, 1);
+    // A range GET cut off after 2.5 chunks' worth of bytes.
+    p.origin_read_unused(2_500);
+    assert_eq!(p.origin_bytes(), 2_500);
+    assert_eq!(p.pick_for_origin(MS).len(), 2, "2,500 bytes of the budget left");
+}
+
+#[test]
 fn same_site_peer_preferred_and_remote_chunks_pulled_by_the_site_owner() {
     let n = 32;
     let mut p = Picker::new("s1-a", 1024, 32 * 1024, bits(n, &[28, 29, 30, 31]), cfg(), 1);
