@@ -604,7 +604,10 @@ impl Picker {
     /// flight from the origin; the engine announces them to peers with a `Fetching` hint.
     pub fn pick_for_origin(&mut self, now: Duration) -> Vec<u32> {
         let block = self.origin_block();
-        let room = (self.origin_share() * block).saturating_sub(self.origin_inflight);
+        let room = self
+            .origin_share()
+            .saturating_mul(block)
+            .saturating_sub(self.origin_inflight);
         if room == 0 || self.is_complete() {
             return Vec::new();
         }
