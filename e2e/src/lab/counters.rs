@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::LabError;
-use super::cmd::run;
+use super::cmd::{run, run_in};
 
 /// Byte counters of one interface.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -93,7 +93,7 @@ pub fn parse_snmp_tcp(text: &str) -> Result<TcpSegs, LabError> {
 
 /// TCP segment counters of namespace `ns`.
 pub fn read_tcp(ns: &str) -> Result<TcpSegs, LabError> {
-    parse_snmp_tcp(&run("ip", &["netns", "exec", ns, "cat", "/proc/net/snmp"])?)
+    parse_snmp_tcp(&run_in(ns, "cat", &["/proc/net/snmp"])?)
 }
 
 /// Counters of interface `dev` in namespace `ns`.

@@ -276,6 +276,7 @@ pub fn table(phases: &[PhaseReport], bounds: Bounds) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::counters::TcpSegs;
     use super::*;
 
     fn nodes(times: &[Option<f64>]) -> Vec<NodeResult> {
@@ -301,7 +302,7 @@ mod tests {
     fn figures_from_times_and_counters() {
         let traffic = LabCounters {
             origin_tx: 2_100,
-            origin_tcp: super::super::counters::TcpSegs {
+            origin_tcp: TcpSegs {
                 out: 400,
                 retrans: 10,
             },
