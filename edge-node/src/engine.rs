@@ -57,7 +57,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::crl_intake::{ListGate, crl_number};
 use crate::metrics::{CodeLabel, IndexLabel, Metrics, PeerLabel, ReasonLabel, SourceLabel};
-use crate::net::{NetError, read_frame, write_msg};
+use crate::net::{IdleClock, NetError, read_frame, write_msg};
 use crate::picker::{PeerId, Picker, PickerConfig, Source, UploadSlots};
 use crate::protocol::{self, ErrorCode, IndexId, Message};
 use crate::ratelimit::{Limiter, RateLimits};
@@ -65,6 +65,9 @@ use crate::store::{Store, StoreError};
 use crate::tls::{self, FleetTls, TransportLimits};
 
 const IO_PIECE: usize = 64 * 1024;
+/// Send priority of the control stream and of requests: above the chunk data streams (priority 0),
+/// which the transport sends one after the other (`send_fairness` off).
+const CONTROL_PRIORITY: i32 = 1;
 /// How long the control writer waits for more `Have`s and hints to send with the first one, to a peer
 /// of this node's site.
 const CONTROL_LINGER: Duration = Duration::from_millis(20);
@@ -1124,6 +1127,10 @@ impl Shared {
             } else {
                 conn.accept_bi().await?
             };
+            // Data streams are sent one after the other, not interleaved (`send_fairness` off in the
+            // transport); the control stream goes ahead of them, so that a `Have` or a `Cancel` does not
+            // wait behind a send buffer full of chunk data.
+            let _ = send.set_priority(CONTROL_PRIORITY);
             let mut buf = Vec::new();
             // The peer's grant, or its refusal of this node (passed on to the refusal handling below).
             macro_rules! peer_grant {
@@ -1867,7 +1874,8 @@ impl Shared {
     /// Fetches the run `first..first + count` from a peer on one request stream, storing and verifying
     /// each chunk as it arrives and reporting it done at once (so its `Have` goes out and the pipeline
     /// refills while the rest of the run streams). `next` is left at the first chunk not delivered;
-    /// chunks the server skipped (a `Cancel`) are added to `skipped`.
+    /// chunks the server skipped (a `Cancel`) are added to `skipped`. `cancel` and the idle timeout are
+    /// watched once for the whole run, not at every read.
     #[allow(clippy::too_many_arguments)]
     async fn fetch_run(
         &self,
@@ -1879,8 +1887,9 @@ impl Shared {
         next: &mut u32,
         skipped: &mut Vec<u32>,
     ) -> Result<(), FetchError> {
-        let end = first + count;
         let (mut send, mut recv) = conn.open_bi().await?;
+        // A request must not wait behind the chunk data this node is sending the same peer.
+        let _ = send.set_priority(CONTROL_PRIORITY);
         write_msg(
             &mut send,
             &Message::Request {
@@ -1891,6 +1900,33 @@ impl Shared {
         )
         .await?;
         let _ = send.finish();
+        // REQUEST_TIMEOUT for the first frame, READ_IDLE_TIMEOUT (the same) between reads after it.
+        let idle = IdleClock::new(REQUEST_TIMEOUT.max(READ_IDLE_TIMEOUT));
+        let outcome = tokio::select! {
+            r = self.receive_run(&mut recv, id, first, count, next, skipped, &idle) => r,
+            _ = cancel.cancelled() => Err(FetchError::Cancelled),
+            () = idle.expired() => Err(FetchError::Timeout),
+        };
+        if matches!(outcome, Err(FetchError::Cancelled | FetchError::Timeout)) {
+            let _ = recv.stop(protocol::STREAM_CANCELLED.into());
+        }
+        outcome
+    }
+
+    /// The body of [`Engine::fetch_run`]: reads `Data` frames and chunk bytes until the run is
+    /// delivered, touching `idle` at each read.
+    #[allow(clippy::too_many_arguments)]
+    async fn receive_run(
+        &self,
+        recv: &mut quinn::RecvStream,
+        id: PeerId,
+        first: u32,
+        count: u32,
+        next: &mut u32,
+        skipped: &mut Vec<u32>,
+        idle: &IdleClock,
+    ) -> Result<(), FetchError> {
+        let end = first + count;
         let received = self
             .metrics
             .received_bytes
@@ -1901,13 +1937,8 @@ impl Shared {
         let mut frame = Vec::new();
         let mut buf = Vec::new();
         while *next < end {
-            let hdr = tokio::select! {
-                h = tokio::time::timeout(REQUEST_TIMEOUT, read_frame(&mut recv, &mut frame)) => h.map_err(|_| FetchError::Timeout)??,
-                _ = cancel.cancelled() => {
-                    let _ = recv.stop(protocol::STREAM_CANCELLED.into());
-                    return Err(FetchError::Cancelled);
-                }
-            };
+            let hdr = read_frame(recv, &mut frame).await?;
+            idle.touch();
             let (c, len) = match hdr {
                 Some(Message::Data { index, chunk, len })
                     if index == self.id && chunk >= *next && chunk < end =>
@@ -1926,13 +1957,7 @@ impl Shared {
                 }));
             }
             let lock = self.chunk_lock(c);
-            let _guard = tokio::select! {
-                g = lock.lock_owned() => g,
-                _ = cancel.cancelled() => {
-                    let _ = recv.stop(protocol::STREAM_CANCELLED.into());
-                    return Err(FetchError::Cancelled);
-                }
-            };
+            let _guard = lock.lock_owned().await;
             if self.store.has(c) {
                 // Another source delivered it meanwhile: stop here; the rest goes back to the picker.
                 let _ = recv.stop(protocol::STREAM_CANCELLED.into());
@@ -1954,17 +1979,10 @@ impl Shared {
                 let want = remaining.min(buf.len());
                 let mut filled = 0;
                 while filled < want {
-                    let n = tokio::select! {
-                        r = tokio::time::timeout(READ_IDLE_TIMEOUT, recv.read(&mut buf[filled..want])) =>
-                            r.map_err(|_| FetchError::Timeout)?.map_err(NetError::from)?,
-                        _ = cancel.cancelled() => {
-                            let _ = recv.stop(protocol::STREAM_CANCELLED.into());
-                            return Err(FetchError::Cancelled);
-                        }
-                    };
-                    let Some(n) = n else {
+                    let Some(n) = recv.read(&mut buf[filled..want]).await.map_err(NetError::from)? else {
                         return Err(FetchError::Net(NetError::Truncated));
                     };
+                    idle.touch();
                     filled += n;
                 }
                 self.down.acquire(filled).await;

@@ -3,6 +3,10 @@
 //! Non-goals: connection management and scheduling (see `engine`).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::protocol::{self, DecodeError, LEN_PREFIX, Message};
 use crate::tls::{TlsError, TlsIdentity, TransportLimits};
@@ -59,6 +63,46 @@ pub async fn write_msg(send: &mut quinn::SendStream, msg: &Message) -> Result<()
     Ok(())
 }
 
+/// An idle timeout for a transfer that makes many small reads: reads record progress with
+/// [`IdleClock::touch`] (an atomic store), and [`IdleClock::expired`] resolves once `limit` has passed
+/// since the last one. Its timer is armed once per `limit`, not once per read.
+#[derive(Debug)]
+pub struct IdleClock {
+    start: Instant,
+    limit: Duration,
+    /// Milliseconds from `start` to the last progress.
+    last_ms: AtomicU64,
+}
+
+impl IdleClock {
+    /// A clock whose last progress is now.
+    pub fn new(limit: Duration) -> Self {
+        IdleClock {
+            start: Instant::now(),
+            limit,
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Records progress now.
+    pub fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves when `limit` has passed since the last progress.
+    pub async fn expired(&self) {
+        loop {
+            let deadline =
+                self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + self.limit;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
 /// A QUIC endpoint listening on `listen`, dialling with the same identity.
 pub fn endpoint(
     listen: SocketAddr,
@@ -68,4 +112,36 @@ pub fn endpoint(
     let mut ep = quinn::Endpoint::server(tls.quic_server(limits)?, listen).map_err(NetError::Endpoint)?;
     ep.set_default_client_config(tls.quic_client(limits)?);
     Ok(ep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_clock_expires_a_limit_after_the_last_progress() {
+        let clock = IdleClock::new(Duration::from_secs(20));
+        let t0 = Instant::now();
+        let touches = async {
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_secs(15)).await;
+                clock.touch();
+            }
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            () = clock.expired() => {}
+            () = touches => unreachable!(),
+        }
+        // Touched at 15, 30 and 45 s: it expires 20 s after the last, not 20 s after the start.
+        assert_eq!(t0.elapsed(), Duration::from_secs(65));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_untouched_idle_clock_expires_after_the_limit() {
+        let clock = IdleClock::new(Duration::from_secs(20));
+        let t0 = Instant::now();
+        clock.expired().await;
+        assert_eq!(t0.elapsed(), Duration::from_secs(20));
+    }
 }

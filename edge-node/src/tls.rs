@@ -543,6 +543,11 @@ impl TransportLimits {
         t.receive_window(self.receive_window.into());
         t.stream_receive_window((self.receive_window / 2).into());
         t.send_window(u64::from(self.receive_window));
+        // Streams of equal priority are sent one after the other instead of packet by packet in turn:
+        // a run of chunks arrives whole and in order, so the receiving task wakes for long stretches of
+        // one stream rather than for a packet of each. The control stream and chunk requests have a
+        // higher priority (set in `engine`), so they are never stuck behind chunk data.
+        t.send_fairness(false);
         t
     }
 }
