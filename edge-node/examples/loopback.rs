@@ -1,23 +1,32 @@
 //! Loopback throughput of one Pollen pair against raw quinn + rustls with the same TLS and transport
-//! settings, measured in the same run.
+//! settings, measured in the same run, with a third kind between them.
 //!
 //! ```text
 //! cargo run --release -p pollen-edge-node --features testing --example loopback -- [MIB] [ROUNDS]
 //! ```
 //!
-//! Pollen: a seed holding the whole payload (chunk store on disk, page cache warm) and a fresh node that
-//! fetches it (origin off), timed from the fetching engine's start to its last verified, durable chunk;
-//! chunk hashing, store writes and the persisted bitfield are included. Raw: one connection, one stream,
-//! the same bytes sent from memory and read into nothing. Both use `TlsIdentity::quic_server` /
-//! `quic_client` with the same `TransportLimits` (the defaults unless `LOOPBACK_WINDOW_KIB` is set).
+//! - Raw quinn: one connection, one stream, the bytes sent from memory and read into nothing.
+//! - Raw + verify: the same stream, plus the work any verified, durable transfer must do: the sender
+//!   reads each piece from a file, the receiver preallocates its file, hashes each chunk with BLAKE3,
+//!   compares it and writes it at its offset, and syncs at the end. The floor under Pollen on this
+//!   machine and this store medium; Pollen / raw + verify is the cost of the protocol itself (requests,
+//!   streams, `Have`s, the picker, the bitfield).
+//! - Pollen: a seed holding the whole payload (chunk store on disk, page cache warm) and a fresh node
+//!   that fetches it (origin off), timed from the fetching engine's start to its last verified, durable
+//!   chunk; opening (preallocating) the store, chunk hashing, store writes and the persisted bitfield are
+//!   included.
+//!
+//! All use `TlsIdentity::quic_server` / `quic_client` with the same `TransportLimits` (the defaults
+//! unless `LOOPBACK_WINDOW_KIB` is set). Rounds alternate between the kinds; each prints its rate, the
+//! process CPU time it took (user + system, all threads, from `/proc/self/stat`) and the UDP datagrams
+//! the kernel dropped for a full socket buffer; the summary gives best and median rates and their ratios.
 //!
 //! Both sides of each pair run in this process. By default they share one runtime of two threads, so the
 //! figures are bound by CPU as much as by the protocol: each side's extra work takes cycles from the
 //! other. With `LOOPBACK_SPLIT=1` each side gets its own runtime (one worker, its blocking threads)
-//! pinned to its own core, closer to two devices with a core each; raw quinn is split the same way.
-//! Each round also prints the process CPU time (user + system, all threads, from `/proc/self/stat`) it
-//! took. The stores live in the system temporary directory, or under `LOOPBACK_DIR` (e.g. a tmpfs, to
-//! take the disk out of the measurement).
+//! pinned to its own core, closer to two devices with a core each; the raw kinds are split the same way.
+//! The stores live in the system temporary directory, or under `LOOPBACK_DIR` (e.g. a tmpfs, to take the
+//! disk out of the measurement; note that preallocating on tmpfs zeroes every page up front).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -273,8 +282,8 @@ struct Verified {
 
 /// One verified raw round: raw quinn on one stream, plus the work any verified chunk transfer must do.
 /// The sender reads each 64 KiB piece from a file (`pread`) before writing it to the stream; the
-/// receiver reads each chunk out of the stream into a buffer, hashes it with BLAKE3, compares the hash
-/// and writes the chunk at its offset in a preallocated file, then syncs the file at the end. No
+/// receiver preallocates the file (`fallocate`), reads each chunk out of the stream into a buffer, hashes
+/// it with BLAKE3, compares the hash and writes the chunk at its offset, then syncs the file at the end. No
 /// protocol, no picker, no bitfield: the floor under any verified transfer on this machine.
 async fn verified_round(sides: &Sides, ca: &TestCa, v: &Verified) -> (Duration, Duration) {
     use std::os::unix::fs::FileExt;
@@ -316,7 +325,8 @@ async fn verified_round(sides: &Sides, ca: &TestCa, v: &Verified) -> (Duration, 
             let t0 = Instant::now();
             let c0 = cpu_time();
             let out = std::fs::File::create(dir.path().join("payload")).unwrap();
-            out.set_len(size as u64).unwrap();
+            // Preallocated, as Pollen's store does, so that a full disk shows before any transfer.
+            rustix::fs::fallocate(&out, rustix::fs::FallocateFlags::empty(), 0, size as u64).unwrap();
             let conn = client.connect(addr, "raw-server").unwrap().await.unwrap();
             let (mut send, mut recv) = conn.open_bi().await.unwrap();
             send.write_all(&[1]).await.unwrap();
