@@ -81,8 +81,8 @@ pub struct Assignment {
     #[schemars(schema_with = "crate::schema::optional_duration")]
     pub peer_wait: Option<String>,
 
-    /// Range GETs the fleet keeps in flight to the origin, shared among the nodes that read from it
-    /// (copied from the rollout's `originRequests`). Unset: the node's default (4).
+    /// Range GETs the fleet keeps in flight to the origin, and origin readers it elects (copied from
+    /// the rollout's `originRequests`). Unset: the node's default (8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 64))]
     pub origin_requests: Option<i32>,

@@ -184,11 +184,12 @@ pub struct TransferSettings {
     #[schemars(schema_with = "crate::schema::optional_duration")]
     pub peer_wait: Option<String>,
 
-    /// Range GETs the fleet keeps in flight to the origin at once. The nodes that read from the
-    /// origin share them: each keeps this number divided by the readers it knows of, rounded up, at
-    /// least one. Fewer parallel flows through the origin's uplink lose fewer packets, each of which
-    /// is sent (and paid for) again. Unset: `4`. Copied into each assignment; a node takes it when it
-    /// starts the assignment.
+    /// Range GETs the fleet keeps in flight to the origin at once. Of the nodes that read from the
+    /// origin, the fleet elects this many (a hash of each node name salted with the index, so each
+    /// rollout elects others); they share the GETs, this number divided by the elected readers,
+    /// rounded up. Fewer parallel flows through the origin's uplink lose fewer packets, each of which
+    /// is sent (and paid for) again; too few leave the uplink idle. Unset: `8`. Copied into each
+    /// assignment; a node takes it when it starts the assignment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 64))]
     pub origin_requests: Option<i32>,

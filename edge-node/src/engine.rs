@@ -421,6 +421,7 @@ impl Engine {
         );
         let mut picker = picker;
         picker.expect_members(&cfg.peer_names, cfg.member_wait);
+        picker.set_election_key(&index.id());
         let endpoint = endpoint(cfg.listen, &cfg.tls, &cfg.transport)?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
@@ -2429,7 +2430,10 @@ async fn gather(
     let mut linger = lingers(&first);
     let mut batch = vec![first];
     if linger {
-        let deadline = tokio::time::Instant::now() + linger_for;
+        // One timer and one cancellation waiter for the whole linger, not one per message.
+        let deadline = tokio::time::sleep(linger_for);
+        let cancelled = stop.cancelled();
+        tokio::pin!(deadline, cancelled);
         while linger && batch.len() < LINGER_FLUSH {
             tokio::select! {
                 m = rx.recv() => match m {
@@ -2439,8 +2443,8 @@ async fn gather(
                     }
                     None => break,
                 },
-                _ = tokio::time::sleep_until(deadline) => break,
-                _ = stop.cancelled() => break,
+                () = &mut deadline => break,
+                () = &mut cancelled => break,
             }
         }
     }

@@ -121,8 +121,8 @@ struct StandaloneArgs {
     /// Never read from the origin (peers only).
     #[arg(long)]
     no_origin: bool,
-    /// Range GETs the fleet keeps in flight to the origin at once (default: 4); each node that reads
-    /// from the origin keeps its share, this divided by the readers it knows of, at least one.
+    /// Range GETs the fleet keeps in flight to the origin at once (default: 8). The fleet elects this
+    /// many of the nodes that read from the origin; they share the GETs, rounded up.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
     origin_requests: Option<u32>,
     /// Seed for the piece picker's random choices (default: random).

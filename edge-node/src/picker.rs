@@ -23,9 +23,11 @@
 //!   chunk is read from the origin about once in total, and a node reads its blocks as runs, one range GET
 //!   each. If nothing happens for `stall_after` (an owner vanished silently), ownership and hints are
 //!   ignored;
-//! - **origin requests**: the fleet keeps about `origin_concurrency` range GETs in flight; each reader
-//!   takes its share (rounded up, at least one), since every parallel flow through the origin's uplink
-//!   adds to the packets lost there;
+//! - **origin readers**: the fleet elects `origin_concurrency` of the nodes that read the origin (the
+//!   highest scores of a hash of the node name salted with the index id, so each rollout elects
+//!   others); only they own blocks and read, until a stall. The elected readers share the
+//!   `origin_concurrency` range GETs in flight (rounded up), so that however large the fleet, about
+//!   that many flows cross the origin's uplink: every parallel flow there adds to the packets lost;
 //! - **origin budget**: origin reads stop at a byte budget per rollout and node.
 //!
 //! [`UploadSlots`] bounds concurrent uploads, overall and per peer.
@@ -69,10 +71,11 @@ pub struct PickerConfig {
     pub run_bytes: u64,
     /// Most sources for one chunk in endgame.
     pub endgame_sources: usize,
-    /// Origin requests the fleet keeps in flight at once. The nodes that read from the origin share
-    /// them: each keeps `ceil(origin_concurrency / readers)` in flight, at least one, where readers
-    /// are this node and the connected peers that read from the origin. Fewer parallel flows through
-    /// the origin's uplink lose fewer packets, and every lost packet is sent (and paid for) again.
+    /// Origin requests the fleet keeps in flight at once, and origin readers it elects. Of the nodes
+    /// that read from the origin (this node and the connected peers that do), the fleet elects this
+    /// many; each elected reader keeps `ceil(origin_concurrency / elected)` requests in flight. Fewer
+    /// parallel flows through the origin's uplink lose fewer packets, and every lost packet is sent
+    /// (and paid for) again; too few leave the uplink idle.
     pub origin_concurrency: u32,
     /// Origin reads come in runs of consecutive chunks of up to this many bytes, one range GET each
     /// (one chunk when a chunk is larger). Origin ownership goes by blocks of this size, so that a whole
@@ -93,7 +96,7 @@ impl Default for PickerConfig {
             min_inflight_bytes: 1024 * 1024,
             run_bytes: 1024 * 1024,
             endgame_sources: 2,
-            origin_concurrency: 4,
+            origin_concurrency: 8,
             origin_run_bytes: 256 * 1024,
             origin_budget: None,
             stall_after: Duration::from_secs(10),
@@ -134,7 +137,12 @@ pub struct Picker {
     last_progress: Duration,
     expected: Vec<String>,
     expect_until: Duration,
+    /// Salt of the origin readers' election (the index id), so that each rollout elects other nodes.
+    election_key: Vec<u8>,
 }
+
+/// The last origin reader elected (its election score and name), when not every reader is.
+type ElectionCut = Option<(u64, String)>;
 
 /// 64-bit rendezvous (highest random weight) score of `node` for `chunk`.
 fn hrw(node: &str, chunk: u32) -> u64 {
@@ -175,6 +183,70 @@ impl Picker {
             last_progress: Duration::ZERO,
             expected: Vec::new(),
             expect_until: Duration::ZERO,
+            election_key: Vec::new(),
+        }
+    }
+
+    /// Salts the origin readers' election (see [`Picker::pick_for_origin`]) with `key`, the index id:
+    /// every node of a rollout elects the same readers, and another rollout elects others, so that the
+    /// origin traffic does not always land on the same nodes.
+    pub fn set_election_key(&mut self, key: &[u8]) {
+        self.election_key = key.to_vec();
+    }
+
+    fn election_score(&self, name: &str) -> u64 {
+        let mut h = blake3::Hasher::new();
+        h.update(b"pollen/origin-election\n");
+        h.update(&self.election_key);
+        h.update(name.as_bytes());
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&h.finalize().as_bytes()[..8]);
+        u64::from_be_bytes(b)
+    }
+
+    /// The origin readers this node knows of: itself, the connected peers that read from the origin,
+    /// and expected members not connected yet while `now` is before the expectation deadline.
+    fn origin_readers(&self, now: Duration) -> Vec<&str> {
+        let mut r: Vec<&str> = vec![self.name.as_str()];
+        r.extend(
+            self.peers
+                .values()
+                .filter(|p| p.reads_origin)
+                .map(|p| p.name.as_str()),
+        );
+        if now < self.expect_until {
+            r.extend(
+                self.expected
+                    .iter()
+                    .filter(|n| !self.peers.values().any(|p| &p.name == *n))
+                    .map(String::as_str),
+            );
+        }
+        r
+    }
+
+    /// The fleet elects `origin_concurrency` of its origin readers, those with the highest election
+    /// scores; `None` if there are no more readers than that, so every one is elected.
+    fn election(&self, now: Duration) -> ElectionCut {
+        let seats = self.cfg.origin_concurrency.max(1) as usize;
+        let readers = self.origin_readers(now);
+        if readers.len() <= seats {
+            return None;
+        }
+        let mut scored: Vec<(u64, &str)> = readers.iter().map(|n| (self.election_score(n), *n)).collect();
+        // Highest score first, ties to the smaller name.
+        scored.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+        let (score, name) = scored[seats - 1];
+        Some((score, name.to_owned()))
+    }
+
+    fn elected(&self, name: &str, cut: &ElectionCut) -> bool {
+        match cut {
+            None => true,
+            Some((score, last)) => {
+                let s = self.election_score(name);
+                s > *score || (s == *score && name <= last.as_str())
+            }
         }
     }
 
@@ -421,11 +493,11 @@ impl Picker {
             .any(|p| beats(&p.name))
     }
 
-    /// Origin ownership: [`Picker::owns`] over the connected peers that read from the origin, plus
-    /// expected members not yet connected while `now` is before the expectation deadline.
-    fn owns_origin(&self, c: u32, now: Duration) -> bool {
+    /// Origin ownership: [`Picker::owns`] over the elected origin readers (`cut`) among the connected
+    /// peers, plus expected members not yet connected while `now` is before the expectation deadline.
+    fn owns_origin(&self, c: u32, now: Duration, cut: &ElectionCut) -> bool {
         let key = c / self.origin_block();
-        if !self.owns_among(c, key, |p| p.reads_origin) {
+        if !self.owns_among(c, key, |p| p.reads_origin && self.elected(&p.name, cut)) {
             return false;
         }
         if now >= self.expect_until {
@@ -435,7 +507,7 @@ impl Picker {
         !self
             .expected
             .iter()
-            .filter(|n| !self.peers.values().any(|p| &p.name == *n))
+            .filter(|n| !self.peers.values().any(|p| &p.name == *n) && self.elected(n, cut))
             .any(|n| {
                 let s = hrw(n, key);
                 s > mine || (s == mine && n.as_str() < self.name.as_str())
@@ -612,6 +684,10 @@ impl Picker {
             return Vec::new();
         }
         let stalled = self.stalled(now);
+        let cut = self.election(now);
+        if !stalled && !self.elected(&self.name, &cut) {
+            return Vec::new();
+        }
         let mut budget_left = self
             .cfg
             .origin_budget
@@ -632,7 +708,7 @@ impl Picker {
             if !self.wanted(c) || self.availability[c as usize] > 0 {
                 continue;
             }
-            if !stalled && (self.someone_fetching(c, false) || !self.owns_origin(c, now)) {
+            if !stalled && (self.someone_fetching(c, false) || !self.owns_origin(c, now, &cut)) {
                 continue;
             }
             if c / block != cur {
@@ -669,11 +745,13 @@ impl Picker {
         (self.cfg.origin_run_bytes / u64::from(self.chunk_size.max(1))).clamp(1, 1 << 16) as u32
     }
 
-    /// This node's share of the fleet's origin requests: `origin_concurrency` divided among the
-    /// readers (this node and the connected peers that read from the origin), rounded up.
+    /// An elected reader's share of the fleet's origin requests: `origin_concurrency` divided among the
+    /// elected readers (this node and the connected peers that read from the origin, at most
+    /// `origin_concurrency` of them), rounded up; one each once there are that many readers.
     pub fn origin_share(&self) -> u32 {
+        let seats = self.cfg.origin_concurrency.max(1);
         let readers = 1 + self.peers.values().filter(|p| p.reads_origin).count() as u32;
-        self.cfg.origin_concurrency.div_ceil(readers).max(1)
+        seats.div_ceil(readers.min(seats))
     }
 
     fn drop_source(&mut self, c: u32, src: Source) {

@@ -168,7 +168,20 @@ fn the_fleet_origin_requests_are_shared_among_the_readers() {
     for (id, name) in [(3, "c"), (4, "d"), (5, "e"), (6, "f")] {
         p.add_peer(id, name, true);
     }
-    assert_eq!(p.origin_share(), 1, "at least one each");
+    assert_eq!(p.origin_share(), 1, "7 readers: four elected, one request each");
+    // Elect "me" whatever the scores: the readers that outrank it stop reading.
+    let cut = p.election(MS);
+    let mut outrank: Vec<u32> = (1..=6)
+        .filter(|&id| {
+            let name = p.peers[&id].name.clone();
+            p.election_score(&name) > p.election_score("me")
+        })
+        .collect();
+    outrank.truncate(outrank.len().saturating_sub(3));
+    for &id in &outrank {
+        p.peer_reads_origin(id, false);
+    }
+    assert!(p.elected("me", &p.election(MS)), "{cut:?}");
     let first = p.pick_for_origin(MS);
     assert_eq!(first.len(), 1, "{first:?}");
     assert!(p.pick_for_origin(2 * MS).is_empty(), "the share is in flight");
@@ -178,6 +191,99 @@ fn the_fleet_origin_requests_are_shared_among_the_readers() {
     }
     assert_eq!(p.origin_share(), 4);
     assert_eq!(p.pick_for_origin(3 * MS).len(), 3, "one in flight, three more");
+}
+
+/// A full mesh of `names`, every picker with the same election key; returns the pickers.
+fn mesh(names: &[&str], key: &[u8], c: &PickerConfig, n: u32) -> Vec<Picker> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, me)| {
+            let mut p = Picker::new(
+                me,
+                1024,
+                u64::from(n) * 1024,
+                Bitfield::new(n),
+                c.clone(),
+                i as u64,
+            );
+            p.set_election_key(key);
+            for (j, other) in names.iter().enumerate() {
+                if i != j {
+                    p.add_peer(j as PeerId, other, true);
+                    p.peer_have_map(j as PeerId, &Bitfield::new(n), MS);
+                }
+            }
+            p
+        })
+        .collect()
+}
+
+#[test]
+fn the_fleet_elects_as_many_origin_readers_as_requests_and_they_cover_the_payload() {
+    let n = 64;
+    let c = PickerConfig {
+        origin_concurrency: 2,
+        origin_run_bytes: 4 * 1024,
+        ..cfg()
+    };
+    let names = ["n0", "n1", "n2", "n3", "n4", "n5", "n6"];
+    let mut fleet = mesh(&names, b"index-a", &c, n);
+    // Each elected reader drains its owned blocks; the others read nothing.
+    let mut readers = Vec::new();
+    let mut read = Vec::new();
+    for p in &mut fleet {
+        let mut mine = Vec::new();
+        loop {
+            let picks = p.pick_for_origin(MS);
+            if picks.is_empty() {
+                break;
+            }
+            for &c in &picks {
+                p.completed(c, Source::Origin, MS, MS);
+            }
+            mine.extend(picks);
+        }
+        if !mine.is_empty() {
+            readers.push(p.name.clone());
+        }
+        read.extend(mine);
+    }
+    assert_eq!(readers.len(), 2, "two readers elected: {readers:?}");
+    read.sort_unstable();
+    assert_eq!(
+        read,
+        (0..n).collect::<Vec<_>>(),
+        "every chunk read once, by one of them"
+    );
+
+    // Another index elects from the same nodes by other scores.
+    let sets: std::collections::BTreeSet<Vec<String>> = [b"index-a", b"index-b", b"index-c", b"index-d"]
+        .iter()
+        .map(|key| {
+            let fleet = mesh(&names, *key, &c, n);
+            let cut = fleet[0].election(MS);
+            names
+                .iter()
+                .filter(|name| fleet[0].elected(name, &cut))
+                .map(|name| (*name).to_owned())
+                .collect()
+        })
+        .collect();
+    assert!(sets.len() > 1, "four rollouts elected the same readers: {sets:?}");
+
+    // A node left out reads once nothing has happened for `stall_after`.
+    let mut fleet = mesh(&names, b"index-a", &c, n);
+    let cut = fleet[0].election(MS);
+    let out = fleet
+        .iter_mut()
+        .find(|p| !p.elected(&p.name, &cut))
+        .expect("five of seven are not elected");
+    assert!(out.pick_for_origin(MS).is_empty());
+    assert!(
+        !out.pick_for_origin(MS + c.stall_after).is_empty(),
+        "stalled: it reads"
+    );
 }
 
 #[test]
