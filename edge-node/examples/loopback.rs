@@ -221,12 +221,15 @@ async fn pollen_round(
     (dt, cpu)
 }
 
-/// One raw round: (wall time, CPU time), both from the connect to the last byte read.
-async fn raw_round(sides: &Sides, ca: &TestCa, data: Arc<Vec<u8>>) -> (Duration, Duration) {
+/// A raw quinn server endpoint on side `a`, its address, and the client configuration to reach it,
+/// both with the loopback's transport limits.
+async fn raw_endpoints(
+    sides: &Sides,
+    ca: &TestCa,
+) -> (quinn::Endpoint, std::net::SocketAddr, quinn::ClientConfig) {
     let limits = limits();
-    let server_id = ca.issue("raw-server").identity(ca);
-    let client_id = ca.issue("raw-client").identity(ca);
-    let server_cfg = server_id.quic_server(&limits).unwrap();
+    let server_cfg = ca.issue("raw-server").identity(ca).quic_server(&limits).unwrap();
+    let client_cfg = ca.issue("raw-client").identity(ca).quic_client(&limits).unwrap();
     // Endpoints are driven on the runtime they are made in.
     let server = sides
         .a
@@ -234,6 +237,12 @@ async fn raw_round(sides: &Sides, ca: &TestCa, data: Arc<Vec<u8>>) -> (Duration,
         .await
         .unwrap();
     let addr = server.local_addr().unwrap();
+    (server, addr, client_cfg)
+}
+
+/// One raw round: (wall time, CPU time), both from the connect to the last byte read.
+async fn raw_round(sides: &Sides, ca: &TestCa, data: Arc<Vec<u8>>) -> (Duration, Duration) {
+    let (server, addr, client_cfg) = raw_endpoints(sides, ca).await;
     let srv = sides.a.spawn(async move {
         let conn = server.accept().await.unwrap().await.unwrap();
         let (mut send, mut recv) = conn.accept_bi().await.unwrap();
@@ -245,7 +254,6 @@ async fn raw_round(sides: &Sides, ca: &TestCa, data: Arc<Vec<u8>>) -> (Duration,
         send.finish().unwrap();
         let _ = conn.closed().await;
     });
-    let client_cfg = client_id.quic_client(&limits).unwrap();
     let (dt, cpu, n) = sides
         .b
         .spawn(async move {
@@ -287,16 +295,7 @@ struct Verified {
 /// protocol, no picker, no bitfield: the floor under any verified transfer on this machine.
 async fn verified_round(sides: &Sides, ca: &TestCa, v: &Verified) -> (Duration, Duration) {
     use std::os::unix::fs::FileExt;
-    let limits = limits();
-    let server_id = ca.issue("raw-server").identity(ca);
-    let client_id = ca.issue("raw-client").identity(ca);
-    let server_cfg = server_id.quic_server(&limits).unwrap();
-    let server = sides
-        .a
-        .spawn(async move { quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap() })
-        .await
-        .unwrap();
-    let addr = server.local_addr().unwrap();
+    let (server, addr, client_cfg) = raw_endpoints(sides, ca).await;
     let (src, size) = (v.file.clone(), v.size);
     let srv = sides.a.spawn(async move {
         let conn = server.accept().await.unwrap().await.unwrap();
@@ -314,7 +313,6 @@ async fn verified_round(sides: &Sides, ca: &TestCa, v: &Verified) -> (Duration, 
         send.finish().unwrap();
         let _ = conn.closed().await;
     });
-    let client_cfg = client_id.quic_client(&limits).unwrap();
     let (hashes, chunk) = (v.hashes.clone(), v.chunk);
     let (dt, cpu) = sides
         .b
