@@ -115,6 +115,8 @@ struct PeerState {
     rtt: Duration,
     /// Whether it reads from the origin (until it says otherwise, it does).
     reads_origin: bool,
+    /// Its score in the origin readers' election.
+    election: u64,
 }
 
 /// Piece picker state for one index on one node.
@@ -139,6 +141,8 @@ pub struct Picker {
     expect_until: Duration,
     /// Salt of the origin readers' election (the index id), so that each rollout elects other nodes.
     election_key: Vec<u8>,
+    /// This node's score in that election.
+    election: u64,
 }
 
 /// The last origin reader elected (its election score and name), when not every reader is.
@@ -184,7 +188,14 @@ impl Picker {
             expected: Vec::new(),
             expect_until: Duration::ZERO,
             election_key: Vec::new(),
+            election: 0,
         }
+        .with_election_key(&[])
+    }
+
+    fn with_election_key(mut self, key: &[u8]) -> Self {
+        self.set_election_key(key);
+        self
     }
 
     /// Salts the origin readers' election (see [`Picker::pick_for_origin`]) with `key`, the index id:
@@ -192,8 +203,20 @@ impl Picker {
     /// origin traffic does not always land on the same nodes.
     pub fn set_election_key(&mut self, key: &[u8]) {
         self.election_key = key.to_vec();
+        self.election = self.election_score(&self.name);
+        let scores: Vec<(PeerId, u64)> = self
+            .peers
+            .iter()
+            .map(|(id, p)| (*id, self.election_score(&p.name)))
+            .collect();
+        for (id, score) in scores {
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.election = score;
+            }
+        }
     }
 
+    /// The election score of `name`: computed once per node (peers and this node keep theirs).
     fn election_score(&self, name: &str) -> u64 {
         let mut h = blake3::Hasher::new();
         h.update(b"pollen/origin-election\n");
@@ -204,48 +227,44 @@ impl Picker {
         u64::from_be_bytes(b)
     }
 
-    /// The origin readers this node knows of: itself, the connected peers that read from the origin,
-    /// and expected members not connected yet while `now` is before the expectation deadline.
-    fn origin_readers(&self, now: Duration) -> Vec<&str> {
-        let mut r: Vec<&str> = vec![self.name.as_str()];
-        r.extend(
+    /// Expected members not connected yet, while `now` is before the expectation deadline.
+    fn expected_absent(&self, now: Duration) -> impl Iterator<Item = &String> {
+        self.expected
+            .iter()
+            .filter(move |n| now < self.expect_until && !self.peers.values().any(|p| &p.name == *n))
+    }
+
+    /// The fleet elects `origin_concurrency` of the origin readers this node knows of (itself, the
+    /// connected peers that read from the origin, expected members not connected yet): those with the
+    /// highest election scores. `None` if there are no more readers than that, so every one is elected.
+    fn election(&self, now: Duration) -> ElectionCut {
+        let seats = self.cfg.origin_concurrency.max(1) as usize;
+        let mut scored: Vec<(u64, &str)> = vec![(self.election, self.name.as_str())];
+        scored.extend(
             self.peers
                 .values()
                 .filter(|p| p.reads_origin)
-                .map(|p| p.name.as_str()),
+                .map(|p| (p.election, p.name.as_str())),
         );
-        if now < self.expect_until {
-            r.extend(
-                self.expected
-                    .iter()
-                    .filter(|n| !self.peers.values().any(|p| &p.name == *n))
-                    .map(String::as_str),
-            );
-        }
-        r
-    }
-
-    /// The fleet elects `origin_concurrency` of its origin readers, those with the highest election
-    /// scores; `None` if there are no more readers than that, so every one is elected.
-    fn election(&self, now: Duration) -> ElectionCut {
-        let seats = self.cfg.origin_concurrency.max(1) as usize;
-        let readers = self.origin_readers(now);
-        if readers.len() <= seats {
+        scored.extend(
+            self.expected_absent(now)
+                .map(|n| (self.election_score(n), n.as_str())),
+        );
+        if scored.len() <= seats {
             return None;
         }
-        let mut scored: Vec<(u64, &str)> = readers.iter().map(|n| (self.election_score(n), *n)).collect();
         // Highest score first, ties to the smaller name.
         scored.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
         let (score, name) = scored[seats - 1];
         Some((score, name.to_owned()))
     }
 
-    fn elected(&self, name: &str, cut: &ElectionCut) -> bool {
+    /// Whether the node `name` with election score `score` is elected under `cut`.
+    fn elected(score: u64, name: &str, cut: &ElectionCut) -> bool {
         match cut {
             None => true,
-            Some((score, last)) => {
-                let s = self.election_score(name);
-                s > *score || (s == *score && name <= last.as_str())
+            Some((last_score, last)) => {
+                score > *last_score || (score == *last_score && name <= last.as_str())
             }
         }
     }
@@ -363,6 +382,7 @@ impl Picker {
                 rate: 0.0,
                 rtt: Duration::from_millis(10),
                 reads_origin: true,
+                election: self.election_score(name),
             },
         );
     }
@@ -497,7 +517,9 @@ impl Picker {
     /// peers, plus expected members not yet connected while `now` is before the expectation deadline.
     fn owns_origin(&self, c: u32, now: Duration, cut: &ElectionCut) -> bool {
         let key = c / self.origin_block();
-        if !self.owns_among(c, key, |p| p.reads_origin && self.elected(&p.name, cut)) {
+        if !self.owns_among(c, key, |p| {
+            p.reads_origin && Self::elected(p.election, &p.name, cut)
+        }) {
             return false;
         }
         if now >= self.expect_until {
@@ -505,9 +527,8 @@ impl Picker {
         }
         let mine = hrw(&self.name, key);
         !self
-            .expected
-            .iter()
-            .filter(|n| !self.peers.values().any(|p| &p.name == *n) && self.elected(n, cut))
+            .expected_absent(now)
+            .filter(|n| cut.is_none() || Self::elected(self.election_score(n), n, cut))
             .any(|n| {
                 let s = hrw(n, key);
                 s > mine || (s == mine && n.as_str() < self.name.as_str())
@@ -685,7 +706,7 @@ impl Picker {
         }
         let stalled = self.stalled(now);
         let cut = self.election(now);
-        if !stalled && !self.elected(&self.name, &cut) {
+        if !stalled && !Self::elected(self.election, &self.name, &cut) {
             return Vec::new();
         }
         let mut budget_left = self

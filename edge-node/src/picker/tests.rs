@@ -171,17 +171,12 @@ fn the_fleet_origin_requests_are_shared_among_the_readers() {
     assert_eq!(p.origin_share(), 1, "7 readers: four elected, one request each");
     // Elect "me" whatever the scores: the readers that outrank it stop reading.
     let cut = p.election(MS);
-    let mut outrank: Vec<u32> = (1..=6)
-        .filter(|&id| {
-            let name = p.peers[&id].name.clone();
-            p.election_score(&name) > p.election_score("me")
-        })
-        .collect();
+    let mut outrank: Vec<u32> = (1..=6).filter(|id| p.peers[id].election > p.election).collect();
     outrank.truncate(outrank.len().saturating_sub(3));
     for &id in &outrank {
         p.peer_reads_origin(id, false);
     }
-    assert!(p.elected("me", &p.election(MS)), "{cut:?}");
+    assert!(Picker::elected(p.election, "me", &p.election(MS)), "{cut:?}");
     let first = p.pick_for_origin(MS);
     assert_eq!(first.len(), 1, "{first:?}");
     assert!(p.pick_for_origin(2 * MS).is_empty(), "the share is in flight");
@@ -265,19 +260,27 @@ fn the_fleet_elects_as_many_origin_readers_as_requests_and_they_cover_the_payloa
             let cut = fleet[0].election(MS);
             names
                 .iter()
-                .filter(|name| fleet[0].elected(name, &cut))
+                .filter(|name| Picker::elected(fleet[0].election_score(name), name, &cut))
                 .map(|name| (*name).to_owned())
                 .collect()
         })
         .collect();
     assert!(sets.len() > 1, "four rollouts elected the same readers: {sets:?}");
 
+    // Keyed after its peers connected, a node elects what the others elect.
+    let mut late = Picker::new("n0", 1024, u64::from(n) * 1024, Bitfield::new(n), c.clone(), 9);
+    for (j, other) in names.iter().enumerate().skip(1) {
+        late.add_peer(j as PeerId, other, true);
+    }
+    late.set_election_key(b"index-a");
+    assert_eq!(late.election(MS), mesh(&names, b"index-a", &c, n)[3].election(MS));
+
     // A node left out reads once nothing has happened for `stall_after`.
     let mut fleet = mesh(&names, b"index-a", &c, n);
     let cut = fleet[0].election(MS);
     let out = fleet
         .iter_mut()
-        .find(|p| !p.elected(&p.name, &cut))
+        .find(|p| !Picker::elected(p.election, &p.name, &cut))
         .expect("five of seven are not elected");
     assert!(out.pick_for_origin(MS).is_empty());
     assert!(
