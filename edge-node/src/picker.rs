@@ -137,7 +137,8 @@ pub struct Picker {
     peers: BTreeMap<PeerId, PeerState>,
     rng: StdRng,
     last_progress: Duration,
-    expected: Vec<String>,
+    /// Expected members and their election scores.
+    expected: Vec<(String, u64)>,
     expect_until: Duration,
     /// Salt of the origin readers' election (the index id), so that each rollout elects other nodes.
     election_key: Vec<u8>,
@@ -214,6 +215,14 @@ impl Picker {
                 p.election = score;
             }
         }
+        let expected = std::mem::take(&mut self.expected);
+        self.expected = expected
+            .into_iter()
+            .map(|(n, _)| {
+                let score = self.election_score(&n);
+                (n, score)
+            })
+            .collect();
     }
 
     /// The election score of `name`: computed once per node (peers and this node keep theirs).
@@ -227,11 +236,13 @@ impl Picker {
         u64::from_be_bytes(b)
     }
 
-    /// Expected members not connected yet, while `now` is before the expectation deadline.
-    fn expected_absent(&self, now: Duration) -> impl Iterator<Item = &String> {
+    /// Expected members not connected yet (name, election score), while `now` is before the
+    /// expectation deadline.
+    fn expected_absent(&self, now: Duration) -> impl Iterator<Item = (&str, u64)> {
         self.expected
             .iter()
-            .filter(move |n| now < self.expect_until && !self.peers.values().any(|p| &p.name == *n))
+            .filter(move |(n, _)| now < self.expect_until && !self.peers.values().any(|p| &p.name == n))
+            .map(|(n, score)| (n.as_str(), *score))
     }
 
     /// The fleet elects `origin_concurrency` of the origin readers this node knows of (itself, the
@@ -246,10 +257,7 @@ impl Picker {
                 .filter(|p| p.reads_origin)
                 .map(|p| (p.election, p.name.as_str())),
         );
-        scored.extend(
-            self.expected_absent(now)
-                .map(|n| (self.election_score(n), n.as_str())),
-        );
+        scored.extend(self.expected_absent(now).map(|(n, score)| (score, n)));
         if scored.len() <= seats {
             return None;
         }
@@ -363,7 +371,11 @@ impl Picker {
     /// that is not connected yet counts in the origin ownership as a node holding nothing, so that nodes
     /// whose connections are still forming compute the same owners.
     pub fn expect_members(&mut self, names: &[String], until: Duration) {
-        self.expected = names.iter().filter(|n| **n != self.name).cloned().collect();
+        self.expected = names
+            .iter()
+            .filter(|n| **n != self.name)
+            .map(|n| (n.clone(), self.election_score(n)))
+            .collect();
         self.expect_until = until;
     }
 
@@ -528,10 +540,10 @@ impl Picker {
         let mine = hrw(&self.name, key);
         !self
             .expected_absent(now)
-            .filter(|n| cut.is_none() || Self::elected(self.election_score(n), n, cut))
-            .any(|n| {
+            .filter(|(n, score)| Self::elected(*score, n, cut))
+            .any(|(n, _)| {
                 let s = hrw(n, key);
-                s > mine || (s == mine && n.as_str() < self.name.as_str())
+                s > mine || (s == mine && n < self.name.as_str())
             })
     }
 

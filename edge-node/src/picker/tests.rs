@@ -274,6 +274,17 @@ fn the_fleet_elects_as_many_origin_readers_as_requests_and_they_cover_the_payloa
     }
     late.set_election_key(b"index-a");
     assert_eq!(late.election(MS), mesh(&names, b"index-a", &c, n)[3].election(MS));
+    // The same with members expected but not connected yet.
+    let all: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let mut keyed_first = Picker::new("n0", 1024, u64::from(n) * 1024, Bitfield::new(n), c.clone(), 9);
+    keyed_first.set_election_key(b"index-a");
+    keyed_first.expect_members(&all, 10 * MS);
+    let mut keyed_last = Picker::new("n0", 1024, u64::from(n) * 1024, Bitfield::new(n), c.clone(), 9);
+    keyed_last.expect_members(&all, 10 * MS);
+    keyed_last.set_election_key(b"index-a");
+    assert!(keyed_last.election(MS).is_some());
+    assert_eq!(keyed_last.election(MS), keyed_first.election(MS));
+    assert_eq!(keyed_last.election(MS), late.election(MS));
 
     // A node left out reads once nothing has happened for `stall_after`.
     let mut fleet = mesh(&names, b"index-a", &c, n);
