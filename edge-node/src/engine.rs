@@ -2074,7 +2074,7 @@ impl Shared {
                             read: 0,
                             result: Ok(()),
                         };
-                        run.result = s.fetch_from_origin(first, count, &mut run).await;
+                        run.result = s.fetch_from_origin(&mut run).await;
                         run
                     });
                 }
@@ -2120,15 +2120,16 @@ impl Shared {
         }
     }
 
-    /// Reads the run `first..first + count` from the origin with one range GET, storing and verifying
+    /// Reads the run `run.first..run.end` from the origin with one range GET, storing and verifying
     /// each chunk as its bytes arrive and reporting it done at once (from this task, not the origin loop:
     /// the chunk that completes the store ends that loop, which drops the results it has not read, and
     /// every stored chunk must still be announced with a `Have`, or peers would wait on it forever).
     /// `run.done` gets each chunk reached, with whether this read stored it (`false`: another source
     /// stored it first, and its bytes were read and discarded), and `run.read` every byte read. An error
     /// leaves the rest of the run unreached.
-    async fn fetch_from_origin(&self, first: u32, count: u32, run: &mut OriginRun) -> Result<(), FetchError> {
-        let end = first + count;
+    async fn fetch_from_origin(&self, run: &mut OriginRun) -> Result<(), FetchError> {
+        let (first, end) = (run.first, run.end);
+        let count = end - first;
         let start = self.index.chunk_range(first).start;
         let stop = self.index.chunk_range(end - 1).end;
         let url = self.index.payload_location().blob_url();
