@@ -45,7 +45,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -344,6 +344,9 @@ struct Shared {
     /// Addresses of peers that refused this node as not authorised for the index, or that this node
     /// dialled and refused as not authorised: until when they are not dialled.
     refused_by: Mutex<HashMap<SocketAddr, Instant>>,
+    /// Bumped each time this node's grant changes: a refusal from a connection that began under an
+    /// older grant does not hold the peer off (the peer may admit this node now).
+    grant_epoch: AtomicU64,
     /// This node's grant, when the index does not list it and it holds one (replaced as the caller
     /// passes a new one).
     own_grant: Mutex<Option<Vec<u8>>>,
@@ -458,6 +461,7 @@ impl Engine {
             banned_addrs: Mutex::new(HashSet::new()),
             revoked_addrs: Mutex::new(HashMap::new()),
             refused_by: Mutex::new(HashMap::new()),
+            grant_epoch: AtomicU64::new(0),
             own_grant: Mutex::new(own_grant),
             director_key: cfg.director_key.clone(),
             granted: Mutex::new(HashSet::new()),
@@ -1115,6 +1119,7 @@ impl Shared {
         // peer's answer. Otherwise it refuses: the granted node dials instead.
         let listed = self.index.authorises(&name);
         let own_grant = self.own_grant.lock().expect("grant").clone();
+        let grant_epoch = self.grant_epoch.load(Ordering::Acquire);
         let known = !listed && self.granted.lock().expect("granted").contains(&name);
         let expect_grant =
             !listed && self.director_key.is_some() && (!dialer || own_grant.is_some() || known);
@@ -1213,10 +1218,7 @@ impl Shared {
                 // one it dials without reading the grant, and this node dials it with the grant instead.
                 info!(%message, "the peer refuses this node: not authorised for this index");
                 if dialer || own_grant.is_none() {
-                    self.refused_by
-                        .lock()
-                        .expect("refused")
-                        .insert(conn.remote_address(), Instant::now() + NOT_AUTHORISED_REDIAL);
+                    self.hold_off_refusing(conn.remote_address(), grant_epoch);
                 }
                 conn.close(protocol::CLOSE_REFUSED.into(), b"not authorised");
                 return;
@@ -1408,6 +1410,20 @@ impl Shared {
             mtu = st.path.current_mtu,
             "peer disconnected"
         );
+    }
+
+    /// Leaves `addr`, a peer that refused this node, alone for `NOT_AUTHORISED_REDIAL`, unless this
+    /// node's grant changed since the refused connection began (`epoch`): the grant loop clears the
+    /// hold-offs when a grant arrives, and a refusal still in flight must not put one back after that.
+    /// The epoch is checked under the hold-off lock, and the grant loop bumps it before taking that lock.
+    fn hold_off_refusing(&self, addr: SocketAddr, epoch: u64) {
+        let mut refused = self.refused_by.lock().expect("refused");
+        if self.grant_epoch.load(Ordering::Acquire) == epoch {
+            refused.insert(addr, Instant::now() + NOT_AUTHORISED_REDIAL);
+        } else {
+            drop(refused);
+            self.dial_now.notify_one();
+        }
     }
 
     /// Refuses a peer that the index does not authorise, before anything about the swarm is sent (not
@@ -2260,6 +2276,8 @@ impl Shared {
                     }
                     let g = rx.borrow_and_update().clone().filter(|_| !self.index.authorises(&self.name));
                     let had = std::mem::replace(&mut *self.own_grant.lock().expect("grant"), g.clone()).is_some();
+                    // Before the refusals are cleared: see `hold_off_refusing`.
+                    self.grant_epoch.fetch_add(1, Ordering::AcqRel);
                     if g.is_some() {
                         // Peers that refused this node may admit it now.
                         self.refused_by.lock().expect("refused").clear();
