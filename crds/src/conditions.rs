@@ -32,6 +32,8 @@ pub mod reasons {
     pub const DIGEST_PINNED: &str = "DigestPinned";
     /// The registry could not be reached or refused the request.
     pub const REGISTRY_UNAVAILABLE: &str = "RegistryUnavailable";
+    /// The registry refused the credentials or the scope, or its TLS certificate is not trusted.
+    pub const REGISTRY_ACCESS_DENIED: &str = "RegistryAccessDenied";
     /// The named TrustPolicy does not exist.
     pub const TRUST_POLICY_NOT_FOUND: &str = "TrustPolicyNotFound";
     /// The artifact carries no signature at all.

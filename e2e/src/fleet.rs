@@ -3,7 +3,13 @@
 //! `pollen-operator` binary and N `pollen-edge-node agent` processes on 127.0.0.1, with a
 //! throwaway fleet CA, publisher key and director key.
 //!
-//! Used by the fleet test (`tests/fleet_apiserver.rs`) and by the demo (`pollen-demo`).
+//! The registry is plain HTTP on 127.0.0.1 by default, or, with [`FleetOptions::secure`], TLS with
+//! htpasswd or token auth ([`crate::secure_registry`]): then the operator holds the push credential and
+//! the CA through `--registry-ca`, and each agent a pull-only credential and the CA through
+//! `SSL_CERT_FILE`.
+//!
+//! Used by the fleet tests (`tests/fleet_apiserver.rs`, `tests/registry_access.rs`) and by the demo
+//! (`pollen-demo`).
 //! Non-goals: network shaping (the lab in [`crate::lab`] does that), multi-host fleets.
 
 use std::collections::BTreeMap;
@@ -27,6 +33,7 @@ use pollen_trust::registry::{Registry as TrustRegistry, RegistryOptions, parse_r
 
 use crate::apiserver::{ApiServer, retry_throttled};
 use crate::registry::Registry;
+use crate::secure_registry::{PULLER, PUSHER, SecureOptions, SecureParts, SecureRegistry};
 
 /// The CRDs, as generated into the repository.
 pub const CRDS: &str = include_str!("../../crds/pollen.dev.yaml");
@@ -91,6 +98,8 @@ pub struct LocalFleet {
     pub client: kube::Client,
     /// The registry (the origin).
     pub registry: Registry,
+    /// With a secure registry: its CA, stand-ins and credential files.
+    pub secure: Option<SecureParts>,
     /// Each node's install root, by node name.
     pub install_roots: BTreeMap<String, PathBuf>,
     /// The folder holding keys, certificates, node data and logs.
@@ -115,6 +124,8 @@ pub struct FleetOptions {
     pub dir: Option<PathBuf>,
     /// `RUST_LOG` of the processes.
     pub log: String,
+    /// Run the registry with TLS and auth instead of plain HTTP.
+    pub secure: Option<SecureOptions>,
 }
 
 impl LocalFleet {
@@ -138,7 +149,13 @@ impl LocalFleet {
         api.apply_crds_yaml(CRDS).await.context("apply Pollen's CRDs")?;
         let client = api.client().await.context("API client")?;
         step("starting the OCI registry (docker-registry on 127.0.0.1)");
-        let registry = Registry::start().await.context("registry")?;
+        let (registry, secure) = match &opts.secure {
+            None => (Registry::start().await.context("registry")?, None),
+            Some(s) => {
+                let (r, parts) = SecureRegistry::start(s.clone()).await?.into_parts();
+                (r, Some(parts))
+            }
+        };
 
         step("making the publisher key, the director key and the fleet CA");
         let publisher = SigningKey::generate()?;
@@ -172,6 +189,7 @@ impl LocalFleet {
             api,
             client,
             registry,
+            secure,
             install_roots: BTreeMap::new(),
             dir: dir.clone(),
             publisher,
@@ -194,7 +212,7 @@ impl LocalFleet {
         op.arg("--director-key")
             .arg(&director_file)
             .env("POLLEN_DIRECTOR_KEY_PASSWORD", PASSWORD)
-            .arg(format!("--insecure-registry={}", fleet.registry.host()))
+            .args(fleet.operator_registry_args()?)
             .arg("--leader-election=false")
             .arg("--fleet-ca-cert")
             .arg(&fleet.ca_file)
@@ -239,12 +257,18 @@ impl LocalFleet {
     /// (after the skip, or the panic under `CI`, of [`crate::tools::require_all`]) when the registry or
     /// the API server binaries are missing.
     pub async fn start_for_test(nodes: usize) -> Option<Self> {
+        Self::start_for_test_with(nodes, None).await
+    }
+
+    /// [`Self::start_for_test`] with a registry run with TLS and auth (`secure`), or plain.
+    pub async fn start_for_test_with(nodes: usize, secure: Option<SecureOptions>) -> Option<Self> {
         crate::tools::require_all(["docker-registry", "crd-apiserver", "etcd"])?;
         let opts = FleetOptions {
             nodes,
             bin_dir: build_binaries(false).expect("build the fleet binaries"),
             dir: None,
             log: "info".into(),
+            secure,
         };
         Some(
             Self::start(opts, |s| eprintln!("fleet: {s}"))
@@ -278,7 +302,7 @@ impl LocalFleet {
             .arg(&install_root)
             .arg("--metrics")
             .arg(free_tcp()?.to_string())
-            .arg("--insecure-registry")
+            .args(self.agent_registry_args()?)
             .args([
                 "--label",
                 &format!("{}={}", ROLE.0, ROLE.1),
@@ -291,6 +315,44 @@ impl LocalFleet {
         Ok(())
     }
 
+    /// How the publisher (this harness) reaches the registry: the push credential.
+    pub fn publisher_options(&self) -> anyhow::Result<RegistryOptions> {
+        Ok(match &self.secure {
+            None => RegistryOptions::insecure_for(self.registry.host()),
+            Some(s) => RegistryOptions {
+                ca_file: Some(s.ca_file.clone()),
+                docker_config: Some(s.docker_config(Some(PUSHER), "pusher.json")?),
+                ..Default::default()
+            },
+        })
+    }
+
+    /// The operator's registry flags: the push credential and the CA, or plain HTTP to the registry.
+    fn operator_registry_args(&self) -> anyhow::Result<Vec<String>> {
+        Ok(match &self.secure {
+            None => vec![format!("--insecure-registry={}", self.registry.host())],
+            Some(s) => vec![
+                format!("--registry-ca={}", s.ca_file.display()),
+                format!(
+                    "--docker-config={}",
+                    s.docker_config(Some(PUSHER), "operator.json")?.display()
+                ),
+            ],
+        })
+    }
+
+    /// An agent's registry flags: the pull-only credential (the CA comes through `SSL_CERT_FILE`, see
+    /// [`Self::spawn`]), or plain HTTP to the registry.
+    fn agent_registry_args(&self) -> anyhow::Result<Vec<String>> {
+        Ok(match &self.secure {
+            None => vec![format!("--insecure-registry={}", self.registry.host())],
+            Some(s) => vec![format!(
+                "--docker-config={}",
+                s.docker_config(Some(PULLER), "agent.json")?.display()
+            )],
+        })
+    }
+
     fn spawn(&mut self, name: &str, mut cmd: Command, log_level: &str) -> anyhow::Result<()> {
         let log = self.dir.join(format!("{name}.log"));
         let f = std::fs::File::create(&log)?;
@@ -300,6 +362,12 @@ impl LocalFleet {
             .env("RUST_LOG", log_level)
             .env("NO_COLOR", "1")
             .env("KUBECONFIG", self.api.kubeconfig_path());
+        if let Some(s) = &self.secure
+            && name != "operator"
+        {
+            // Agents trust the registry CA the way a device image would: as the system's bundle.
+            cmd.env("SSL_CERT_FILE", &s.ca_file);
+        }
         let child = cmd.spawn().with_context(|| format!("spawn {name}"))?;
         self.procs.push(Proc {
             name: name.to_string(),
@@ -336,10 +404,7 @@ impl LocalFleet {
         file_name: &str,
         bytes: Vec<u8>,
     ) -> anyhow::Result<String> {
-        let reg = TrustRegistry::new(&RegistryOptions {
-            insecure: true,
-            docker_config: None,
-        })?;
+        let reg = TrustRegistry::new(&self.publisher_options()?)?;
         let reference = format!("{}/fleet/{repo}:{tag}", self.registry.host());
         let target = parse_reference(&reference)?;
         publish::publish_bytes(

@@ -5,4 +5,5 @@ pub mod apiserver;
 pub mod fleet;
 pub mod lab;
 pub mod registry;
+pub mod secure_registry;
 pub mod tools;

@@ -9,8 +9,11 @@
 //! `ip netns exec origin`, the registry runs inside a network namespace, listening on the given address,
 //! and readiness is probed from inside that namespace too (with `curl`).
 //!
-//! Non-goals: TLS, authentication, the OCI 1.1 referrers API (distribution 2.8 has none), pushing
-//! content (tests use oras or Pollen's own client for that).
+//! [`RegistryBuilder::tls`] and [`RegistryBuilder::extra_config`] turn on TLS and add config sections
+//! (auth, middleware); [`crate::secure_registry`] uses them to run the registry as users run it.
+//!
+//! Non-goals: the OCI 1.1 referrers API (distribution 2.8 has none), pushing content (tests use oras or
+//! Pollen's own client for that).
 
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -102,6 +105,9 @@ pub struct RegistryBuilder {
     listen_ip: IpAddr,
     port: Option<u16>,
     ready_timeout: Duration,
+    storage: Option<PathBuf>,
+    tls: Option<(PathBuf, PathBuf)>,
+    extra: String,
 }
 
 impl Default for RegistryBuilder {
@@ -112,6 +118,9 @@ impl Default for RegistryBuilder {
             listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: None,
             ready_timeout: DEFAULT_READY_TIMEOUT,
+            storage: None,
+            tls: None,
+            extra: String::new(),
         }
     }
 }
@@ -147,6 +156,25 @@ impl RegistryBuilder {
         self
     }
 
+    /// Keeps blobs and manifests under `dir` (default: a folder of the registry's temporary directory).
+    pub fn storage_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.storage = Some(dir.into());
+        self
+    }
+
+    /// Serves HTTPS with this certificate and key (PEM files). Readiness is then a TCP connect.
+    pub fn tls(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// Appends top-level sections (YAML) to the config: `auth:`, `middleware:`. With `auth:`, a `401`
+    /// from `/v2/` also means ready.
+    pub fn extra_config(mut self, yaml: impl Into<String>) -> Self {
+        self.extra = yaml.into();
+        self
+    }
+
     /// How long to wait for `/v2/` to answer 200 (default 15 s).
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
         self.ready_timeout = timeout;
@@ -176,6 +204,9 @@ impl RegistryBuilder {
             prefix: self.command_prefix,
             ready_timeout: self.ready_timeout,
             child: None,
+            storage: self.storage.unwrap_or_else(|| dir.path().join("data")),
+            tls: self.tls,
+            extra: self.extra,
             dir,
         };
         // A port picked here may be taken by someone else before the registry binds it: retry then.
@@ -206,6 +237,9 @@ pub struct Registry {
     prefix: Vec<OsString>,
     ready_timeout: Duration,
     child: Option<Child>,
+    storage: PathBuf,
+    tls: Option<(PathBuf, PathBuf)>,
+    extra: String,
     dir: tempfile::TempDir,
 }
 
@@ -230,14 +264,15 @@ impl Registry {
         self.addr
     }
 
-    /// `http://IP:PORT`.
+    /// `http://IP:PORT`, or `https://` with TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The registry's storage root (kept across [`stop`](Self::stop) and [`restart`](Self::restart)).
     pub fn storage_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.storage.clone()
     }
 
     /// The file the registry's stdout and stderr go to.
@@ -288,7 +323,15 @@ impl Registry {
             path: data.clone(),
             source,
         })?;
-        let config = render_config(&data, self.addr);
+        let mut config = render_config(&data, self.addr);
+        if let Some((cert, key)) = &self.tls {
+            config.push_str(&format!(
+                "  tls:\n    certificate: \"{}\"\n    key: \"{}\"\n",
+                cert.display(),
+                key.display()
+            ));
+        }
+        config.push_str(&self.extra);
         let path = self.config_path();
         std::fs::write(&path, config).map_err(|source| RegistryError::Files { path, source })
     }
@@ -347,6 +390,7 @@ impl Registry {
             }
             let last = match self.probe().await {
                 Ok(200) => return Ok(()),
+                Ok(401) if self.extra.contains("auth:") => return Ok(()),
                 Ok(code) => format!("HTTP {code}"),
                 Err(e) => e.to_string(),
             };
@@ -365,6 +409,10 @@ impl Registry {
     }
 
     async fn probe(&self) -> std::io::Result<u16> {
+        if self.tls.is_some() {
+            // The plain-HTTP probe cannot speak TLS: a listening port means the config was accepted.
+            return TcpStream::connect(self.addr).await.map(|_| 200);
+        }
         let Some((first, rest)) = self.prefix.split_first() else {
             return self.v2_status().await;
         };

@@ -209,6 +209,7 @@ fn edge_node_serves_every_metric_the_assets_use() {
         .arg("--director-key")
         .arg(&director)
         .arg("--insecure-registry")
+        .arg(silent_addr.to_string())
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .arg("--install-root")

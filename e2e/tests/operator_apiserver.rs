@@ -225,8 +225,8 @@ impl Fleet {
         let docker_config = dir.path().join("docker-config.json");
         std::fs::write(&docker_config, br#"{"auths":{}}"#).unwrap();
         let oci = Registry::new(&RegistryOptions {
-            insecure: true,
             docker_config: Some(docker_config),
+            ..RegistryOptions::insecure_for(registry.host())
         })
         .expect("registry client");
         let publisher = SigningKey::generate().unwrap();

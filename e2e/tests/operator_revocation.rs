@@ -145,8 +145,8 @@ async fn quarantine_and_deletion_revoke_the_node_and_the_rollout_counts_it_faile
     let docker_config = dir.path().join("docker-config.json");
     std::fs::write(&docker_config, br#"{"auths":{}}"#).unwrap();
     let oci = Registry::new(&RegistryOptions {
-        insecure: true,
         docker_config: Some(docker_config.clone()),
+        ..RegistryOptions::insecure_for(registry.host())
     })
     .expect("registry client");
     let publisher = SigningKey::generate().unwrap();

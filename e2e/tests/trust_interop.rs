@@ -41,8 +41,8 @@ impl Env {
         let docker_config = dir.path().join("docker-config.json");
         std::fs::write(&docker_config, br#"{"auths":{}}"#).unwrap();
         let client = Registry::new(&RegistryOptions {
-            insecure: true,
             docker_config: Some(docker_config),
+            ..RegistryOptions::insecure_for(registry.host())
         })
         .expect("client");
         Some(Env {

@@ -44,9 +44,9 @@ export COSIGN_PASSWORD=bench
 "$POLLEN" keygen --output-prefix publisher >/dev/null
 "$POLLEN" keygen --output-prefix director >/dev/null
 head -c "$((MIB * 1024 * 1024))" /dev/urandom > payload.bin
-REF=$("$POLLEN" publish payload.bin --to "127.0.0.1:$RP/bench/app:v1" --key publisher.key --insecure 2>/dev/null | tail -1)
+REF=$("$POLLEN" publish payload.bin --to "127.0.0.1:$RP/bench/app:v1" --key publisher.key --insecure-registry "127.0.0.1:$RP" 2>/dev/null | tail -1)
 IDX=$("$POLLEN" index --payload "$REF" --key director.key --rollout default/bench --sequence 1 \
-  --target-path payload.bin --publisher-key publisher.pub --insecure 2>/dev/null | tail -1)
+  --target-path payload.bin --publisher-key publisher.pub --insecure-registry "127.0.0.1:$RP" 2>/dev/null | tail -1)
 
 # Fleet CA and node certificates (serverAuth + clientAuth, name in the DNS SAN).
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem \

@@ -129,6 +129,9 @@ pub struct EngineConfig {
     pub download_limit: Option<u64>,
     /// Whether the origin may be used at all.
     pub origin: bool,
+    /// The registry client origin reads go through (TLS, credentials, insecure hosts); shared with the
+    /// caller's verification so tokens are fetched once. `None`: a client with default options.
+    pub registry: Option<pollen_trust::Registry>,
     /// Upload and download limits that the caller may change while the engine runs (the agent: from
     /// the assignment as the rollout changes); each change replaces `upload_limit`/`download_limit`.
     pub rate_limits: Option<watch::Receiver<RateLimits>>,
@@ -182,6 +185,7 @@ impl EngineConfig {
             upload_limit: None,
             download_limit: None,
             origin: true,
+            registry: None,
             origin_allowance: None,
             rate_limits: None,
             origin_grace: Duration::from_secs(3),
@@ -208,9 +212,10 @@ pub enum EngineError {
     /// Endpoint or TLS setup failed.
     #[error("network: {0}")]
     Net(#[from] NetError),
-    /// The origin client could not be built.
-    #[error("origin client: {0}")]
-    OriginClient(#[source] reqwest::Error),
+    /// The origin client could not be built, or the registry refused it for good (credentials, scope,
+    /// an untrusted certificate): retrying the same request cannot help.
+    #[error("origin: {0}")]
+    Origin(#[source] pollen_trust::registry::RegistryError),
     /// The engine stopped before completing.
     #[error("engine stopped before the index was complete")]
     Stopped,
@@ -258,6 +263,8 @@ enum FetchError {
     Store(StoreError),
     #[error("origin: {0}")]
     Http(String),
+    #[error("origin: {0}")]
+    Registry(pollen_trust::registry::RegistryError),
 }
 
 impl From<StoreError> for FetchError {
@@ -372,7 +379,7 @@ struct Shared {
     cancels: Mutex<HashMap<(u32, PeerId), CancellationToken>>,
     start: Instant,
     endpoint: quinn::Endpoint,
-    http: reqwest::Client,
+    registry: pollen_trust::Registry,
     origin: bool,
     /// Whether this node reads from the origin now (it may, and its allowance is not used up); peers
     /// hear of it through `Origin` messages.
@@ -426,11 +433,10 @@ impl Engine {
         picker.expect_members(&cfg.peer_names, cfg.member_wait);
         picker.set_election_key(&index.id());
         let endpoint = endpoint(cfg.listen, &cfg.tls, &cfg.transport)?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .read_timeout(READ_IDLE_TIMEOUT)
-            .build()
-            .map_err(EngineError::OriginClient)?;
+        let registry = match cfg.registry.clone() {
+            Some(r) => r,
+            None => pollen_trust::Registry::new(&Default::default()).map_err(EngineError::Origin)?,
+        };
         let complete = store.is_complete();
         let (status_tx, status_rx) = watch::channel(if complete {
             Status::Complete
@@ -480,7 +486,7 @@ impl Engine {
             cancels: Mutex::new(HashMap::new()),
             start: Instant::now(),
             endpoint,
-            http,
+            registry,
             origin: cfg.origin,
             reads_origin: AtomicBool::new(cfg.origin),
             origin_allowance: cfg.origin_allowance.clone(),
@@ -2126,6 +2132,14 @@ impl Shared {
                         if let FetchError::Store(se) = &e {
                             self.handle_store_error(se);
                         }
+                        if let FetchError::Registry(re) = e
+                            && re.is_permanent()
+                        {
+                            // Wrong credentials, a refused scope, an untrusted certificate: an answer
+                            // for the node's status, not a reason to read again every second.
+                            self.fail(EngineError::Origin(re));
+                            return;
+                        }
                         backoff_until = Instant::now() + Duration::from_secs(1);
                     }
                 },
@@ -2148,21 +2162,21 @@ impl Shared {
         let count = end - first;
         let start = self.index.chunk_range(first).start;
         let stop = self.index.chunk_range(end - 1).end;
-        let url = self.index.payload_location().blob_url();
+        let blob = self.index.payload_location().blob_reference();
         debug!(node = %self.name, first, count, peers = self.peers.lock().expect("peers").len(), "origin fetch");
         self.metrics.origin_requests.inc();
         let t0 = Instant::now();
         let mut resp = self
-            .http
-            .get(&url)
-            .header("Range", format!("bytes={}-{}", start, stop - 1))
-            .send()
+            .registry
+            .blob_range(
+                &blob,
+                &self.index.payload_location().blob_digest,
+                start,
+                stop,
+                self.index.payload.size,
+            )
             .await
-            .map_err(|e| FetchError::Http(e.to_string()))?;
-        let full = start == 0 && stop == self.index.payload.size;
-        if !(resp.status() == reqwest::StatusCode::PARTIAL_CONTENT || (full && resp.status().is_success())) {
-            return Err(FetchError::Http(format!("status {}", resp.status())));
-        }
+            .map_err(FetchError::Registry)?;
         let received = self
             .metrics
             .received_bytes

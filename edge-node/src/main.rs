@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand};
 use std::sync::Arc;
 
 use pollen_edge_node::metrics::Metrics;
-use pollen_edge_node::standalone::{self, Budget, StandaloneOptions};
+use pollen_edge_node::standalone::{self, Budget, StandaloneError, StandaloneOptions};
+use pollen_trust::registry::{Registry, RegistryArgs};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -80,13 +81,9 @@ struct StandaloneArgs {
     /// Director public key (PEM).
     #[arg(long)]
     director_key: PathBuf,
-    /// Reach the registry over plain HTTP. An optional value (the registry host) is accepted and ignored:
-    /// the host always comes from --index.
-    #[arg(long, num_args = 0..=1, value_name = "HOST")]
-    insecure_registry: Option<Option<String>>,
-    /// Docker config.json with registry credentials.
-    #[arg(long)]
-    docker_config: Option<PathBuf>,
+    /// How to reach the registry: `--insecure-registry HOST`, `--registry-ca FILE`, `--docker-config FILE`.
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// Chunk store directory (resumable).
     #[arg(long)]
     data_dir: PathBuf,
@@ -185,8 +182,7 @@ fn main() -> anyhow::Result<()> {
                     evidence: None,
                     publisher_keys: a.publisher_keys,
                     director_key: a.director_key,
-                    insecure_registry: a.insecure_registry.is_some(),
-                    docker_config: a.docker_config,
+                    registry: Registry::new(&a.registry.options()).map_err(StandaloneError::Registry)?,
                     data_dir: a.data_dir,
                     install_root: a.install_root,
                     metrics: a.metrics,

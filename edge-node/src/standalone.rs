@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pollen_trust::keys::PublicKey;
-use pollen_trust::registry::{Registry, RegistryOptions};
+use pollen_trust::registry::Registry;
 use pollen_trust::verified::VerifiedIndex;
 use pollen_trust::verify::{TrustPolicy, VerifyContext};
 use tokio_util::sync::CancellationToken;
@@ -61,10 +61,8 @@ pub struct StandaloneOptions {
     pub publisher_keys: Vec<PathBuf>,
     /// Director public key (PEM).
     pub director_key: PathBuf,
-    /// Reach the registry over plain HTTP.
-    pub insecure_registry: bool,
-    /// Docker `config.json` for registry credentials.
-    pub docker_config: Option<PathBuf>,
+    /// The registry client (TLS, credentials, insecure hosts) for verification and origin reads.
+    pub registry: Registry,
     /// Chunk store directory.
     pub data_dir: PathBuf,
     /// Install root.
@@ -288,17 +286,13 @@ pub async fn run_with_members(
             .map_err(|source| StandaloneError::Metrics { addr, source })?;
         info!(%bound, "metrics listening");
     }
-    let reg = Registry::new(&RegistryOptions {
-        insecure: opts.insecure_registry,
-        docker_config: opts.docker_config.clone(),
-    })
-    .map_err(StandaloneError::Registry)?;
+    let reg = &opts.registry;
     // Rollback protection: the active version's sequence is the last accepted one for its target.
     let probe = Installer::new(&opts.install_root, 0);
     // Fetched once; verified (a pure check) without, then with, the active version's sequence.
     let evidence = match &opts.evidence {
         Some(ev) => ev.clone(),
-        None => pollen_trust::verify::fetch_evidence(&reg, &opts.index, &trust)
+        None => pollen_trust::verify::fetch_evidence(reg, &opts.index, &trust)
             .await
             .map_err(StandaloneError::Verify)?,
     };
@@ -321,6 +315,7 @@ pub async fn run_with_members(
     cfg.upload_limit = opts.upload_limit;
     cfg.download_limit = opts.download_limit;
     cfg.origin = !opts.no_origin;
+    cfg.registry = Some(reg.clone());
     cfg.origin_allowance = opts.origin_allowance.clone();
     cfg.rate_limits = opts.rate_limits.clone();
     let defaults = PickerConfig::default();
@@ -468,8 +463,7 @@ mod tests {
             evidence: None,
             publisher_keys: Vec::new(),
             director_key: dir.join("missing-director.pem"),
-            insecure_registry: true,
-            docker_config: None,
+            registry: Registry::new(&pollen_trust::RegistryOptions::insecure_for("127.0.0.1:1")).unwrap(),
             data_dir: dir.join("data"),
             install_root: dir.join("root"),
             metrics: None,

@@ -15,6 +15,7 @@ use std::time::Duration;
 use clap::{ArgAction, Args, ValueEnum};
 use kube::Client;
 use pollen_trust::SigningKey;
+use pollen_trust::registry::RegistryArgs;
 use prometheus_client::registry::Registry;
 use tokio::sync::{RwLock, watch};
 use tracing::{error, info, warn};
@@ -25,7 +26,7 @@ use crate::leader::{self, LeaderElection};
 use crate::metrics::Metrics;
 use crate::revocation::{self, Issued, Revoker};
 use crate::signer::SignerPolicy;
-use crate::trust_pipeline::{PipelineOptions, SetupError, TrustPipeline};
+use crate::trust_pipeline::{SetupError, TrustPipeline};
 use pollen_trust::pki::{FleetCa, MAX_NODE_LIFETIME, MIN_NODE_LIFETIME};
 
 /// Log output format.
@@ -59,10 +60,10 @@ pub struct Options {
     #[arg(long, value_name = "FILE")]
     pub director_key_password_file: Option<PathBuf>,
 
-    /// A Docker `config.json` with registry credentials (a mounted `kubernetes.io/dockerconfigjson`
-    /// Secret). Unset: `$DOCKER_CONFIG/config.json` or `~/.docker/config.json` if present, else anonymous.
-    #[arg(long, env = "POLLEN_DOCKER_CONFIG", value_name = "FILE")]
-    pub docker_config: Option<PathBuf>,
+    /// How to reach registries: `--docker-config` (a mounted `kubernetes.io/dockerconfigjson` Secret
+    /// with the push credential), `--registry-ca`, `--insecure-registry HOST`.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 
     /// The fleet CA certificate (PEM) the operator signs node certificates and the revocation list
     /// with. Set (with `--fleet-ca-key`): EdgeNodes get the `pollen.dev/revocation` finalizer,
@@ -84,11 +85,6 @@ pub struct Options {
         requires = "fleet_ca_cert"
     )]
     pub fleet_ca_key: Option<PathBuf>,
-
-    /// A registry host (`host` or `host:port`) to reach over plain HTTP instead of HTTPS. Repeatable.
-    /// Without a value: every registry. Only for registries on a trusted network (tests, labs).
-    #[arg(long = "insecure-registry", value_name = "HOST", num_args = 0..=1, default_missing_value = "*")]
-    pub insecure_registries: Vec<String>,
 
     /// The CSR signerName the operator signs node certificates for (node identity issuance).
     #[arg(long, default_value = "pollen.dev/edge-peer", value_name = "NAME")]
@@ -393,20 +389,15 @@ pub async fn run(
             path: opts.director_key.clone(),
             source,
         })?;
-    check_readable("docker config", &opts.docker_config)?;
+    check_readable("docker config", &opts.registry.docker_config)?;
+    check_readable("registry CA bundle", &opts.registry.registry_ca)?;
     check_readable("fleet CA certificate", &opts.fleet_ca_cert)?;
     check_readable("fleet CA key", &opts.fleet_ca_key)?;
     let identity = load_identity(&opts)?;
     if identity.is_none() {
         info!("no fleet CA mounted: node certificate issuance and revocation are off");
     }
-    let pipeline = TrustPipeline::new(
-        &PipelineOptions {
-            docker_config: opts.docker_config.clone(),
-            insecure_registries: opts.insecure_registries.clone(),
-        },
-        director,
-    )?;
+    let pipeline = TrustPipeline::new(&opts.registry.options(), director)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);

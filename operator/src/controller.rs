@@ -921,6 +921,7 @@ async fn prepare(
         Err(e) => {
             let (reason, stop) = match e {
                 PipelineError::Invalid(_) => (reasons::INVALID_SPEC, Stop::Invalid),
+                PipelineError::AccessDenied(_) => (reasons::REGISTRY_ACCESS_DENIED, Stop::Retry(e)),
                 _ => (reasons::REGISTRY_UNAVAILABLE, Stop::Retry(e)),
             };
             let msg = match &stop {
@@ -1000,7 +1001,7 @@ async fn prepare(
                 st,
                 types::VERIFIED,
                 false,
-                reasons::REGISTRY_UNAVAILABLE,
+                registry_reason(&e),
                 e.to_string(),
                 now,
             );
@@ -1042,16 +1043,17 @@ async fn prepare(
             Ok(())
         }
         Err(e) => {
-            set_condition(
-                st,
-                types::INDEXED,
-                false,
-                reasons::REGISTRY_UNAVAILABLE,
-                e.to_string(),
-                now,
-            );
+            set_condition(st, types::INDEXED, false, registry_reason(&e), e.to_string(), now);
             Err(Stop::Retry(e))
         }
+    }
+}
+
+/// The condition reason of a registry failure: access denied (credentials, scope, CA) or unavailable.
+fn registry_reason(e: &PipelineError) -> &'static str {
+    match e {
+        PipelineError::AccessDenied(_) => reasons::REGISTRY_ACCESS_DENIED,
+        _ => reasons::REGISTRY_UNAVAILABLE,
     }
 }
 

@@ -56,6 +56,10 @@ pub enum PipelineError {
     /// The registry could not be reached or refused the request (retried with backoff).
     #[error("registry unavailable: {0}")]
     Unavailable(String),
+    /// The registry refused the operator's credentials or scope, or its certificate is not trusted
+    /// (retried with backoff: a rotated Secret or a mounted CA heals it without a restart).
+    #[error("registry access denied: {0}")]
+    AccessDenied(String),
     /// The reference or a registry object is malformed (not retried until the spec changes).
     #[error("invalid artifact: {0}")]
     Invalid(String),

@@ -6,12 +6,12 @@
 //! - index: stream the payload, build the chunk index, push it as a referrer of the payload and sign
 //!   it with the director key (read once, at start, from a mounted file).
 //!
-//! Registries are reached over HTTPS, except hosts listed as insecure (plain HTTP, for a registry on
-//! 127.0.0.1 in tests and labs). Credentials come from a mounted Docker config.
+//! Registries are reached over HTTPS (system roots plus an optional CA bundle), except hosts listed as
+//! insecure (plain HTTP, for a registry on 127.0.0.1 in tests and labs). Credentials come from a mounted
+//! Docker config: the operator's own, with push rights for the index; devices never see it.
 //!
 //! Non-goals: no cryptography or registry protocol of its own.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -36,57 +36,31 @@ pub enum SetupError {
     Grants(#[source] pollen_trust::grant::GrantError),
 }
 
-/// Registry settings of the pipeline.
-#[derive(Clone, Debug, Default)]
-pub struct PipelineOptions {
-    /// The Docker `config.json` with registry credentials.
-    pub docker_config: Option<PathBuf>,
-    /// Registry hosts (`host` or `host:port`) reached over plain HTTP; `*` means every registry.
-    pub insecure_registries: Vec<String>,
-}
-
 /// The pipeline backed by `pollen-trust`.
 pub struct TrustPipeline {
-    secure: Registry,
-    insecure: Registry,
-    insecure_hosts: Vec<String>,
+    registry: Registry,
     director: Arc<SigningKey>,
     grants: GrantSigner,
 }
 
 impl TrustPipeline {
-    /// Build the registry clients; `director` signs every chunk index.
-    pub fn new(opts: &PipelineOptions, director: SigningKey) -> Result<Self, SetupError> {
-        let make = |insecure| {
-            Registry::new(&RegistryOptions {
-                insecure,
-                docker_config: opts.docker_config.clone(),
-            })
-            .map_err(SetupError::Registry)
-        };
+    /// Build the registry client; `director` signs every chunk index.
+    pub fn new(opts: &RegistryOptions, director: SigningKey) -> Result<Self, SetupError> {
         let director = Arc::new(director);
         Ok(Self {
             grants: GrantSigner::new(director.clone()).map_err(SetupError::Grants)?,
-            secure: make(false)?,
-            insecure: make(true)?,
-            insecure_hosts: opts.insecure_registries.clone(),
+            registry: Registry::new(opts).map_err(SetupError::Registry)?,
             director,
         })
-    }
-
-    fn registry_for(&self, reference: &str) -> &Registry {
-        let host = reference.split('/').next().unwrap_or_default();
-        if self.insecure_hosts.iter().any(|h| h == host || h == "*") {
-            &self.insecure
-        } else {
-            &self.secure
-        }
     }
 }
 
 fn registry_error(e: RegistryError) -> PipelineError {
     match e {
         RegistryError::Reference { .. } => PipelineError::Invalid(e.to_string()),
+        // Wrong or missing credentials, an unknown CA, a refused scope: retried (a rotated Secret or a
+        // fixed CA heals it), but named for what it is.
+        other if other.is_permanent() => PipelineError::AccessDenied(other.to_string()),
         other => PipelineError::Unavailable(other.to_string()),
     }
 }
@@ -94,7 +68,7 @@ fn registry_error(e: RegistryError) -> PipelineError {
 impl ArtifactPipeline for TrustPipeline {
     fn resolve<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<PinnedArtifact, PipelineError>> {
         Box::pin(async move {
-            let registry = self.registry_for(reference);
+            let registry = &self.registry;
             let r = reg::parse_reference(reference).map_err(registry_error)?;
             let (bytes, digest) = registry.pull_manifest(&r).await.map_err(registry_error)?;
             let manifest = oci::Manifest::parse(&bytes, "payload manifest")
@@ -119,7 +93,7 @@ impl ArtifactPipeline for TrustPipeline {
         publishers: &'a [Publisher],
     ) -> BoxFuture<'a, Result<String, PipelineError>> {
         Box::pin(async move {
-            let registry = self.registry_for(&artifact.reference);
+            let registry = &self.registry;
             let r = reg::parse_reference(&artifact.reference).map_err(registry_error)?;
             let (manifest, digest) = registry.pull_manifest(&r).await.map_err(registry_error)?;
             let signatures = cosign::fetch_signatures(registry, &r, &digest)
@@ -160,7 +134,7 @@ impl ArtifactPipeline for TrustPipeline {
         request: &'a IndexRequest,
     ) -> BoxFuture<'a, Result<IndexedArtifact, PipelineError>> {
         Box::pin(async move {
-            let registry = self.registry_for(&request.artifact.reference);
+            let registry = &self.registry;
             let req = publish::IndexRequest {
                 rollout: request.rollout.clone(),
                 sequence: request.sequence.max(1),

@@ -106,7 +106,6 @@ impl Fixture {
         let evidence = Evidence {
             registry: registry.into(),
             repository: repository.into(),
-            insecure: true,
             index: SignedManifest {
                 digest: idigest,
                 manifest: im,

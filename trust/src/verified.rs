@@ -19,8 +19,6 @@ pub struct ResolvedPayload {
     pub manifest_digest: String,
     /// Digest of the payload blob (the manifest's single layer), `sha256:<hex>`; equals the index's payload digest.
     pub blob_digest: String,
-    /// Whether the registry is reached over plain HTTP.
-    pub insecure: bool,
 }
 
 impl ResolvedPayload {
@@ -29,12 +27,12 @@ impl ResolvedPayload {
         format!("{}/{}@{}", self.registry, self.repository, self.manifest_digest)
     }
 
-    /// URL of the payload blob, for (range) GETs against the origin.
-    pub fn blob_url(&self) -> String {
-        let scheme = if self.insecure { "http" } else { "https" };
-        format!(
-            "{scheme}://{}/v2/{}/blobs/{}",
-            self.registry, self.repository, self.blob_digest
+    /// The payload blob, for (range) GETs against the origin through [`crate::Registry::blob_range`].
+    pub fn blob_reference(&self) -> oci_client::Reference {
+        oci_client::Reference::with_digest(
+            self.registry.clone(),
+            self.repository.clone(),
+            self.blob_digest.clone(),
         )
     }
 }

@@ -198,8 +198,6 @@ pub struct Evidence {
     pub registry: String,
     /// Repository holding both the payload and the index.
     pub repository: String,
-    /// Whether the registry is reached over plain HTTP.
-    pub insecure: bool,
     /// The index manifest.
     pub index: SignedManifest,
     /// The chunk index blob.
@@ -354,7 +352,6 @@ pub fn verify_evidence(
         repository: ev.repository.clone(),
         manifest_digest: ev.payload.digest.clone(),
         blob_digest: player.digest,
-        insecure: ev.insecure,
     };
     let index_reference = format!("{}/{}@{}", ev.registry, ev.repository, ev.index.digest);
     Ok(VerifiedIndex::new(index, payload, index_reference))
@@ -427,7 +424,6 @@ pub async fn fetch_evidence(
     Ok(Evidence {
         registry: r.registry().to_string(),
         repository: r.repository().to_string(),
-        insecure: reg.insecure(),
         index,
         index_blob,
         payload,
@@ -474,11 +470,8 @@ mod tests {
             format!("127.0.0.1:5000/fleet/app@{}", f.evidence.payload.digest)
         );
         assert_eq!(
-            v.payload_location().blob_url(),
-            format!(
-                "http://127.0.0.1:5000/v2/fleet/app/blobs/{}",
-                oci::sha256_digest(&payload())
-            )
+            v.payload_location().blob_reference().whole(),
+            format!("127.0.0.1:5000/fleet/app@{}", oci::sha256_digest(&payload()))
         );
         assert_eq!(v.id(), v.index().id());
     }

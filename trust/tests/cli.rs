@@ -103,9 +103,10 @@ fn publish_index_verify_from_the_command_line() {
         .collect();
     std::fs::write(d.join("app.bin"), &payload).unwrap();
     let to = format!("{}/cli/app:v1", registry.host());
-    let reg = ["--insecure", "--docker-config", "docker.json"];
+    let host = registry.host();
+    let reg = ["--insecure-registry", host, "--docker-config", "docker.json"];
 
-    // Plain HTTP only with --insecure.
+    // Plain HTTP only for a host listed with --insecure-registry.
     let out = pollen(
         d,
         &[

@@ -67,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
         bin_dir: bin_dir.clone(),
         dir: Some(dir.clone()),
         log: "info".into(),
+        secure: None,
     };
     let f = LocalFleet::start(opts, say).await?;
     let kubeconfig = dir.join("kubeconfig");

@@ -115,6 +115,7 @@ pub fn node_args(
         "--director-key".into(),
         p(&files.director_pub),
         "--insecure-registry".into(),
+        Origin::addr().to_string(),
         "--data-dir".into(),
         p(&d.join("data")),
         "--install-root".into(),
@@ -199,7 +200,7 @@ pub fn preflight(cfg: &SwarmConfig) -> Result<(), LabError> {
 /// `pollen` subcommands and the flags the launcher uses with them.
 const PUBLISH_FLAGS: &[(&str, &[&str])] = &[
     ("keygen", &["--output-prefix"]),
-    ("publish", &["--to", "--key", "--insecure"]),
+    ("publish", &["--to", "--key", "--insecure-registry"]),
     (
         "index",
         &[
@@ -209,7 +210,7 @@ const PUBLISH_FLAGS: &[(&str, &[&str])] = &[
             "--sequence",
             "--target-path",
             "--publisher-key",
-            "--insecure",
+            "--insecure-registry",
         ],
     ),
 ];
@@ -326,7 +327,8 @@ fn publish(
         &target,
         "--key",
         &format!("{}.key", prefix("publisher")),
-        "--insecure",
+        "--insecure-registry",
+        &Origin::addr().to_string(),
     ])?);
     let index_ref = last_line(pollen_cmd(&[
         "index",
@@ -342,7 +344,8 @@ fn publish(
         "payload.bin",
         "--publisher-key",
         &format!("{}.pub", prefix("publisher")),
-        "--insecure",
+        "--insecure-registry",
+        &Origin::addr().to_string(),
     ])?);
     if index_ref.is_empty() {
         return Err(LabError::Failed("pollen index printed no reference".into()));
@@ -465,7 +468,7 @@ mod tests {
         assert_eq!(after("--listen"), "10.200.2.1:7400");
         assert_eq!(after("--cert"), "/r/n2/node.pem");
         assert_eq!(after("--origin-budget"), "1000");
-        assert_eq!(after("--insecure-registry"), "--data-dir");
+        assert_eq!(after("--insecure-registry"), Origin::addr().to_string());
         let peers: Vec<_> = a
             .iter()
             .enumerate()

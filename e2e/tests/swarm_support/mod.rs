@@ -70,11 +70,8 @@ pub async fn publish(
     sequence: u64,
     dir: &Path,
 ) -> Published {
-    let client = pollen_trust::registry::Registry::new(&RegistryOptions {
-        insecure: true,
-        docker_config: None,
-    })
-    .expect("registry client");
+    let client =
+        pollen_trust::registry::Registry::new(&RegistryOptions::insecure_for(host)).expect("registry client");
     let mut req = test_request(Some(chunk));
     req.sequence = sequence;
     let p = publish_and_verify(&client, &format!("{host}/fleet/app:{tag}"), payload.clone(), &req)
@@ -235,8 +232,11 @@ impl Fleet {
             evidence: None,
             publisher_keys: vec![p.publisher_pem.clone()],
             director_key: p.director_pem.clone(),
-            insecure_registry: true,
-            docker_config: None,
+            // The index names the registry (or the proxy in front of it): that host is plain HTTP.
+            registry: pollen_trust::registry::Registry::new(&RegistryOptions::insecure_for(
+                index_ref.split('/').next().unwrap_or_default(),
+            ))
+            .expect("registry client"),
             data_dir: d.join("data"),
             install_root: d.join("install"),
             metrics: None,

@@ -1,6 +1,7 @@
 //! `pollen-edge-node agent`: the flags of the Kubernetes node agent, and its start-up.
 
 use pollen_trust::pki::parse_duration;
+use pollen_trust::registry::{Registry, RegistryArgs};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -73,12 +74,10 @@ pub struct AgentArgs {
     /// Installed versions (one directory per target path, each with `versions/` and a `current` link).
     #[arg(long, default_value = "/var/lib/pollen/install")]
     pub install_root: PathBuf,
-    /// Reach the registry over plain HTTP (test registries on loopback only).
-    #[arg(long)]
-    pub insecure_registry: bool,
-    /// Docker config.json with registry credentials for origin fallback.
-    #[arg(long)]
-    pub docker_config: Option<PathBuf>,
+    /// How to reach the registry: `--docker-config FILE` (the node's own read-only pull credential),
+    /// `--registry-ca FILE`, `--insecure-registry HOST`.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// Metrics and health address (`/metrics`, `/healthz`, `/readyz`).
     #[arg(long, default_value = "0.0.0.0:9400")]
     pub metrics: SocketAddr,
@@ -158,6 +157,8 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 /// Start the agent with a client from the kubeconfig (or in-cluster config) and run until `shutdown`.
 pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let (files, source) = identity_setup(&args).map_err(anyhow::Error::msg)?;
+    // A bad Docker config or CA bundle stops the agent at once, with the file named.
+    let registry = Registry::new(&args.registry.options())?;
     let client = kube::Client::try_default().await?;
     std::fs::create_dir_all(&args.data_dir)?;
     // Alive (/healthz) from the start, ready (/readyz) once the node has its identity and runs: the
@@ -225,8 +226,7 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
             ca: files.ca,
             data_dir: args.data_dir,
             install_root: args.install_root,
-            insecure_registry: args.insecure_registry,
-            docker_config: args.docker_config,
+            registry,
             upload_limit: args.upload_limit,
             download_limit: args.download_limit,
         },

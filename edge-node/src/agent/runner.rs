@@ -22,7 +22,7 @@ use kube::api::{Api, ListParams};
 use pollen_crds::rollout::ActivationWindow;
 use pollen_crds::{Assignment, AssignmentPhase, AssignmentStatus, EdgeNode, InstalledVersion, TrustPolicy};
 use pollen_trust::keys::PublicKey;
-use pollen_trust::registry::{Registry, RegistryOptions};
+use pollen_trust::registry::Registry;
 use pollen_trust::verify::{self, VerifyContext};
 use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
@@ -58,10 +58,9 @@ pub struct RunnerConfig {
     pub data_dir: PathBuf,
     /// Installed versions live here, one subdirectory per target path.
     pub install_root: PathBuf,
-    /// Reach the registry over plain HTTP.
-    pub insecure_registry: bool,
-    /// Registry credentials.
-    pub docker_config: Option<PathBuf>,
+    /// The registry client (TLS, credentials, insecure hosts), shared by every assignment so that
+    /// tokens are fetched once.
+    pub registry: Registry,
     /// Per-node rate limits in bytes per second.
     pub upload_limit: Option<u64>,
     /// Per-node download limit.
@@ -256,15 +255,9 @@ impl super::AssignmentRunner for SwarmRunner {
                     Err(e) => return fail(format!("director key: {e}")),
                 },
             };
-            let reg = match Registry::new(&RegistryOptions {
-                insecure: cfg.insecure_registry,
-                docker_config: cfg.docker_config.clone(),
-            }) {
-                Ok(r) => r,
-                Err(e) => return fail(format!("registry: {e}")),
-            };
+            let reg = &cfg.registry;
             // Fetched once: the engine's own check (with the rollback rule) reuses these objects.
-            let evidence = match verify::fetch_evidence(&reg, &a.chunk_index, &policy).await {
+            let evidence = match verify::fetch_evidence(reg, &a.chunk_index, &policy).await {
                 Ok(ev) => ev,
                 Err(e) => return fail(format!("verification failed: {e}")),
             };
@@ -327,8 +320,7 @@ impl super::AssignmentRunner for SwarmRunner {
                 evidence: Some(evidence),
                 publisher_keys,
                 director_key,
-                insecure_registry: cfg.insecure_registry,
-                docker_config: cfg.docker_config.clone(),
+                registry: cfg.registry.clone(),
                 data_dir: cfg.data_dir.join("chunks").join(short(&a.chunk_index)),
                 install_root: install_root.clone(),
                 metrics: None,

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use pollen_trust::index::TargetSpec;
 use pollen_trust::keys::{self, PublicKey, SigningKey};
 use pollen_trust::publish::{self, IndexRequest, PublishOptions};
-use pollen_trust::registry::{Registry, RegistryOptions, parse_reference};
+use pollen_trust::registry::{Registry, RegistryArgs, parse_reference};
 use pollen_trust::verify::{self, TrustPolicy, VerifyContext};
 
 #[derive(Parser)]
@@ -25,22 +25,14 @@ struct Cli {
     command: Command,
 }
 
-#[derive(clap::Args)]
-struct RegistryArgs {
-    /// Talk plain HTTP to the registry (only for a registry on a trusted local network).
-    #[arg(long)]
-    insecure: bool,
-    /// Docker config.json with registry credentials (default: $DOCKER_CONFIG or ~/.docker).
-    #[arg(long, value_name = "PATH")]
-    docker_config: Option<PathBuf>,
+/// The registry flags, and the client they make.
+trait RegistryFlags {
+    fn registry(&self) -> Result<Registry>;
 }
 
-impl RegistryArgs {
+impl RegistryFlags for RegistryArgs {
     fn registry(&self) -> Result<Registry> {
-        Ok(Registry::new(&RegistryOptions {
-            insecure: self.insecure,
-            docker_config: self.docker_config.clone(),
-        })?)
+        Ok(Registry::new(&self.options())?)
     }
 }
 
