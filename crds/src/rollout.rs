@@ -62,12 +62,9 @@ pub struct ArtifactSource {
     #[schemars(length(min = 1, max = 1024))]
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$')").message("must be an OCI reference such as registry.example/repo:tag or registry.example/repo@sha256:<64 hex>"))]
     pub reference: String,
-
-    /// Name of a Secret (type `kubernetes.io/dockerconfigjson`) in the rollout's namespace with
-    /// credentials for the registry. The operator reads registry credentials from its mounted
-    /// Docker config; this field records which credentials the nodes should use for origin fallback.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pull_secret: Option<String>,
+    // Registry credentials are not named per rollout: the operator uses its own (push) Docker config
+    // and every node its own pull-only one, both mounted by the chart. A rollout from another registry
+    // needs that registry's entries in those two configs; nothing here gives agents Secret access.
 }
 
 /// Waves and the thresholds that gate them.

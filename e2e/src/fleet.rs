@@ -479,7 +479,6 @@ pub fn rollout(name: &str, artifact: &str, target_path: &str, waves: Vec<Wave>) 
         UpdateRolloutSpec {
             artifact: ArtifactSource {
                 reference: artifact.to_string(),
-                pull_secret: None,
             },
             trust_policy: "fleet".into(),
             selector: LabelSelector {

@@ -624,3 +624,103 @@ mod tests {
         assert!(der_to_jose(&[0x31, 0]).is_none());
     }
 }
+
+/// A hostile registry (a test stand-in, not distribution): over TLS with the given CA, `/v2/` answers
+/// 200, and every manifest or blob GET answers 200 with a `Content-Length` of `claimed` bytes and then
+/// streams zeros until the client hangs up (at most `claimed`). A client must stop reading at its own
+/// cap, not at the server's say-so.
+pub struct HostileRegistry {
+    /// Where it listens (HTTPS).
+    pub addr: SocketAddr,
+    /// The CA (PEM) of its certificate.
+    pub ca_file: PathBuf,
+    /// Bytes written to clients so far, over every connection.
+    pub sent: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl HostileRegistry {
+    /// Starts it; `claimed` is the size every object claims to have.
+    pub async fn start(claimed: u64, omit_length: bool) -> anyhow::Result<HostileRegistry> {
+        let dir = tempfile::Builder::new()
+            .prefix("pollen-hostile-registry-")
+            .tempdir()?;
+        let tls = Tls::new()?;
+        let ca_file = write(&dir.path().join("ca.pem"), &tls.ca_pem)?;
+        let (cert, key) = tls.server()?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(server_config(&cert, &key)?);
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = sent.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (acceptor, counter) = (acceptor.clone(), counter.clone());
+                tokio::spawn(async move {
+                    let Ok(mut s) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = Vec::new();
+                    let mut piece = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut piece).await {
+                            Ok(n) if n > 0 && buf.len() < 64 * 1024 => buf.extend_from_slice(&piece[..n]),
+                            _ => return,
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf);
+                    if head.starts_with("GET /v2/ ") {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+                            .await;
+                        return;
+                    }
+                    let length = if omit_length {
+                        String::new()
+                    } else {
+                        format!("Content-Length: {claimed}\r\n")
+                    };
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n{length}Connection: close\r\n\r\n"
+                    );
+                    if s.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let zeros = vec![b' '; 64 * 1024];
+                    let mut left = claimed;
+                    while left > 0 {
+                        let n = left.min(zeros.len() as u64) as usize;
+                        if s.write_all(&zeros[..n]).await.is_err() {
+                            return;
+                        }
+                        counter.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                        left -= n as u64;
+                    }
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        Ok(HostileRegistry {
+            addr,
+            ca_file,
+            sent,
+            task,
+            _dir: dir,
+        })
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for HostileRegistry {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

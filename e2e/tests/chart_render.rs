@@ -593,12 +593,41 @@ fn variants_change_what_they_document() {
             .any(|v| v["hostPath"]["path"] == "/opt/firmware")
     );
 
+    // Least privilege: two Secrets, the push credential mounted into the operator only, the pull
+    // credential into the agents only; the CA bundle into both.
     let inline = render_variant(&helm, &Some(ci.join("inline-registry-values.yaml")));
-    let reg = must(&inline, "Secret", "-registry");
-    assert_eq!(reg["type"], Value::from("kubernetes.io/dockerconfigjson"));
-    let op_args =
-        args_of(&must(&inline, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]);
-    assert!(op_args.contains(&"--docker-config=/etc/pollen/registry/config.json".to_string()));
+    let push = must(&inline, "Secret", "-registry-operator");
+    let pull = must(&inline, "Secret", "-registry-nodes");
+    assert_eq!(push["type"], Value::from("kubernetes.io/dockerconfigjson"));
+    assert_eq!(pull["type"], Value::from("kubernetes.io/dockerconfigjson"));
+    let name = |s: &Value| s["metadata"]["name"].as_str().unwrap().to_string();
+    let secrets_of = |pod: &Value| -> Vec<String> {
+        seq(&pod["volumes"])
+            .iter()
+            .filter_map(|v| v["secret"]["secretName"].as_str().map(str::to_string))
+            .collect()
+    };
+    let op_pod = &must(&inline, "Deployment", "-operator")["spec"]["template"]["spec"];
+    let ds_pod = &must(&inline, "DaemonSet", "-edge-node")["spec"]["template"]["spec"];
+    assert!(secrets_of(op_pod).contains(&name(push)));
+    assert!(!secrets_of(op_pod).contains(&name(pull)));
+    assert!(secrets_of(ds_pod).contains(&name(pull)));
+    assert!(
+        !secrets_of(ds_pod).contains(&name(push)),
+        "the push credential never reaches a device"
+    );
+    for pod in [op_pod, ds_pod] {
+        let args = args_of(&pod["containers"][0]);
+        assert!(args.contains(&"--docker-config=/etc/pollen/registry/config.json".to_string()));
+        assert!(args.contains(&"--registry-ca=/etc/pollen/registry-ca/ca.crt".to_string()));
+    }
+    let ca = must(&inline, "ConfigMap", "-registry-ca");
+    assert!(
+        ca["data"]["ca.crt"]
+            .as_str()
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
 
     let private = render_variant(&helm, &Some(ci.join("private-registry-values.yaml")));
     let ds = must(&private, "DaemonSet", "-edge-node");
@@ -607,7 +636,8 @@ fn variants_change_what_they_document() {
         c["image"],
         Value::from("registry.example.internal:5000/pollen/pollen-edge-node:0.1.0")
     );
-    assert!(args_of(c).contains(&"--insecure-registry".to_string()));
+    assert!(args_of(c).contains(&"--insecure-registry=registry.example.internal:5000".to_string()));
+    assert!(args_of(c).contains(&"--registry-ca=/etc/pollen/registry-ca/ca.crt".to_string()));
 }
 
 #[test]
@@ -654,12 +684,22 @@ fn schema_and_guards_reject_bad_values_with_a_clear_message() {
         (
             &[
                 "--set",
-                "registry.existingSecret=a",
+                "registry.nodes.existingSecret=a",
                 "--set-string",
-                "registry.dockerConfigJson=not-empty",
+                "registry.nodes.dockerConfigJson=not-empty",
             ],
             "either existingSecret or dockerConfigJson",
         ),
+        (
+            &[
+                "--set",
+                "registry.operator.existingSecret=push",
+                "--set",
+                "registry.nodes.existingSecret=push",
+            ],
+            "must not share the operator's Secret",
+        ),
+        (&["--set", "registry.insecure={*}"], "registry.insecure"),
     ];
     for (args, expect) in cases {
         match helm_template(&helm, args) {

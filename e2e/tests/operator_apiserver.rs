@@ -91,7 +91,6 @@ fn rollout(name: &str, reference: &str, target: &str, selector: &str, waves: Vec
         UpdateRolloutSpec {
             artifact: ArtifactSource {
                 reference: reference.into(),
-                pull_secret: None,
             },
             trust_policy: format!("fleet-{}", selector),
             selector: LabelSelector {

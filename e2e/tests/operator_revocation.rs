@@ -265,7 +265,6 @@ async fn quarantine_and_deletion_revoke_the_node_and_the_rollout_counts_it_faile
         UpdateRolloutSpec {
             artifact: ArtifactSource {
                 reference: reference.clone(),
-                pull_secret: None,
             },
             trust_policy: format!("fleet-{label}"),
             selector: LabelSelector {

@@ -20,11 +20,11 @@ use pollen_e2e::apiserver::retry_throttled;
 use pollen_e2e::fleet::{self, LocalFleet};
 use pollen_e2e::secure_registry::{AuthMode, PULLER, PUSHER, SecureOptions, SecureRegistry};
 use pollen_e2e::tools;
-use pollen_trust::TargetSpec;
 use pollen_trust::keys::SigningKey;
 use pollen_trust::publish::{self, IndexRequest, PublishOptions};
 use pollen_trust::registry::{Registry, RegistryError, RegistryOptions, parse_reference};
 use pollen_trust::verify::{self, TrustPolicy, VerifyContext, VerifyError};
+use pollen_trust::{TargetSpec, oci};
 
 fn install_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -547,4 +547,112 @@ async fn a_standalone_node_with_a_wrong_password_exits_non_zero_with_the_registr
     );
     assert!(!out.status.success());
     assert!(stderr.contains("unauthorized"), "{stderr}");
+}
+
+/// The peak resident memory (VmHWM) of process `pid`, in KiB.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[tokio::test]
+async fn oversized_manifests_and_blobs_are_cut_off_at_the_cap_not_buffered() {
+    install_provider();
+    // Claims and streams 1 GiB per object.
+    for omit_length in [false, true] {
+        let h = pollen_e2e::secure_registry::HostileRegistry::start(1 << 30, omit_length)
+            .await
+            .unwrap();
+        let reg = Registry::new(&RegistryOptions {
+            ca_file: Some(h.ca_file.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        let r = parse_reference(&format!("{}/fleet/app:1.0.0", h.host())).unwrap();
+        let e = quick("oversized manifest", reg.pull_manifest(&r))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RegistryError::TooLarge { .. }), "{e}");
+        // The index blob: never more than its (director-signed) descriptor names.
+        let desc = oci::Descriptor {
+            size: 4096,
+            ..oci::Descriptor::of("application/octet-stream", b"x")
+        };
+        let e = quick("oversized blob", reg.pull_blob(&r, &desc, 64 << 20))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RegistryError::TooLarge { .. }), "{e}");
+        let sent = h.sent.load(std::sync::atomic::Ordering::Relaxed);
+        eprintln!(
+            "content-length omitted: {omit_length}; the server wrote {sent} bytes before the client hung up"
+        );
+    }
+
+    // The agent binary, verifying against it: a clear error, and its peak RSS stays far under the
+    // agent's 64 Mi limit.
+    let h = pollen_e2e::secure_registry::HostileRegistry::start(1 << 30, true)
+        .await
+        .unwrap();
+    let bin = fleet::build_binaries(false)
+        .expect("build")
+        .join("pollen-edge-node");
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    let ca = pollen_trust::pki::FleetCa::generate("ca", Duration::from_secs(3600)).unwrap();
+    let node = ca
+        .issue("n0", std::time::SystemTime::now(), Duration::from_secs(3600))
+        .unwrap();
+    std::fs::write(d.join("fleet-ca.pem"), ca.cert_pem()).unwrap();
+    std::fs::write(d.join("n0.pem"), &node.cert.cert_pem).unwrap();
+    std::fs::write(d.join("n0.key"), &node.key_pem).unwrap();
+    let key = SigningKey::generate().unwrap().public_key().unwrap();
+    std::fs::write(d.join("k.pem"), key.pem()).unwrap();
+    let mut child = tokio::process::Command::new(bin)
+        .arg("standalone")
+        .args(["--name", "n0", "--listen", "127.0.0.1:0"])
+        .arg("--index")
+        .arg(format!("{}/fleet/app@sha256:{}", h.host(), "ab".repeat(32)))
+        .arg("--cert")
+        .arg(d.join("n0.pem"))
+        .arg("--key")
+        .arg(d.join("n0.key"))
+        .arg("--ca")
+        .arg(d.join("fleet-ca.pem"))
+        .arg("--publisher-key")
+        .arg(d.join("k.pem"))
+        .arg("--director-key")
+        .arg(d.join("k.pem"))
+        .arg("--registry-ca")
+        .arg(&h.ca_file)
+        .arg("--data-dir")
+        .arg(d.join("data"))
+        .arg("--install-root")
+        .arg(d.join("install"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let mut peak = 0;
+    let status = loop {
+        if let Some(kib) = peak_rss_kib(pid) {
+            peak = peak.max(kib);
+        }
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr)
+        .await
+        .unwrap();
+    eprintln!("agent: exit {status}, peak RSS {peak} KiB: {}", stderr.trim());
+    assert!(!status.success());
+    assert!(stderr.contains("larger than"), "{stderr}");
+    assert!(peak > 0 && peak < 48 * 1024, "peak RSS {peak} KiB");
 }

@@ -61,7 +61,6 @@ impl RolloutExt for UpdateRollout {
             UpdateRolloutSpec {
                 artifact: ArtifactSource {
                     reference: "registry.test/fw:1.0".into(),
-                    pull_secret: None,
                 },
                 trust_policy: "fleet-default".into(),
                 selector: LabelSelector {

@@ -50,12 +50,30 @@ app.kubernetes.io/component: edge-node
 {{- default (printf "%s-fleet-ca" (include "pollen.fullname" .)) .Values.fleetCA.existingSecret -}}
 {{- end -}}
 
-{{/* The registry Docker config Secret name; empty when registry access is anonymous. */}}
-{{- define "pollen.registry.secretName" -}}
-{{- if .Values.registry.existingSecret -}}
-{{- .Values.registry.existingSecret -}}
-{{- else if .Values.registry.dockerConfigJson -}}
-{{- printf "%s-registry" (include "pollen.fullname" .) -}}
+{{/* The operator's registry Secret (pull and push); empty when its access is anonymous. */}}
+{{- define "pollen.registry.operatorSecret" -}}
+{{- if .Values.registry.operator.existingSecret -}}
+{{- .Values.registry.operator.existingSecret -}}
+{{- else if .Values.registry.operator.dockerConfigJson -}}
+{{- printf "%s-registry-operator" (include "pollen.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The nodes' registry Secret (pull only); empty when their access is anonymous. */}}
+{{- define "pollen.registry.nodeSecret" -}}
+{{- if .Values.registry.nodes.existingSecret -}}
+{{- .Values.registry.nodes.existingSecret -}}
+{{- else if .Values.registry.nodes.dockerConfigJson -}}
+{{- printf "%s-registry-nodes" (include "pollen.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The ConfigMap of the registry CA bundle; empty when the system roots suffice. */}}
+{{- define "pollen.registry.caConfigMap" -}}
+{{- if .Values.registry.caBundleConfigMap -}}
+{{- .Values.registry.caBundleConfigMap -}}
+{{- else if .Values.registry.caBundle -}}
+{{- printf "%s-registry-ca" (include "pollen.fullname" .) -}}
 {{- end -}}
 {{- end -}}
 
@@ -78,8 +96,17 @@ seccompProfile:
 {{- if and (not .Values.fleetCA.existingSecret) (not .Values.fleetCA.certManager.enabled) (not .Values.fleetCA.generate) -}}
 {{- fail "fleetCA: name an existingSecret, enable certManager, or keep generate: true" -}}
 {{- end -}}
-{{- if and .Values.registry.existingSecret .Values.registry.dockerConfigJson -}}
-{{- fail "registry: set either existingSecret or dockerConfigJson, not both" -}}
+{{- range $who := list "operator" "nodes" -}}
+{{- $r := index $.Values.registry $who -}}
+{{- if and $r.existingSecret $r.dockerConfigJson -}}
+{{- fail (printf "registry.%s: set either existingSecret or dockerConfigJson, not both" $who) -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.registry.operator.existingSecret (eq .Values.registry.operator.existingSecret .Values.registry.nodes.existingSecret) -}}
+{{- fail "registry: the nodes must not share the operator's Secret (it can push); give them a pull-only credential in registry.nodes" -}}
+{{- end -}}
+{{- if and .Values.registry.caBundle .Values.registry.caBundleConfigMap -}}
+{{- fail "registry: set either caBundle or caBundleConfigMap, not both" -}}
 {{- end -}}
 {{- if and .Values.operator.enabled (not .Values.director.existingSecret) -}}
 {{- fail "director.existingSecret is required: create the key with `cosign generate-key-pair k8s://<namespace>/pollen-director` and set director.existingSecret=pollen-director" -}}
