@@ -608,23 +608,6 @@ fn serve_file(h: &Head, root: &Path) -> Answer {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn der_signatures_become_jose() {
-        // r = 1, s = 0x80 (a leading zero byte in DER keeps it positive).
-        let der = [0x30, 0x07, 0x02, 0x01, 0x01, 0x02, 0x02, 0x00, 0x80];
-        let j = der_to_jose(&der).unwrap();
-        assert_eq!(j.len(), 64);
-        assert_eq!(j[31], 1);
-        assert_eq!(j[63], 0x80);
-        assert!(j[..31].iter().all(|&b| b == 0));
-        assert!(der_to_jose(&[0x31, 0]).is_none());
-    }
-}
-
 /// A hostile registry (a test stand-in, not distribution): over TLS with the given CA, `/v2/` answers
 /// 200, and every manifest or blob GET answers 200 with a `Content-Length` of `claimed` bytes and then
 /// streams zeros until the client hangs up (at most `claimed`). A client must stop reading at its own
@@ -722,5 +705,22 @@ impl HostileRegistry {
 impl Drop for HostileRegistry {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn der_signatures_become_jose() {
+        // r = 1, s = 0x80 (a leading zero byte in DER keeps it positive).
+        let der = [0x30, 0x07, 0x02, 0x01, 0x01, 0x02, 0x02, 0x00, 0x80];
+        let j = der_to_jose(&der).unwrap();
+        assert_eq!(j.len(), 64);
+        assert_eq!(j[31], 1);
+        assert_eq!(j[63], 0x80);
+        assert!(j[..31].iter().all(|&b| b == 0));
+        assert!(der_to_jose(&[0x31, 0]).is_none());
     }
 }
