@@ -272,6 +272,9 @@ mod tests {
     fn watch_uses_the_done_condition_and_kills_survivors() {
         let d = tempfile::tempdir().unwrap();
         let flag = d.path().join("flag");
+        // The clock starts before the processes do: the server's 0.3 s sleep cannot have begun
+        // earlier, however slowly the spawns go on a loaded machine.
+        let t0 = Instant::now();
         let procs = vec![
             Proc::spawn(
                 "server",
@@ -283,7 +286,6 @@ mod tests {
             Proc::spawn("fails", sh("exit 1"), d.path()).unwrap(),
         ];
         let pid = procs[0].pid();
-        let t0 = Instant::now();
         let w = watch(procs, t0, Duration::from_secs(20), |i| i == 0 && flag.exists());
         assert!(
             t0.elapsed() < Duration::from_secs(10),
