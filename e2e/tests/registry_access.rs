@@ -481,6 +481,59 @@ async fn wrong_credentials_are_a_condition_and_a_node_status_not_a_hang() {
         },
     )
     .await;
+
+    // Break the node's pull credential: a new repository means a new scope, so a new challenge, and
+    // the node's own status and the rollout's conditions say why it failed.
+    f.secure
+        .as_ref()
+        .unwrap()
+        .docker_config(Some((PULLER.0, "rotated-away")), "agent.json")
+        .unwrap();
+    let artifact = f
+        .publish(
+            "fw2",
+            "1.0.0",
+            "fw.bin",
+            pollen_e2e::lab::payload::bytes(100_000, 6),
+        )
+        .await
+        .expect("publish");
+    let ur = fleet::rollout(
+        "fw2",
+        &artifact,
+        "fw2/fw.bin",
+        vec![Wave {
+            count: None,
+            percent: Some(100),
+            pause: None,
+        }],
+    );
+    retry_throttled(|| rollouts.create(&pp, &ur))
+        .await
+        .expect("UpdateRollout");
+    let (status, took) = f
+        .wait_rollout("fw2", 90, "a condition naming the node's registry error", |s| {
+            s.conditions
+                .iter()
+                .any(|c| c.message.contains("node gw-0 failed") && c.message.contains("unauthorized"))
+        })
+        .await;
+    let c = status
+        .conditions
+        .iter()
+        .find(|c| c.message.contains("node gw-0 failed"))
+        .unwrap();
+    eprintln!("after {took:?}: {} {}: {}", c.type_, c.reason, c.message);
+    let node = Api::<EdgeNode>::all(f.client.clone()).get("gw-0").await.unwrap();
+    let last = node
+        .status
+        .unwrap()
+        .assignments
+        .into_iter()
+        .find(|a| a.rollout == "default/fw2")
+        .and_then(|a| a.last_error)
+        .unwrap_or_default();
+    assert!(last.contains("unauthorized"), "EdgeNode lastError: {last}");
 }
 
 #[tokio::test]

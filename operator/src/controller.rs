@@ -49,7 +49,9 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use pollen_crds::conditions::{reasons, types};
-use pollen_crds::{Assignment, EdgeNode, RolloutPhase, TrustPolicy, UpdateRollout, UpdateRolloutStatus};
+use pollen_crds::{
+    Assignment, AssignmentPhase, EdgeNode, RolloutPhase, TrustPolicy, UpdateRollout, UpdateRolloutStatus,
+};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::sync::RwLock;
@@ -642,6 +644,9 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
                     ),
                     bytes_from_peers: status.map_or(0, |s| s.bytes_from_peers),
                     bytes_from_origin: status.map_or(0, |s| s.bytes_from_origin),
+                    last_error: status
+                        .filter(|s| s.phase == AssignmentPhase::Failed)
+                        .and_then(|s| s.last_error.clone()),
                 }
             })
             .collect();

@@ -191,7 +191,13 @@ pub struct NodeObservation {
     pub bytes_from_peers: i64,
     /// Bytes it received from the origin (for the current index).
     pub bytes_from_origin: i64,
+    /// The error it reports for the current index, when it failed (its own words: shown, never acted on).
+    pub last_error: Option<String>,
 }
+
+/// How many failed nodes a condition message names, and how much of each one's error it quotes.
+const FAILURES_SHOWN: usize = 3;
+const FAILURE_QUOTE: usize = 240;
 
 /// The rollout-wide view of its nodes.
 #[derive(Clone, Debug, PartialEq, Default)]
@@ -206,6 +212,8 @@ pub struct Aggregate {
     pub bytes_from_origin: i64,
     /// The quarantined nodes (counted in `nodes.failed`), in observation order.
     pub quarantined: Vec<String>,
+    /// Failed nodes that said why, with (the start of) their error, in observation order.
+    pub failures: Vec<(String, String)>,
 }
 
 impl Aggregate {
@@ -234,6 +242,24 @@ impl Aggregate {
             names.len(),
             pollen_crds::labels::QUARANTINE
         )
+    }
+
+    /// Why nodes failed, in their own words, for condition messages: empty when none said, else
+    /// `"; node a failed: <error>; node b failed: <error>"` for the first few (each error cut short).
+    pub fn failure_note(&self) -> String {
+        let mut out = String::new();
+        for (node, error) in self.failures.iter().take(FAILURES_SHOWN) {
+            let mut e: String = error.chars().take(FAILURE_QUOTE).collect();
+            if e.len() < error.len() {
+                e.push('…');
+            }
+            out.push_str(&format!("; node {node} failed: {e}"));
+        }
+        let more = self.failures.len().saturating_sub(FAILURES_SHOWN);
+        if more > 0 {
+            out.push_str(&format!("; and {more} more failed node(s)"));
+        }
+        out
     }
 
     /// `installed/targeted`.
@@ -278,6 +304,9 @@ pub fn aggregate(obs: &[NodeObservation], wave_count: u32, current_wave: u32) ->
             NodeState::Failed => {
                 a.nodes.failed += 1;
                 w.failed += 1;
+                if let Some(e) = o.last_error.as_deref().filter(|e| !e.is_empty()) {
+                    a.failures.push((o.name.clone(), e.to_string()));
+                }
             }
             NodeState::Quarantined => {
                 a.nodes.failed += 1;
@@ -333,10 +362,12 @@ fn wave_met(w: &WaveStatus, success_percent: u32) -> bool {
 /// once), so one reconcile can cross several boundaries.
 ///
 /// Quarantined nodes count as failed; every message then names them and the label that put them
-/// there (see [`Aggregate::quarantine_note`]).
+/// there (see [`Aggregate::quarantine_note`]), and the first failed nodes with their own errors
+/// ([`Aggregate::failure_note`]): a registry that refuses the nodes' credential shows on the rollout.
 pub fn next(state: &DistState, agg: &Aggregate, gate: &Gate, now: Timestamp) -> Decision {
     let mut d = decide(state, agg, gate, now);
     d.message.push_str(&agg.quarantine_note());
+    d.message.push_str(&agg.failure_note());
     d
 }
 
@@ -522,6 +553,7 @@ mod tests {
                     state: *s,
                     bytes_from_peers: 30,
                     bytes_from_origin: 10,
+                    last_error: None,
                 });
             }
         }
@@ -761,6 +793,53 @@ mod tests {
         assert!(note.starts_with("; 13 node(s) quarantined"), "{note}");
         assert!(note.ends_with(" and 3 more"), "{note}");
         assert_eq!(note.matches("w0-n").count(), QUARANTINE_NAMES_SHOWN);
+    }
+
+    #[test]
+    fn failed_nodes_say_why_in_the_message_cut_short() {
+        let mut a = agg(&[&[Failed, Installed, Failed, Failed, Failed, Downloading]], 0);
+        assert_eq!(a.failure_note(), "", "failures without an error add nothing");
+        let obs: Vec<NodeObservation> = (0..5)
+            .map(|i| NodeObservation {
+                name: format!("n{i}"),
+                wave: 0,
+                state: if i == 1 { Installed } else { Failed },
+                bytes_from_peers: 0,
+                bytes_from_origin: 0,
+                last_error: Some(if i == 0 {
+                    "registry r: unauthorized: ".to_string() + &"x".repeat(1000)
+                } else {
+                    format!("error {i}")
+                }),
+            })
+            .collect();
+        a = aggregate(&obs, 1, 0);
+        let note = a.failure_note();
+        assert!(
+            note.starts_with("; node n0 failed: registry r: unauthorized: xxx"),
+            "{note}"
+        );
+        assert!(
+            note.contains("…; node n2 failed: error 2; node n3 failed: error 3"),
+            "{note}"
+        );
+        assert!(
+            !note.contains("error 1"),
+            "an installed node's error is not a failure"
+        );
+        assert!(note.ends_with("; and 1 more failed node(s)"), "{note}");
+        assert!(note.len() < 400, "the quote is bounded: {}", note.len());
+        let d = next(
+            &state(RolloutPhase::Distributing, 0, None),
+            &a,
+            &Gate::from_strategy(&strategy(vec![count(5, None)])).unwrap(),
+            t(0),
+        );
+        assert!(
+            d.message.contains("node n0 failed: registry r: unauthorized"),
+            "{}",
+            d.message
+        );
     }
 
     #[test]
