@@ -55,8 +55,7 @@ pub struct SecureOptions {
     pub redirect: bool,
     /// The `expires_in` the issuer announces.
     pub token_lifetime: Duration,
-    /// The `exp` the issuer writes into tokens (may be shorter than announced, to make the registry
-    /// refuse a cached token).
+    /// The `exp` the issuer writes into tokens (distribution allows 60 s of leeway past it).
     pub token_exp: Duration,
     /// Announce the realm as `http://` (the issuer still listens with TLS): a client must refuse to send
     /// credentials there.
@@ -216,6 +215,17 @@ impl SecureRegistry {
     /// A folder for the test's own files, removed with the registry.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Rotates the token issuer's signing key and restarts the registry with the new certificate as its
+    /// only trusted signer: every token issued before is refused from now on (a token-server key
+    /// rotation, as operators do it).
+    pub async fn rotate_token_key(&mut self) -> anyhow::Result<()> {
+        let issuer = self.issuer.as_mut().context("not a token registry")?;
+        let pem = issuer.rotate()?;
+        write(&self.dir.path().join("token-signer.pem"), pem)?;
+        self.registry.restart().await?;
+        Ok(())
     }
 
     /// The registry, and the rest (CA, stand-ins, files) that must live as long as it.
@@ -385,32 +395,60 @@ pub struct TokenIssuer {
     pub addr: SocketAddr,
     /// The certificate (PEM) whose key signs tokens: the registry's `rootcertbundle`.
     pub signer_pem: String,
+    signer: Arc<Mutex<Signer>>,
     seen: Arc<Mutex<Vec<Seen>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl TokenIssuer {
-    async fn start(tls: Arc<rustls::ServerConfig>, opts: &SecureOptions) -> anyhow::Result<TokenIssuer> {
+/// The token signing key and its certificate (DER, base64, for `x5c`).
+struct Signer {
+    key: KeyPair,
+    x5c: String,
+}
+
+impl Signer {
+    /// A new key and self-signed certificate; returns it with the certificate's PEM.
+    fn generate() -> anyhow::Result<(Signer, String)> {
         let key = KeyPair::generate()?;
         let mut p = CertificateParams::new(Vec::<String>::new())?;
         p.distinguished_name
             .push(rcgen::DnType::CommonName, "pollen test token signer");
         let cert = p.self_signed(&key)?;
         let x5c = base64::engine::general_purpose::STANDARD.encode(cert.der());
+        Ok((Signer { key, x5c }, cert.pem()))
+    }
+}
+
+impl TokenIssuer {
+    async fn start(tls: Arc<rustls::ServerConfig>, opts: &SecureOptions) -> anyhow::Result<TokenIssuer> {
+        let (signer, signer_pem) = Signer::generate()?;
+        let signer = Arc::new(Mutex::new(signer));
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let seen = Arc::new(Mutex::new(Vec::new()));
         let lifetime = opts.token_lifetime.as_secs();
         let exp = opts.token_exp.as_secs();
-        let key = Arc::new(key);
-        let handler: Handler = Arc::new(move |h: &Head| issue(h, &key, &x5c, lifetime, exp));
+        let s = signer.clone();
+        let handler: Handler = Arc::new(move |h: &Head| {
+            let s = s.lock().expect("signer");
+            issue(h, &s.key, &s.x5c, lifetime, exp)
+        });
         let task = tokio::spawn(serve(listener, tls, seen.clone(), handler));
         Ok(TokenIssuer {
             addr,
-            signer_pem: cert.pem(),
+            signer_pem,
+            signer,
             seen,
             task,
         })
+    }
+
+    /// Signs with a new key from now on; returns the new certificate (PEM) for the registry's bundle.
+    fn rotate(&mut self) -> anyhow::Result<String> {
+        let (signer, pem) = Signer::generate()?;
+        *self.signer.lock().expect("signer") = signer;
+        self.signer_pem = pem.clone();
+        Ok(pem)
     }
 
     /// Every request received so far.

@@ -30,7 +30,7 @@ use super::credentials::{Credential, DockerConfig};
 
 /// A token without `expires_in` lives this long (the distribution spec's default).
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
-/// Tokens are renewed this much before they expire.
+/// Tokens are renewed this much before they expire (or a fifth of their life, for short-lived ones).
 const RENEW_MARGIN: Duration = Duration::from_secs(10);
 /// The largest token-endpoint answer read.
 const MAX_TOKEN_RESPONSE: usize = 1024 * 1024;
@@ -286,10 +286,15 @@ impl Authenticator {
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<Response, RegistryError> {
         let mut answered = false;
+        // The answer just fetched is used for the retry as it is, whatever its lifetime.
+        let mut fresh: Option<HeaderValue> = None;
         loop {
             let mut req = build();
-            if let Some(c) = self.cached(host, scope) {
-                req = req.header(AUTHORIZATION, c.header);
+            if let Some(h) = fresh
+                .take()
+                .or_else(|| self.cached(host, scope).map(|c| c.header))
+            {
+                req = req.header(AUTHORIZATION, h);
             }
             let resp = req.send().await.map_err(|e| RegistryError::Http {
                 host: host.to_string(),
@@ -333,11 +338,12 @@ impl Authenticator {
                     ),
                 });
             };
-            let fresh = self.answer(http, host, scope, &challenge).await?;
+            let answer = self.answer(http, host, scope, &challenge).await?;
+            fresh = Some(answer.header.clone());
             self.cache
                 .lock()
                 .expect("auth cache")
-                .insert((host.to_string(), scope.to_string()), fresh);
+                .insert((host.to_string(), scope.to_string()), answer);
             // A refused cached answer gets one fresh try; a refused fresh answer is final.
             answered = true;
         }
@@ -471,7 +477,7 @@ impl Authenticator {
                 Ok(Cached {
                     header,
                     bearer: Some(answer.token),
-                    renew_at: Some(Instant::now() + answer.lifetime.saturating_sub(RENEW_MARGIN)),
+                    renew_at: Some(Instant::now() + answer.lifetime - RENEW_MARGIN.min(answer.lifetime / 5)),
                 })
             }
         }
