@@ -558,6 +558,28 @@ mod tests {
         assert!(parse_token_answer(b"<html>").is_err());
     }
 
+    proptest::proptest! {
+        /// Whatever a registry or token endpoint sends, parsing answers and never panics.
+        #[test]
+        fn challenges_and_token_answers_never_panic(s in ".{0,300}", b in proptest::collection::vec(0u8.., 0..300)) {
+            let _ = parse_challenge(&s);
+            let _ = parse_challenge(&format!("Bearer {s}"));
+            let _ = parse_token_answer(&b);
+            let _ = parse_token_answer(s.as_bytes());
+        }
+
+        /// Quoted values with escapes and commas come back as they were sent.
+        #[test]
+        fn quoted_parameters_round_trip(realm in "[ -~]{1,60}", service in "[ -~]{0,40}") {
+            let q = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
+            let h = format!(r#"Bearer realm="{}",service="{}""#, q(&realm), q(&service));
+            proptest::prop_assert_eq!(
+                parse_challenge(&h),
+                Some(Challenge::Bearer { realm, service: Some(service), scope: None })
+            );
+        }
+    }
+
     #[test]
     fn insecure_hosts_are_exact() {
         let a = Authenticator::new(DockerConfig::default(), vec!["127.0.0.1:5000".into()]);

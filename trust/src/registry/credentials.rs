@@ -379,6 +379,18 @@ mod tests {
         assert!(parse_helper_output(true, b"garbage", b"").is_err());
     }
 
+    proptest::proptest! {
+        /// A Docker config or a helper's answer, however malformed, is an error, never a panic.
+        #[test]
+        fn configs_and_helper_answers_never_panic(b in proptest::collection::vec(0u8.., 0..400), s in ".{0,200}") {
+            let _ = DockerConfig::parse(&b);
+            let _ = DockerConfig::parse(format!(r#"{{"auths":{{"h":{{"auth":"{s}"}}}},"credsStore":"{s}"}}"#).as_bytes());
+            let _ = parse_helper_output(true, &b, b"");
+            let _ = parse_helper_output(false, &b, s.as_bytes());
+            let _ = normalise_host(&s);
+        }
+    }
+
     #[tokio::test]
     async fn a_missing_helper_is_named() {
         let c = DockerConfig::parse(br#"{"credsStore":"pollen-test-no-such-helper"}"#).unwrap();
