@@ -33,6 +33,7 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	sh images/lint.sh
+	sh e2e/tools/lint-text.sh
 
-## What CI runs (.ci/run): lint, drift, then the README's test command.
+## What CI runs (.ci/run): lint (rustfmt, clippy, hadolint, damaged text files), drift, then the README's test command.
 ci: lint drift test
