@@ -93,13 +93,23 @@ pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
         total += value * unit;
         rest = &rest[len..];
     }
-    Some(std::time::Duration::from_secs_f64(total))
+    // A value past what a Duration holds (`99999999999999999999h` passes the CRD pattern) is refused,
+    // not a panic.
+    std::time::Duration::try_from_secs_f64(total).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::parse_duration;
     use std::time::Duration;
+
+    #[test]
+    fn durations_too_large_for_a_duration_are_refused_not_a_panic() {
+        assert_eq!(parse_duration("99999999999999999999h"), None);
+        assert_eq!(parse_duration("1e400s"), None);
+        assert_eq!(parse_duration(&format!("{}s", "9".repeat(400))), None);
+        assert_eq!(parse_duration("1000000h"), Some(Duration::from_secs(3_600_000_000)));
+    }
 
     #[test]
     fn durations_parse_like_go() {
