@@ -2,7 +2,8 @@
 //!
 //! - resolve: fetch the payload manifest by tag or digest, pin it, read the payload layer's size;
 //! - verify: fetch the cosign signatures stored beside the manifest and check them against each
-//!   publisher key of the TrustPolicy, one key at a time, so the condition names the publisher;
+//!   publisher key of the TrustPolicy, one key at a time, so the condition names the publisher; a
+//!   signature must name the artifact's repository;
 //! - index: stream the payload, build the chunk index, push it as a referrer of the payload and sign
 //!   it with the director key (read once, at start, from a mounted file).
 //!
@@ -142,8 +143,9 @@ impl ArtifactPipeline for TrustPipeline {
                         continue;
                     }
                 };
-                match verify::check_publisher(&signed, std::slice::from_ref(&key)) {
-                    Ok(()) => return Ok(p.name.clone()),
+                match verify::check_publisher(&signed, std::slice::from_ref(&key), &reg::repository_name(&r))
+                {
+                    Ok(_) => return Ok(p.name.clone()),
                     Err(VerifyError::PayloadUnsigned { .. }) => return Err(PipelineError::Unsigned),
                     Err(e) => last = Some(e),
                 }

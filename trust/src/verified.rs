@@ -21,6 +21,8 @@ pub struct ResolvedPayload {
     pub blob_digest: String,
     /// Whether the registry is reached over plain HTTP.
     pub insecure: bool,
+    /// The version the publisher's signature claims, if it makes a claim.
+    pub version: Option<semver::Version>,
 }
 
 impl ResolvedPayload {
