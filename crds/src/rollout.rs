@@ -68,6 +68,14 @@ pub struct ArtifactSource {
     /// Docker config; this field records which credentials the nodes should use for origin fallback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pull_secret: Option<String>,
+
+    /// Deliver this artifact even if its signed version (`pollen.dev/version`) is lower than the
+    /// highest the operator delivered from this repository to this install path (or equal to it under
+    /// another digest). Without it such a rollout gets `Verified=False`, reason `Downgrade` or
+    /// `VersionReused`, so that moving a tag to an older build does nothing. When it is used, the
+    /// status shows `downgradedFrom` and the operator emits a `DowngradeAllowed` event.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_downgrade: bool,
 }
 
 /// Waves and the thresholds that gate them.
@@ -350,6 +358,15 @@ pub struct UpdateRolloutStatus {
     /// The signed chunk index handed to the nodes (`repo@sha256:…`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk_index: Option<String>,
+
+    /// The version the publisher signed (`pollen.dev/version`); unset for an unversioned artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+
+    /// Set when `artifact.allowDowngrade` let this rollout deliver a version not above the highest
+    /// delivered before: that version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downgraded_from: Option<String>,
 
     /// The index's sequence number (monotonic per install path; nodes refuse a lower one).
     #[serde(default, skip_serializing_if = "Option::is_none")]

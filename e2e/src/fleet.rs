@@ -156,6 +156,7 @@ impl LocalFleet {
                 director: DirectorKey {
                     public_key: director.public_key()?.pem().to_string(),
                 },
+                allow_unversioned: false,
             },
         );
         let pp = PostParams::default();
@@ -415,6 +416,7 @@ pub fn rollout(name: &str, artifact: &str, target_path: &str, waves: Vec<Wave>) 
             artifact: ArtifactSource {
                 reference: artifact.to_string(),
                 pull_secret: None,
+                allow_downgrade: false,
             },
             trust_policy: "fleet".into(),
             selector: LabelSelector {

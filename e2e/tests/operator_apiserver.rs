@@ -92,6 +92,7 @@ fn rollout(name: &str, reference: &str, target: &str, selector: &str, waves: Vec
             artifact: ArtifactSource {
                 reference: reference.into(),
                 pull_secret: None,
+                allow_downgrade: false,
             },
             trust_policy: format!("fleet-{}", selector),
             selector: LabelSelector {
@@ -244,6 +245,7 @@ impl Fleet {
                 director: DirectorKey {
                     public_key: director.public_key().unwrap().pem().to_string(),
                 },
+                allow_unversioned: false,
             },
         );
         retry_throttled(|| tps.create(&PP, &tp))

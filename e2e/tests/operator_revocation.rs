@@ -174,6 +174,7 @@ async fn quarantine_and_deletion_revoke_the_node_and_the_rollout_counts_it_faile
             director: DirectorKey {
                 public_key: director.public_key().unwrap().pem().to_string(),
             },
+            allow_unversioned: false,
         },
     );
     retry_throttled(|| tps.create(&PP, &tp))
@@ -266,6 +267,7 @@ async fn quarantine_and_deletion_revoke_the_node_and_the_rollout_counts_it_faile
             artifact: ArtifactSource {
                 reference: reference.clone(),
                 pull_secret: None,
+                allow_downgrade: false,
             },
             trust_policy: format!("fleet-{label}"),
             selector: LabelSelector {

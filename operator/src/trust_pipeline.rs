@@ -3,7 +3,7 @@
 //! - resolve: fetch the payload manifest by tag or digest, pin it, read the payload layer's size;
 //! - verify: fetch the cosign signatures stored beside the manifest and check them against each
 //!   publisher key of the TrustPolicy, one key at a time, so the condition names the publisher; a
-//!   signature must name the artifact's repository;
+//!   signature must name the artifact's repository, and its version claim is returned;
 //! - index: stream the payload, build the chunk index, push it as a referrer of the payload and sign
 //!   it with the director key (read once, at start, from a mounted file).
 //!
@@ -24,7 +24,9 @@ use pollen_trust::{PublicKey, Registry, RegistryOptions, SigningKey, TargetSpec,
 use tracing::warn;
 
 use crate::grants::GrantSigner;
-use crate::pipeline::{ArtifactPipeline, IndexRequest, IndexedArtifact, PinnedArtifact, PipelineError};
+use crate::pipeline::{
+    ArtifactPipeline, IndexRequest, IndexedArtifact, PinnedArtifact, PipelineError, VerifiedPublisher,
+};
 
 /// Why the pipeline could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +120,7 @@ impl ArtifactPipeline for TrustPipeline {
         &'a self,
         artifact: &'a PinnedArtifact,
         publishers: &'a [Publisher],
-    ) -> BoxFuture<'a, Result<String, PipelineError>> {
+    ) -> BoxFuture<'a, Result<VerifiedPublisher, PipelineError>> {
         Box::pin(async move {
             let registry = self.registry_for(&artifact.reference);
             let r = reg::parse_reference(&artifact.reference).map_err(registry_error)?;
@@ -145,8 +147,20 @@ impl ArtifactPipeline for TrustPipeline {
                 };
                 match verify::check_publisher(&signed, std::slice::from_ref(&key), &reg::repository_name(&r))
                 {
-                    Ok(_) => return Ok(p.name.clone()),
+                    Ok(version) => {
+                        return Ok(VerifiedPublisher {
+                            publisher: p.name.clone(),
+                            version,
+                        });
+                    }
                     Err(VerifyError::PayloadUnsigned { .. }) => return Err(PipelineError::Unsigned),
+                    // This publisher's key verified: its signature is the answer.
+                    Err(e @ VerifyError::RepositoryMismatch { .. }) => {
+                        return Err(PipelineError::RepositoryMismatch(e.to_string()));
+                    }
+                    Err(e @ VerifyError::VersionClaim { .. }) => {
+                        return Err(PipelineError::InvalidVersionClaim(e.to_string()));
+                    }
                     Err(e) => last = Some(e),
                 }
             }
