@@ -151,7 +151,7 @@ async fn quarantine_and_deletion_revoke_the_node_and_the_rollout_counts_it_faile
     .expect("registry client");
     let publisher = SigningKey::generate().unwrap();
     let director = SigningKey::generate().unwrap();
-    let reference = format!("{}/fleet/gw-{label}:1.0", registry.host());
+    let reference = format!("{}/fleet/gw-{label}:1.0.0", registry.host());
     publish::publish_bytes(
         &oci,
         &parse_reference(&reference).unwrap(),

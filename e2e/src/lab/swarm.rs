@@ -199,7 +199,7 @@ pub fn preflight(cfg: &SwarmConfig) -> Result<(), LabError> {
 /// `pollen` subcommands and the flags the launcher uses with them.
 const PUBLISH_FLAGS: &[(&str, &[&str])] = &[
     ("keygen", &["--output-prefix"]),
-    ("publish", &["--to", "--key", "--insecure"]),
+    ("publish", &["--to", "--key", "--version", "--insecure"]),
     (
         "index",
         &[
@@ -326,6 +326,8 @@ fn publish(
         &target,
         "--key",
         &format!("{}.key", prefix("publisher")),
+        "--version",
+        "1.0.0",
         "--insecure",
     ])?);
     let index_ref = last_line(pollen_cmd(&[
