@@ -73,7 +73,8 @@ pub struct ArtifactSource {
     /// highest the operator delivered from this repository to this install path (or equal to it under
     /// another digest). Without it such a rollout gets `Verified=False`, reason `Downgrade` or
     /// `VersionReused`, so that moving a tag to an older build does nothing. When it is used, the
-    /// status shows `downgradedFrom` and the operator emits a `DowngradeAllowed` event.
+    /// status shows `downgradedFrom` and the operator emits a `DowngradeAllowed` event. Setting or
+    /// clearing it makes the operator resolve and verify the artifact again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_downgrade: bool,
 }
