@@ -1883,6 +1883,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_ledger_write_that_races_another_writer_assigns_nothing_and_is_retried() {
+        let h = Harness::new(
+            world_with(2, vec![UpdateRollout::test("r").finalized()]),
+            ScriptedPipeline::signed(),
+        );
+        h.w().policy_races = 1;
+        let err = h.step("r").await.unwrap_err();
+        assert!(
+            err.to_string().contains("409") || err.to_string().contains("modified"),
+            "{err}"
+        );
+        assert!(
+            h.w().assigned("r").is_empty(),
+            "no assignment before the version is recorded"
+        );
+        assert!(ledger_of(&h).is_empty());
+        h.step("r").await.unwrap();
+        assert_eq!(ledger_of(&h)[0].version, "1.0.0");
+        assert_eq!(h.w().assigned("r").len(), 1);
+        h.finish().await;
+    }
+
+    #[tokio::test]
     async fn a_signature_for_another_repository_is_verified_false_with_zero_assignments() {
         let pipeline = ScriptedPipeline::signed();
         *pipeline.verify_error.lock().unwrap() =

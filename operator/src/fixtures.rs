@@ -369,6 +369,9 @@ pub struct World {
     pub log: Vec<Recorded>,
     /// Requests the mock did not understand.
     pub unexpected: Vec<String>,
+    /// Another writer changes each TrustPolicy this many times just before the operator's next status
+    /// writes reach it (their resource version is then stale).
+    pub policy_races: usize,
 }
 
 impl World {
@@ -485,6 +488,16 @@ impl World {
                 let Some(tp) = self.policies.get_mut(*name) else {
                     return not_found(name);
                 };
+                if self.policy_races > 0 {
+                    self.policy_races -= 1;
+                    let bumped = tp
+                        .resource_version()
+                        .unwrap_or_default()
+                        .parse::<u64>()
+                        .unwrap_or(0)
+                        + 1;
+                    tp.meta_mut().resource_version = Some(bumped.to_string());
+                }
                 let current = tp.resource_version().unwrap_or_default();
                 if let Some(rv) = body["metadata"]["resourceVersion"].as_str()
                     && rv != current
