@@ -53,6 +53,9 @@ pub mod reasons {
     pub const UNVERSIONED: &str = "Unversioned";
     /// The publisher's version claim is not a semantic version, or its signatures claim different ones.
     pub const INVALID_VERSION_CLAIM: &str = "InvalidVersionClaim";
+    /// The operator could not record a new highest version in the TrustPolicy's status (for example
+    /// another write came first); it tries again before it delivers anything.
+    pub const LEDGER_WRITE_FAILED: &str = "LedgerWriteFailed";
     /// Event reason: a rollout with `artifact.allowDowngrade` delivers a version below (or equal to, under
     /// another digest) the highest delivered.
     pub const DOWNGRADE_ALLOWED: &str = "DowngradeAllowed";

@@ -1065,7 +1065,7 @@ async fn prepare(
                     st,
                     types::VERIFIED,
                     false,
-                    reasons::REGISTRY_UNAVAILABLE,
+                    reasons::LEDGER_WRITE_FAILED,
                     format!("recording {claim} in TrustPolicy {:?}: {e}", tp.name_any()),
                     now,
                 );
@@ -1893,6 +1893,10 @@ mod tests {
         assert!(
             err.to_string().contains("409") || err.to_string().contains("modified"),
             "{err}"
+        );
+        assert_eq!(
+            cond(&h.w().status("r"), types::VERIFIED).reason,
+            reasons::LEDGER_WRITE_FAILED
         );
         assert!(
             h.w().assigned("r").is_empty(),
