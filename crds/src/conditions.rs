@@ -40,6 +40,27 @@ pub mod reasons {
     pub const UNSIGNED: &str = "Unsigned";
     /// The artifact is signed, but not by a key the TrustPolicy trusts.
     pub const UNTRUSTED_SIGNATURE: &str = "UntrustedSignature";
+    /// A trusted publisher signed this digest for another repository (`docker-reference`): the artifact
+    /// was copied or tagged across repositories.
+    pub const REPOSITORY_MISMATCH: &str = "RepositoryMismatch";
+    /// The publisher's version claim is lower than the highest version the operator delivered to this
+    /// repository and install path, and the rollout does not set `artifact.allowDowngrade`.
+    pub const DOWNGRADE: &str = "Downgrade";
+    /// The publisher's version claim equals the highest version delivered to this repository and
+    /// install path, but under another digest (a version names one build), and the rollout does not
+    /// set `artifact.allowDowngrade`.
+    pub const VERSION_REUSED: &str = "VersionReused";
+    /// The publisher signature makes no version claim and the TrustPolicy does not set
+    /// `allowUnversioned`.
+    pub const UNVERSIONED: &str = "Unversioned";
+    /// The publisher's version claim is not a semantic version, or its signatures claim different ones.
+    pub const INVALID_VERSION_CLAIM: &str = "InvalidVersionClaim";
+    /// The operator could not record a new highest version in the TrustPolicy's status (for example
+    /// another write came first); it tries again before it delivers anything.
+    pub const LEDGER_WRITE_FAILED: &str = "LedgerWriteFailed";
+    /// Event reason: a rollout with `artifact.allowDowngrade` delivers a version below (or equal to, under
+    /// another digest) the highest delivered.
+    pub const DOWNGRADE_ALLOWED: &str = "DowngradeAllowed";
     /// The publisher signature verified.
     pub const SIGNATURE_VERIFIED: &str = "SignatureVerified";
     /// The chunk index was built, pushed and signed.

@@ -44,7 +44,9 @@ pub use rollout::{
     ActivationWindow, ArtifactSource, InstallSettings, NodeCounts, RolloutPhase, RolloutStrategy,
     TransferSettings, UpdateRollout, UpdateRolloutSpec, UpdateRolloutStatus, Wave, WaveStatus,
 };
-pub use trustpolicy::{DirectorKey, Publisher, TrustPolicy, TrustPolicySpec};
+pub use trustpolicy::{
+    DeliveredVersion, DirectorKey, Publisher, TrustPolicy, TrustPolicySpec, TrustPolicyStatus,
+};
 
 /// The API group of every Pollen kind.
 pub const GROUP: &str = "pollen.dev";

@@ -65,6 +65,14 @@ pub struct ArtifactSource {
     // Registry credentials are not named per rollout: the operator uses its own (push) Docker config
     // and every node its own pull-only one, both mounted by the chart. A rollout from another registry
     // needs that registry's entries in those two configs; nothing here gives agents Secret access.
+    /// Deliver this artifact even if its signed version (`pollen.dev/version`) is lower than the
+    /// highest the operator delivered from this repository to this install path (or equal to it under
+    /// another digest). Without it such a rollout gets `Verified=False`, reason `Downgrade` or
+    /// `VersionReused`, so that moving a tag to an older build does nothing. When it is used, the
+    /// status shows `downgradedFrom` and the operator emits a `DowngradeAllowed` event. Setting or
+    /// clearing it makes the operator resolve and verify the artifact again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_downgrade: bool,
 }
 
 /// Waves and the thresholds that gate them.
@@ -347,6 +355,15 @@ pub struct UpdateRolloutStatus {
     /// The signed chunk index handed to the nodes (`repo@sha256:…`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk_index: Option<String>,
+
+    /// The version the publisher signed (`pollen.dev/version`); unset for an unversioned artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+
+    /// Set when `artifact.allowDowngrade` let this rollout deliver a version not above the highest
+    /// delivered before: that version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downgraded_from: Option<String>,
 
     /// The index's sequence number (monotonic per install path; nodes refuse a lower one).
     #[serde(default, skip_serializing_if = "Option::is_none")]

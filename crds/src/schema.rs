@@ -108,7 +108,10 @@ mod tests {
         assert_eq!(parse_duration("99999999999999999999h"), None);
         assert_eq!(parse_duration("1e400s"), None);
         assert_eq!(parse_duration(&format!("{}s", "9".repeat(400))), None);
-        assert_eq!(parse_duration("1000000h"), Some(Duration::from_secs(3_600_000_000)));
+        assert_eq!(
+            parse_duration("1000000h"),
+            Some(Duration::from_secs(3_600_000_000))
+        );
     }
 
     #[test]

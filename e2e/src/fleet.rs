@@ -173,6 +173,7 @@ impl LocalFleet {
                 director: DirectorKey {
                     public_key: director.public_key()?.pem().to_string(),
                 },
+                allow_unversioned: false,
             },
         );
         let pp = PostParams::default();
@@ -479,6 +480,7 @@ pub fn rollout(name: &str, artifact: &str, target_path: &str, waves: Vec<Wave>) 
         UpdateRolloutSpec {
             artifact: ArtifactSource {
                 reference: artifact.to_string(),
+                allow_downgrade: false,
             },
             trust_policy: "fleet".into(),
             selector: LabelSelector {

@@ -453,6 +453,8 @@ fn rbac_is_exactly_the_least_privilege_set() {
             "pollen.dev|updaterollouts/finalizers||update",
             "pollen.dev|edgenodes||get,list,patch,update,watch",
             "pollen.dev|trustpolicies||get,list,watch",
+            // The version ledger in the TrustPolicy status; the agent has no such rule.
+            "pollen.dev|trustpolicies/status||get,patch",
             "pollen.dev|revocationlists||create,get,list,patch,watch",
             "events.k8s.io|events||create,patch",
             "certificates.k8s.io|certificatesigningrequests||get,list,watch",

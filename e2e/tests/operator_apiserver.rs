@@ -7,7 +7,12 @@
 //!   (the agents are simulated by writing EdgeNode status here), until `Complete`; the chunk index it
 //!   assigned verifies with the director and publisher keys; deleting the rollout removes the
 //!   assignments;
-//! - unsigned and wrong-key artifacts end `Verified=False` with zero assignments.
+//! - unsigned and wrong-key artifacts end `Verified=False` with zero assignments;
+//! - signatures are bound to what was published: a tag moved to an older signed build after a newer
+//!   one was delivered ends `Verified=False` (`Downgrade`) with zero assignments until the rollout sets
+//!   `allowDowngrade` (then it is delivered and `downgradedFrom` recorded; the TrustPolicy's ledger
+//!   keeps the highest version); a signed manifest copied, with its signature, into another
+//!   repository ends `Verified=False` (`RepositoryMismatch`) with zero assignments.
 //!
 //! Needs `crd-apiserver` + `etcd` (e2e/tools/build-apiserver.sh) and `docker-registry`
 //! (e2e/tools/install-deps.sh). Without them: fails under `CI`, skips with a reason otherwise.
@@ -91,6 +96,7 @@ fn rollout(name: &str, reference: &str, target: &str, selector: &str, waves: Vec
         UpdateRolloutSpec {
             artifact: ArtifactSource {
                 reference: reference.into(),
+                allow_downgrade: false,
             },
             trust_policy: format!("fleet-{}", selector),
             selector: LabelSelector {
@@ -243,6 +249,7 @@ impl Fleet {
                 director: DirectorKey {
                     public_key: director.public_key().unwrap().pem().to_string(),
                 },
+                allow_unversioned: false,
             },
         );
         retry_throttled(|| tps.create(&PP, &tp))
@@ -511,7 +518,9 @@ async fn a_rollout_goes_canary_first_then_the_fleet_until_complete() {
     let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     let size = payload.len() as i64;
     let repo = fleet.repo(&format!("gateway-{}", fleet.label));
-    let reference = fleet.publish(&repo, "1.0", payload, Some(&fleet.publisher)).await;
+    let reference = fleet
+        .publish(&repo, "1.0.0", payload, Some(&fleet.publisher))
+        .await;
     let name = format!("gw-{}", fleet.label);
     let ur = rollout(
         &name,
@@ -677,11 +686,11 @@ async fn unsigned_and_wrong_key_artifacts_end_verified_false_with_zero_assignmen
     let stranger = SigningKey::generate().unwrap();
     let unsigned_repo = fleet.repo(&format!("unsigned-{}", fleet.label));
     let unsigned = fleet
-        .publish(&unsigned_repo, "1.0", vec![7u8; 10_000], None)
+        .publish(&unsigned_repo, "1.0.0", vec![7u8; 10_000], None)
         .await;
     let foreign_repo = fleet.repo(&format!("foreign-{}", fleet.label));
     let foreign = fleet
-        .publish(&foreign_repo, "1.0", vec![9u8; 10_000], Some(&stranger))
+        .publish(&foreign_repo, "1.0.0", vec![9u8; 10_000], Some(&stranger))
         .await;
 
     let a = format!("unsigned-{}", fleet.label);
@@ -731,6 +740,229 @@ async fn unsigned_and_wrong_key_artifacts_end_verified_false_with_zero_assignmen
     fleet.stop_operator().await;
 }
 
+/// Points `repo:tag` at the manifest `repo:from` points at (what `oras tag` does); returns its digest.
+async fn retag(oci: &Registry, repo: &str, from: &str, tag: &str) -> String {
+    let (bytes, digest) = oci
+        .pull_manifest(&parse_reference(&format!("{repo}:{from}")).unwrap())
+        .await
+        .expect("manifest pulled");
+    oci.push_manifest(
+        &parse_reference(&format!("{repo}:{tag}")).unwrap(),
+        bytes,
+        OCI_MANIFEST_MEDIA_TYPE,
+    )
+    .await
+    .expect("tag pushed");
+    digest
+}
+
+/// Copies the manifest at `src`, with its config and layer blobs, to `dst` (what `oras cp` does).
+async fn copy_manifest(oci: &Registry, src: &str, dst: &str) {
+    let (src, dst) = (parse_reference(src).unwrap(), parse_reference(dst).unwrap());
+    let (bytes, _) = oci.pull_manifest(&src).await.expect("manifest pulled");
+    let m = Manifest::parse(&bytes, "copied manifest").unwrap();
+    for d in std::iter::once(&m.config).chain(&m.layers) {
+        let blob = oci
+            .pull_blob(&pollen_trust::registry::at_digest(&src, &d.digest), d, 1 << 20)
+            .await
+            .expect("blob pulled");
+        oci.push_blob(&dst, blob).await.expect("blob pushed");
+    }
+    oci.push_manifest(&dst, bytes, OCI_MANIFEST_MEDIA_TYPE)
+        .await
+        .expect("manifest pushed");
+}
+
+impl Fleet {
+    /// Waits until `name`'s `Verified` condition has `status`; returns the rollout.
+    async fn verified(&self, name: &str, status: &str) -> UpdateRollout {
+        self.wait_for(
+            &format!("Verified={status} on {name}"),
+            Duration::from_secs(60),
+            async || {
+                let ur = self.rollouts().get(name).await.ok()?;
+                (condition(&ur, types::VERIFIED).map(|c| c.0).as_deref() == Some(status)).then_some(ur)
+            },
+        )
+        .await
+    }
+
+    /// The version ledger of this fleet's TrustPolicy.
+    async fn ledger(&self) -> Vec<pollen_crds::DeliveredVersion> {
+        let tps: Api<TrustPolicy> = Api::all(self.client.clone());
+        let tp = tps
+            .get(&format!("fleet-{}", self.label))
+            .await
+            .expect("TrustPolicy");
+        tp.status.unwrap_or_default().delivered
+    }
+}
+
+fn verified_message(ur: &UpdateRollout) -> String {
+    ur.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == types::VERIFIED))
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_tag_moved_to_an_older_signed_build_is_refused_until_the_rollout_allows_the_downgrade() {
+    let Some(mut fleet) = Fleet::start(3).await else {
+        return;
+    };
+    let repo = fleet.repo(&format!("moved-{}", fleet.label));
+    let target = "fw/moved.bin";
+    // Both builds are properly signed; each claims the version of its tag.
+    fleet
+        .publish(&repo, "2.0.0", vec![2u8; 20_000], Some(&fleet.publisher))
+        .await;
+    fleet
+        .publish(&repo, "1.0.0", vec![1u8; 10_000], Some(&fleet.publisher))
+        .await;
+    let v2 = retag(&fleet.oci, &repo, "2.0.0", "stable").await;
+
+    // 2.0.0 is delivered through the tag `stable`, and installed everywhere.
+    let first = format!("moved-a-{}", fleet.label);
+    let ur = rollout(&first, &format!("{repo}:stable"), target, &fleet.label, vec![]);
+    let urs = fleet.rollouts();
+    retry_throttled(|| urs.create(&PP, &ur))
+        .await
+        .expect("rollout created");
+    let assigned = fleet
+        .wait_for("2.0.0 assigned", Duration::from_secs(60), async || {
+            let a = fleet.assignments(&first).await;
+            (a.len() == fleet.nodes.len()).then_some(a)
+        })
+        .await;
+    let index = assigned.values().next().unwrap().clone();
+    let st = fleet.rollouts().get(&first).await.unwrap().status.unwrap();
+    assert_eq!(st.version.as_deref(), Some("2.0.0"));
+    let ledger = fleet.ledger().await;
+    assert_eq!(ledger.len(), 1, "{ledger:?}");
+    assert_eq!(
+        (ledger[0].repository.as_str(), ledger[0].target_path.as_str()),
+        (repo.as_str(), target)
+    );
+    assert_eq!(
+        (ledger[0].version.as_str(), ledger[0].digest.as_str()),
+        ("2.0.0", v2.as_str())
+    );
+    fleet
+        .report_all(&fleet.nodes, &first, &index, "Installed", 20_000)
+        .await;
+    fleet
+        .wait_for(
+            "the first rollout Complete",
+            Duration::from_secs(60),
+            async || {
+                let ur = fleet.rollouts().get(&first).await.ok()?;
+                (ur.status?.phase == RolloutPhase::Complete).then_some(())
+            },
+        )
+        .await;
+
+    // Whoever can move the tag points it at the older, signed 1.0.0 build; a rollout of `stable`
+    // would index it under a fresh, higher sequence. It is refused.
+    let v1 = retag(&fleet.oci, &repo, "1.0.0", "stable").await;
+    let second = format!("moved-b-{}", fleet.label);
+    let ur = rollout(&second, &format!("{repo}:stable"), target, &fleet.label, vec![]);
+    retry_throttled(|| urs.create(&PP, &ur))
+        .await
+        .expect("rollout created");
+    let ur = fleet.verified(&second, "False").await;
+    assert_eq!(
+        condition(&ur, types::VERIFIED),
+        Some(("False".into(), reasons::DOWNGRADE.into()))
+    );
+    let msg = verified_message(&ur);
+    assert!(
+        msg.contains("1.0.0") && msg.contains("2.0.0") && msg.contains(&v1),
+        "{msg}"
+    );
+    let st = ur.status.unwrap();
+    assert_eq!((st.phase, st.chunk_index), (RolloutPhase::Failed, None));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        fleet.assignments(&second).await.is_empty(),
+        "the moved tag must get zero assignments"
+    );
+
+    // The rollout says so explicitly: delivered, and recorded as a downgrade.
+    let patch = json!({ "spec": { "artifact": { "allowDowngrade": true } } });
+    urs.patch(&second, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("allowDowngrade set");
+    let ur = fleet.verified(&second, "True").await;
+    let st = ur.status.clone().unwrap();
+    assert_eq!(st.version.as_deref(), Some("1.0.0"));
+    assert_eq!(st.downgraded_from.as_deref(), Some("2.0.0"));
+    assert!(
+        verified_message(&ur).contains("downgrade from 2.0.0"),
+        "{}",
+        verified_message(&ur)
+    );
+    fleet
+        .wait_for("1.0.0 assigned", Duration::from_secs(60), async || {
+            (fleet.assignments(&second).await.len() == fleet.nodes.len()).then_some(())
+        })
+        .await;
+    let ledger = fleet.ledger().await;
+    assert_eq!(ledger.len(), 1, "{ledger:?}");
+    assert_eq!(
+        ledger[0].version, "2.0.0",
+        "the mark stays at the highest version"
+    );
+    fleet.stop_operator().await;
+}
+
+#[tokio::test]
+async fn a_signed_manifest_copied_into_another_repository_is_verified_false_with_zero_assignments() {
+    let Some(mut fleet) = Fleet::start(3).await else {
+        return;
+    };
+    // Product A, properly signed by the trusted publisher.
+    let repo_a = fleet.repo(&format!("product-a-{}", fleet.label));
+    let repo_b = fleet.repo(&format!("product-b-{}", fleet.label));
+    fleet
+        .publish(&repo_a, "9.0.0", vec![0xa5; 10_000], Some(&fleet.publisher))
+        .await;
+    // Whoever can push to B copies A's manifest, blobs and cosign signature there and tags it.
+    let digest = retag(&fleet.oci, &repo_a, "9.0.0", "9.0.0").await;
+    copy_manifest(&fleet.oci, &format!("{repo_a}:9.0.0"), &format!("{repo_b}:9.0.0")).await;
+    let sig = oci::signature_tag(&digest);
+    copy_manifest(&fleet.oci, &format!("{repo_a}:{sig}"), &format!("{repo_b}:{sig}")).await;
+
+    let name = format!("cross-{}", fleet.label);
+    let ur = rollout(
+        &name,
+        &format!("{repo_b}:9.0.0"),
+        "fw/b.bin",
+        &fleet.label,
+        vec![],
+    );
+    let urs = fleet.rollouts();
+    retry_throttled(|| urs.create(&PP, &ur))
+        .await
+        .expect("rollout created");
+    let ur = fleet.verified(&name, "False").await;
+    assert_eq!(
+        condition(&ur, types::VERIFIED),
+        Some(("False".into(), reasons::REPOSITORY_MISMATCH.into()))
+    );
+    let msg = verified_message(&ur);
+    assert!(
+        msg.contains(&repo_a) && msg.contains(&repo_b),
+        "names both repositories: {msg}"
+    );
+    let st = ur.status.unwrap();
+    assert_eq!((st.phase, st.chunk_index), (RolloutPhase::Failed, None));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(fleet.assignments(&name).await.is_empty(), "zero assignments");
+    assert!(fleet.ledger().await.is_empty(), "nothing recorded");
+    fleet.stop_operator().await;
+}
+
 fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
@@ -755,7 +987,9 @@ async fn a_large_fleet_is_assigned_wave_by_wave() {
     let payload: Vec<u8> = vec![42u8; 64 * 1024];
     let size = payload.len() as i64;
     let repo = fleet.repo(&format!("scale-{}", fleet.label));
-    let reference = fleet.publish(&repo, "1.0", payload, Some(&fleet.publisher)).await;
+    let reference = fleet
+        .publish(&repo, "1.0.0", payload, Some(&fleet.publisher))
+        .await;
     let name = format!("scale-{}", fleet.label);
     let ur = rollout(
         &name,
@@ -876,7 +1110,7 @@ async fn conflicts_and_pauses_on_a_real_api_server() {
     let size = 20_000i64;
     let repo = fleet.repo(&format!("pause-{}", fleet.label));
     let reference = fleet
-        .publish(&repo, "1.0", vec![5u8; size as usize], Some(&fleet.publisher))
+        .publish(&repo, "1.0.0", vec![5u8; size as usize], Some(&fleet.publisher))
         .await;
     let urs = fleet.rollouts();
 

@@ -151,7 +151,7 @@ async fn quarantine_and_deletion_revoke_the_node_and_the_rollout_counts_it_faile
     .expect("registry client");
     let publisher = SigningKey::generate().unwrap();
     let director = SigningKey::generate().unwrap();
-    let reference = format!("{}/fleet/gw-{label}:1.0", registry.host());
+    let reference = format!("{}/fleet/gw-{label}:1.0.0", registry.host());
     publish::publish_bytes(
         &oci,
         &parse_reference(&reference).unwrap(),
@@ -174,6 +174,7 @@ async fn quarantine_and_deletion_revoke_the_node_and_the_rollout_counts_it_faile
             director: DirectorKey {
                 public_key: director.public_key().unwrap().pem().to_string(),
             },
+            allow_unversioned: false,
         },
     );
     retry_throttled(|| tps.create(&PP, &tp))
@@ -265,6 +266,7 @@ async fn quarantine_and_deletion_revoke_the_node_and_the_rollout_counts_it_faile
         UpdateRolloutSpec {
             artifact: ArtifactSource {
                 reference: reference.clone(),
+                allow_downgrade: false,
             },
             trust_policy: format!("fleet-{label}"),
             selector: LabelSelector {

@@ -66,8 +66,11 @@ async fn eight_nodes_complete_and_read_the_origin_about_once() {
     let Some(reg) = registry().await else { return };
     let fleet = Fleet::new();
     let size = 8 * 1024 * 1024;
+    // The nodes see the registry through the proxy: publish through it, so that the signatures name
+    // the repository the nodes fetch from, then count the origin's egress from zero.
+    let proxy = Proxy::start(reg.addr()).await;
     let p = publish(
-        &reg.host(),
+        &proxy.host(),
         "v1",
         payload(size, 1),
         64 * 1024,
@@ -75,8 +78,8 @@ async fn eight_nodes_complete_and_read_the_origin_about_once() {
         fleet.dir.path(),
     )
     .await;
-    let proxy = Proxy::start(reg.addr()).await;
-    let index_ref = proxy.reference(&p.index_ref, &reg.host());
+    proxy.egress.store(0, std::sync::atomic::Ordering::SeqCst);
+    let index_ref = p.index_ref.clone();
     let addrs: Vec<_> = (0..8).map(|_| free_udp()).collect();
     let shutdown = CancellationToken::new();
     let mut nodes = Vec::new();
@@ -113,8 +116,11 @@ async fn fleet_completes_when_the_origin_dies_after_the_first_copy() {
     let Some(mut reg) = registry().await else { return };
     let fleet = Fleet::new();
     let size = 4 * 1024 * 1024;
+    // The nodes see the registry through the proxy: publish through it, so that the signatures name
+    // the repository the nodes fetch from, then count the origin's egress from zero.
+    let proxy = Proxy::start(reg.addr()).await;
     let p = publish(
-        &reg.host(),
+        &proxy.host(),
         "v1",
         payload(size, 2),
         64 * 1024,
@@ -122,8 +128,8 @@ async fn fleet_completes_when_the_origin_dies_after_the_first_copy() {
         fleet.dir.path(),
     )
     .await;
-    let proxy = Proxy::start(reg.addr()).await;
-    let index_ref = proxy.reference(&p.index_ref, &reg.host());
+    proxy.egress.store(0, std::sync::atomic::Ordering::SeqCst);
+    let index_ref = p.index_ref.clone();
     let addrs: Vec<_> = (0..6).map(|_| free_udp()).collect();
     let shutdown = CancellationToken::new();
     let mut nodes = Vec::new();
@@ -158,8 +164,11 @@ async fn hostile_peer_is_banned_and_the_rollout_completes() {
     let Some(reg) = registry().await else { return };
     let fleet = Fleet::new();
     let size = 2 * 1024 * 1024;
+    // The nodes see the registry through the proxy: publish through it, so that the signatures name
+    // the repository the nodes fetch from, then count the origin's egress from zero.
+    let proxy = Proxy::start(reg.addr()).await;
     let p = publish(
-        &reg.host(),
+        &proxy.host(),
         "v1",
         payload(size, 3),
         64 * 1024,
@@ -167,6 +176,7 @@ async fn hostile_peer_is_banned_and_the_rollout_completes() {
         fleet.dir.path(),
     )
     .await;
+    proxy.egress.store(0, std::sync::atomic::Ordering::SeqCst);
     // The hostile node holds every chunk and corrupts each one it serves.
     let evil_dir = fleet.dir.path().join("evil");
     std::fs::create_dir_all(&evil_dir).unwrap();
@@ -192,8 +202,7 @@ async fn hostile_peer_is_banned_and_the_rollout_completes() {
     .unwrap();
     let evil_addr = evil.local_addr();
 
-    let proxy = Proxy::start(reg.addr()).await;
-    let index_ref = proxy.reference(&p.index_ref, &reg.host());
+    let index_ref = p.index_ref.clone();
     let addrs: Vec<_> = (0..4).map(|_| free_udp()).collect();
     let shutdown = CancellationToken::new();
     let mut nodes = Vec::new();
@@ -300,8 +309,11 @@ async fn origin_reads_stop_at_the_allowance_and_resume_when_it_grows() {
     let fleet = Fleet::new();
     let size = 2 * 1024 * 1024;
     let chunk = 64 * 1024;
+    // The nodes see the registry through the proxy: publish through it, so that the signatures name
+    // the repository the nodes fetch from, then count the origin's egress from zero.
+    let proxy = Proxy::start(reg.addr()).await;
     let p = publish(
-        &reg.host(),
+        &proxy.host(),
         "v1",
         payload(size, 7),
         chunk as u32,
@@ -309,8 +321,8 @@ async fn origin_reads_stop_at_the_allowance_and_resume_when_it_grows() {
         fleet.dir.path(),
     )
     .await;
-    let proxy = Proxy::start(reg.addr()).await;
-    let index_ref = proxy.reference(&p.index_ref, &reg.host());
+    proxy.egress.store(0, std::sync::atomic::Ordering::SeqCst);
+    let index_ref = p.index_ref.clone();
     let addr = free_udp();
     let shutdown = CancellationToken::new();
     // A lone node: every chunk must come from the origin. It may read a quarter of the payload.

@@ -73,7 +73,10 @@ impl Env {
             "payload.bin",
             payload,
             &self.publisher,
-            &PublishOptions::default(),
+            &PublishOptions {
+                version: Some(semver::Version::new(1, 0, 0)),
+                ..PublishOptions::default()
+            },
         )
         .await
         .expect("publish")
@@ -182,7 +185,7 @@ async fn round_trip_publish_index_sign_verify() {
     let payload = pollen_e2e::lab::payload::bytes(3 * 1024 * 1024 + 12345, 7);
     let file = env.dir.path().join("firmware.bin");
     std::fs::write(&file, &payload).unwrap();
-    let target = parse_reference(&format!("{}:v1", env.repo("app"))).unwrap();
+    let target = parse_reference(&format!("{}:1.0.0", env.repo("app"))).unwrap();
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let s2 = sent.clone();
     let p = publish::publish_file(
@@ -380,6 +383,152 @@ async fn cosign_verifies_pollen_signatures_and_uses_pollen_keys() {
     );
 }
 
+/// The signatures stored for the manifest at `reference` that `key` verifies, as (payload, claim).
+async fn signatures_by(
+    env: &Env,
+    reference: &str,
+    key: &PublicKey,
+) -> Vec<(Vec<u8>, Option<semver::Version>)> {
+    let r = parse_reference(reference).unwrap();
+    let (manifest, digest) = env.client.pull_manifest(&r).await.expect("manifest");
+    let signatures = cosign::fetch_signatures(&env.client, &r, &digest)
+        .await
+        .expect("signatures");
+    let mine: Vec<_> = signatures
+        .iter()
+        .filter(|s| key.verify(&s.signature, &s.payload))
+        .cloned()
+        .collect();
+    let signed = verify::SignedManifest {
+        digest,
+        manifest,
+        signatures: mine.clone(),
+    };
+    let repository = pollen_trust::registry::repository_name(&r);
+    mine.into_iter()
+        .map(|s| {
+            let one = verify::SignedManifest {
+                signatures: vec![s.clone()],
+                ..signed.clone()
+            };
+            let claim = verify::check_publisher(&one, std::slice::from_ref(key), &repository)
+                .expect("the signature verifies for this repository");
+            (s.payload, claim)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn version_claims_interoperate_with_cosign_annotations() {
+    let Some(env) = Env::start().await else { return };
+    if tools::require("cosign").is_none() {
+        return;
+    }
+    ok(&env.cosign(&["generate-key-pair"]), "cosign generate-key-pair");
+    let cpub = PublicKey::from_file(&env.dir.path().join("cosign.pub")).expect("cosign pub loads");
+
+    // Real cosign signs a Pollen payload with the claim as an annotation; Pollen reads the claim, and
+    // its own payload for the same claim is byte-identical to cosign's.
+    let p = env
+        .publish("claimed", pollen_e2e::lab::payload::bytes(50_000, 11))
+        .await;
+    let cosign_sign = |annotations: &[&str]| {
+        let mut args = vec![
+            "sign",
+            "--key",
+            "cosign.key",
+            "--tlog-upload=false",
+            "--allow-http-registry",
+            "-y",
+        ];
+        args.extend(annotations);
+        args.push(&p.reference);
+        env.cosign(&args)
+    };
+    ok(
+        &cosign_sign(&["-a", "pollen.dev/version=1.4.2"]),
+        "cosign sign -a",
+    );
+    let by_cosign = signatures_by(&env, &p.reference, &cpub).await;
+    assert_eq!(by_cosign.len(), 1);
+    assert_eq!(by_cosign[0].1, Some(semver::Version::new(1, 4, 2)));
+    let repository = env.repo("claimed");
+    let ours = oci::simple_signing_payload_with(
+        &repository,
+        &p.manifest_digest,
+        &std::collections::BTreeMap::from([(oci::VERSION_ANNOTATION.to_string(), "1.4.2".to_string())]),
+    );
+    assert_eq!(
+        String::from_utf8(ours).unwrap(),
+        String::from_utf8(by_cosign[0].0.clone()).unwrap(),
+        "byte-identical to cosign's payload"
+    );
+    // And the whole verification carries it.
+    let idx = publish::create_index(
+        &env.client,
+        &p.reference,
+        &test_request(None),
+        &env.director,
+        std::slice::from_ref(&cpub),
+        |_, _| {},
+    )
+    .await
+    .expect("index");
+    let trust = TrustPolicy {
+        publisher_keys: vec![cpub.clone()],
+        director_key: env.director.public_key().unwrap(),
+    };
+    let v = env.verify(&idx.reference, &trust).await.expect("verifies");
+    assert_eq!(v.payload_location().version, Some(semver::Version::new(1, 4, 2)));
+
+    // Plain `cosign sign` (no -a) makes no claim.
+    let q = env
+        .publish("plain", pollen_e2e::lab::payload::bytes(20_000, 12))
+        .await;
+    ok(
+        &env.cosign(&[
+            "sign",
+            "--key",
+            "cosign.key",
+            "--tlog-upload=false",
+            "--allow-http-registry",
+            "-y",
+            &q.reference,
+        ]),
+        "cosign sign",
+    );
+    let plain = signatures_by(&env, &q.reference, &cpub).await;
+    assert_eq!(plain.len(), 1);
+    assert_eq!(plain[0].1, None, "no claim without -a");
+
+    // The claim Pollen signs verifies with real `cosign verify -a`, and a wrong claim does not.
+    let (_, ppub) = write_keys(env.dir.path(), "publisher", &env.publisher);
+    let cosign_verify = |claim: &str| {
+        env.cosign(&[
+            "verify",
+            "--key",
+            ppub.to_str().unwrap(),
+            "--insecure-ignore-tlog=true",
+            "--allow-http-registry",
+            "-a",
+            claim,
+            &p.reference,
+        ])
+    };
+    let out = cosign_verify("pollen.dev/version=1.0.0");
+    ok(&out, "cosign verify -a of Pollen's claim");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"pollen.dev/version\":\"1.0.0\""),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let wrong = cosign_verify("pollen.dev/version=9.9.9");
+    assert!(
+        !wrong.status.success(),
+        "cosign must refuse a claim Pollen did not sign"
+    );
+}
+
 #[tokio::test]
 async fn oras_pull_of_published_artifact_is_byte_identical() {
     let Some(env) = Env::start().await else { return };
@@ -389,7 +538,7 @@ async fn oras_pull_of_published_artifact_is_byte_identical() {
     let payload = pollen_e2e::lab::payload::bytes(2 * 1024 * 1024 + 1, 11);
     let file = env.dir.path().join("image.raw");
     std::fs::write(&file, &payload).unwrap();
-    let target = parse_reference(&format!("{}:v2", env.repo("oras"))).unwrap();
+    let target = parse_reference(&format!("{}:2.0.0", env.repo("oras"))).unwrap();
     let p = publish::publish_file(
         &env.client,
         &target,
@@ -641,7 +790,7 @@ async fn index_pointing_at_another_payload_is_refused() {
     let Some(env) = Env::start().await else { return };
     let a = pollen_e2e::lab::payload::bytes(100_000, 1);
     let _pa = env.publish("pair", a.clone()).await;
-    let target_b = parse_reference(&format!("{}:b", env.repo("pair"))).unwrap();
+    let target_b = parse_reference(&format!("{}:2.0.0", env.repo("pair"))).unwrap();
     let pb = publish::publish_bytes(
         &env.client,
         &target_b,

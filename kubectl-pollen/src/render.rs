@@ -239,6 +239,13 @@ pub fn status(ur: &UpdateRollout, rows: &[NodeRow], opts: &RenderOptions) -> Str
         "artifact: {artifact}{size} -> {}\n",
         ur.spec.install.target_path
     ));
+    match (&st.version, &st.downgraded_from) {
+        (Some(v), Some(from)) => out.push_str(&format!(
+            "version:  {v} (signed; a downgrade from {from}, allowDowngrade)\n"
+        )),
+        (Some(v), None) => out.push_str(&format!("version:  {v} (signed)\n")),
+        (None, _) => {}
+    }
     out.push_str(&format!(
         "bytes:    peers {}   origin {}\n",
         human_bytes(st.bytes_from_peers),
@@ -657,6 +664,7 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("paused:"), "{text}");
+        assert!(!text.contains("version:"), "no claim, no line: {text}");
         // The failed node is listed first among the nodes.
         let first_node_line = text
             .lines()
@@ -666,6 +674,16 @@ mod tests {
         assert!(first_node_line.starts_with("gw-3"), "{text}");
         let paused = status(&rollout(true), &rows, &RenderOptions::default());
         assert!(paused.contains("paused:   yes"), "{paused}");
+        let mut versioned = rollout(false);
+        versioned.status.as_mut().unwrap().version = Some("1.4.2".into());
+        let text = status(&versioned, &rows, &RenderOptions::default());
+        assert!(text.contains("version:  1.4.2 (signed)\n"), "{text}");
+        versioned.status.as_mut().unwrap().downgraded_from = Some("2.0.0".into());
+        let text = status(&versioned, &rows, &RenderOptions::default());
+        assert!(
+            text.contains("version:  1.4.2 (signed; a downgrade from 2.0.0, allowDowngrade)"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -6,8 +6,14 @@
 //!    TrustPolicy, and **Index** (build, push and sign the chunk index with the director key). These
 //!    run only when the spec fields they depend on change (tracked by `status.indexedFor`); a new
 //!    artifact yields a new index, which supersedes every assignment of the rollout.
-//!    A verification failure ends in `Verified=False` (reason `Unsigned` or `UntrustedSignature`),
-//!    phase `Failed`, and no EdgeNode write at all.
+//!    A verification failure ends in `Verified=False` (reason `Unsigned`, `UntrustedSignature`,
+//!    `RepositoryMismatch` or `InvalidVersionClaim`), phase `Failed`, and no EdgeNode write at all.
+//!    So does a refusal of the version ledger ([`crate::ledger`]: `Downgrade`, `VersionReused`,
+//!    `Unversioned`): the publisher's signed version claim is checked against the highest version
+//!    delivered from the repository to the install path, kept in the TrustPolicy's status, which
+//!    the operator writes (with the resource version it read, so concurrent reconciles cannot lose
+//!    an entry) before it signs the index. A rollout with `artifact.allowDowngrade` passes a lower
+//!    version: `status.downgradedFrom` and a `DowngradeAllowed` event say so.
 //! 2. **Plan** the waves ([`crate::planner`]) and check for an older conflicting rollout.
 //! 3. **Distribute**: decide with [`crate::progress::next`], write each started wave's assignments
 //!    into its EdgeNodes by server-side apply with a field manager of this rollout's own (so two
@@ -58,6 +64,7 @@ use tokio::sync::RwLock;
 use tracing::{debug, info, warn};
 
 use crate::allowance;
+use crate::ledger;
 use crate::metrics::Metrics;
 use crate::pipeline::{ArtifactPipeline, IndexRequest, PipelineError};
 use crate::planner;
@@ -251,13 +258,17 @@ fn fingerprint(ur: &UpdateRollout, tp: &TrustPolicy) -> String {
         activation_window: None,
         ..ur.spec.install.clone()
     };
-    let v = json!({
+    let mut v = json!({
         "artifact": ur.spec.artifact.reference,
         "trustPolicy": ur.spec.trust_policy,
         "director": tp.spec.director.public_key,
         "install": install,
         "chunkSize": ur.spec.transfer.chunk_size_bytes,
     });
+    // Only when set, so that the fingerprints of existing rollouts stay what they were.
+    if ur.spec.artifact.allow_downgrade {
+        v["allowDowngrade"] = json!(true);
+    }
     let digest = Sha256::digest(serde_json::to_vec(&v).expect("JSON values serialise"));
     hex::encode(&digest[..16])
 }
@@ -487,9 +498,7 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
     let verification_failed = st.indexed_for.as_deref() == Some(fp.as_str())
         && st.chunk_index.is_none()
         && st.conditions.iter().any(|c| {
-            c.type_ == types::VERIFIED
-                && c.status == "False"
-                && (c.reason == reasons::UNSIGNED || c.reason == reasons::UNTRUSTED_SIGNATURE)
+            c.type_ == types::VERIFIED && c.status == "False" && REFUSALS.contains(&c.reason.as_str())
         });
     let verify_due = verification_failed && {
         let attempts = ctx.verify_attempts.lock().expect("verify attempts lock");
@@ -536,6 +545,10 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
             Err(Stop::Retry(e)) => {
                 settle(ctx, ur, &prev, st, Action::await_change()).await?;
                 return Err(Error::Pipeline(e));
+            }
+            Err(Stop::Ledger(e)) => {
+                settle(ctx, ur, &prev, st, Action::await_change()).await?;
+                return Err(Error::Kube(e));
             }
         }
     }
@@ -900,6 +913,34 @@ async fn too_many_peers(
     settle(ctx, ur, prev, st, Action::requeue(ctx.config.blocked_retry)).await
 }
 
+/// The `Verified=False` reasons that refuse an artifact (retried every `verify_retry`: the artifact may be
+/// signed later, the tag moved back, the policy changed).
+const REFUSALS: [&str; 7] = [
+    reasons::UNSIGNED,
+    reasons::UNTRUSTED_SIGNATURE,
+    reasons::REPOSITORY_MISMATCH,
+    reasons::INVALID_VERSION_CLAIM,
+    reasons::DOWNGRADE,
+    reasons::VERSION_REUSED,
+    reasons::UNVERSIONED,
+];
+
+/// Record a refusal: `Verified=False` with `reason`, phase `Failed`, no index and nothing delivered.
+fn refuse(st: &mut UpdateRolloutStatus, reason: &str, message: String, now: Timestamp) -> Stop {
+    drop_condition(st, types::FAILED);
+    st.phase = RolloutPhase::Failed;
+    st.chunk_index = None;
+    st.sequence = None;
+    st.version = None;
+    st.downgraded_from = None;
+    set_condition(st, types::VERIFIED, false, reason, message, now);
+    for t in [types::PROGRESSING, types::COMPLETE] {
+        set_condition(st, t, false, reason, "nothing is delivered".into(), now);
+    }
+    drop_condition(st, types::INDEXED);
+    Stop::Verification
+}
+
 /// Why the Resolve/Verify/Index steps stopped.
 enum Stop {
     /// The signature did not verify: `Verified=False`, phase `Failed`, nothing else.
@@ -908,6 +949,8 @@ enum Stop {
     Invalid,
     /// A transient registry problem: retry.
     Retry(PipelineError),
+    /// The version ledger could not be written (for example a concurrent write): retry.
+    Ledger(kube::Error),
 }
 
 async fn prepare(
@@ -952,67 +995,121 @@ async fn prepare(
     st.artifact_size = Some(pinned.size as i64);
 
     st.phase = RolloutPhase::Verifying;
-    match ctx.pipeline.verify_publisher(&pinned, &tp.spec.publishers).await {
-        Ok(publisher) => set_condition(
-            st,
-            types::VERIFIED,
-            true,
-            reasons::SIGNATURE_VERIFIED,
-            format!(
-                "signed by publisher {publisher:?} of TrustPolicy {:?}",
-                tp.name_any()
-            ),
-            now,
-        ),
-        Err(e @ (PipelineError::Unsigned | PipelineError::Untrusted(_))) => {
-            drop_condition(st, types::FAILED);
-            let reason = if matches!(e, PipelineError::Unsigned) {
-                reasons::UNSIGNED
-            } else {
-                reasons::UNTRUSTED_SIGNATURE
-            };
-            st.phase = RolloutPhase::Failed;
-            st.chunk_index = None;
-            st.sequence = None;
-            set_condition(
-                st,
-                types::VERIFIED,
-                false,
-                reason,
-                format!("{}: {e}", pinned.reference),
-                now,
-            );
-            set_condition(
-                st,
-                types::PROGRESSING,
-                false,
-                reason,
-                "nothing is delivered".into(),
-                now,
-            );
-            set_condition(
-                st,
-                types::COMPLETE,
-                false,
-                reason,
-                "nothing is delivered".into(),
-                now,
-            );
-            drop_condition(st, types::INDEXED);
-            return Err(Stop::Verification);
-        }
+    let verified = match ctx.pipeline.verify_publisher(&pinned, &tp.spec.publishers).await {
+        Ok(v) => v,
         Err(e) => {
-            set_condition(
+            let reason = match e {
+                PipelineError::Unsigned => reasons::UNSIGNED,
+                PipelineError::Untrusted(_) => reasons::UNTRUSTED_SIGNATURE,
+                PipelineError::RepositoryMismatch(_) => reasons::REPOSITORY_MISMATCH,
+                PipelineError::InvalidVersionClaim(_) => reasons::INVALID_VERSION_CLAIM,
+                _ => {
+                    set_condition(
+                        st,
+                        types::VERIFIED,
+                        false,
+                        registry_reason(&e),
+                        e.to_string(),
+                        now,
+                    );
+                    return Err(Stop::Retry(e));
+                }
+            };
+            return Err(refuse(st, reason, format!("{}: {e}", pinned.reference), now));
+        }
+    };
+
+    // The version ledger: no older (or foreign-built) version under a fresh sequence.
+    let repository = pollen_trust::oci::normalize_repository(&pinned.reference);
+    let target_path = &ur.spec.install.target_path;
+    let ledger = tp
+        .status
+        .as_ref()
+        .map(|s| s.delivered.as_slice())
+        .unwrap_or_default();
+    let recorded = ledger::lookup(ledger, &repository, target_path);
+    let candidate = ledger::Candidate {
+        repository: &repository,
+        target_path,
+        digest: &pinned.digest,
+        version: verified.version.as_ref(),
+    };
+    let claim = verified
+        .version
+        .as_ref()
+        .map_or_else(|| "no version claim".to_string(), |v| format!("version {v}"));
+    st.downgraded_from = None;
+    match ledger::decide(
+        recorded,
+        &candidate,
+        tp.spec.allow_unversioned,
+        ur.spec.artifact.allow_downgrade,
+    ) {
+        ledger::Verdict::Refuse { reason, message } => {
+            return Err(refuse(
                 st,
-                types::VERIFIED,
-                false,
-                registry_reason(&e),
-                e.to_string(),
+                reason,
+                format!("{}: {message}", pinned.reference),
                 now,
-            );
-            return Err(Stop::Retry(e));
+            ));
+        }
+        ledger::Verdict::Deliver { record: false } => {}
+        ledger::Verdict::Deliver { record: true } => {
+            let entry = pollen_crds::DeliveredVersion {
+                repository: repository.clone(),
+                target_path: target_path.clone(),
+                version: verified
+                    .version
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+                digest: pinned.digest.clone(),
+                rollout: key_of(ur),
+            };
+            if let Err(e) = write_ledger(ctx, tp, ledger::record(ledger, entry)).await {
+                set_condition(
+                    st,
+                    types::VERIFIED,
+                    false,
+                    reasons::LEDGER_WRITE_FAILED,
+                    format!("recording {claim} in TrustPolicy {:?}: {e}", tp.name_any()),
+                    now,
+                );
+                return Err(Stop::Ledger(e));
+            }
+        }
+        ledger::Verdict::DowngradeAllowed { from } => {
+            publish_event(
+                ctx,
+                ur,
+                true,
+                reasons::DOWNGRADE_ALLOWED,
+                format!(
+                    "{}: {claim} delivered to {target_path} although {from} was delivered before                      (artifact.allowDowngrade)",
+                    pinned.reference
+                ),
+            )
+            .await;
+            st.downgraded_from = Some(from);
         }
     }
+    st.version = verified.version.as_ref().map(ToString::to_string);
+    set_condition(
+        st,
+        types::VERIFIED,
+        true,
+        reasons::SIGNATURE_VERIFIED,
+        format!(
+            "signed by publisher {:?} of TrustPolicy {:?}, {claim}{}",
+            verified.publisher,
+            tp.name_any(),
+            st.downgraded_from
+                .as_ref()
+                .map(|f| format!(", a downgrade from {f} (allowDowngrade)"))
+                .unwrap_or_default()
+        ),
+        now,
+    );
 
     st.phase = RolloutPhase::Indexing;
     let now_ms = u64::try_from(now.as_millisecond()).unwrap_or(0);
@@ -1060,6 +1157,23 @@ fn registry_reason(e: &PipelineError) -> &'static str {
         PipelineError::AccessDenied(_) => reasons::REGISTRY_ACCESS_DENIED,
         _ => reasons::REGISTRY_UNAVAILABLE,
     }
+}
+
+/// Write the TrustPolicy's version ledger, on the resource version read: a concurrent write makes
+/// this fail (409) and the reconcile retry, rather than lose an entry.
+async fn write_ledger(
+    ctx: &Context,
+    tp: &TrustPolicy,
+    delivered: Vec<pollen_crds::DeliveredVersion>,
+) -> Result<(), kube::Error> {
+    let api: Api<TrustPolicy> = Api::all(ctx.client.clone());
+    let body = json!({
+        "metadata": { "resourceVersion": tp.resource_version() },
+        "status": { "delivered": delivered },
+    });
+    api.patch_status(&tp.name_any(), &PatchParams::default(), &Patch::Merge(body))
+        .await?;
+    Ok(())
 }
 
 async fn invalid_spec(
@@ -1280,7 +1394,16 @@ mod tests {
 
     impl Harness {
         fn new(world: World, pipeline: Arc<dyn ArtifactPipeline>) -> Self {
-            let (ctx, verifier, clock) = test_context(pipeline);
+            Self::from_parts(world, test_context(pipeline))
+        }
+        /// A harness whose cluster serves Events.
+        fn with_events(world: World, pipeline: Arc<dyn ArtifactPipeline>) -> Self {
+            Self::from_parts(world, test_context_with_events(pipeline))
+        }
+        fn from_parts(
+            world: World,
+            (ctx, verifier, clock): (Arc<Context>, ApiServerVerifier, TestClock),
+        ) -> Self {
             let world = Arc::new(Mutex::new(world));
             let server = verifier.run(Scenario::World(world.clone()));
             Self {
@@ -1660,6 +1783,186 @@ mod tests {
         assert_eq!(cond(&st, types::VERIFIED).status, "True");
         assert_eq!(st.phase, RolloutPhase::Distributing);
         assert_eq!(h.w().assigned("r").len(), 1);
+        h.finish().await;
+    }
+
+    fn ledger_of(h: &Harness) -> Vec<pollen_crds::DeliveredVersion> {
+        h.w().policies["fleet-default"]
+            .status
+            .clone()
+            .unwrap_or_default()
+            .delivered
+    }
+
+    #[tokio::test]
+    async fn a_tag_moved_to_an_older_build_is_refused_until_the_rollout_allows_the_downgrade() {
+        let pipeline = ScriptedPipeline::signed();
+        let mut a = UpdateRollout::test("a").finalized();
+        a.spec.artifact.reference = "registry.test/fw:2.0".into();
+        let h = Harness::with_events(world_with(3, vec![a]), pipeline.clone());
+        h.step("a").await.unwrap();
+        assert_eq!(h.w().status("a").version.as_deref(), Some("2.0.0"));
+        assert_eq!(cond(&h.w().status("a"), types::VERIFIED).status, "True");
+        let ledger = ledger_of(&h);
+        assert_eq!(ledger.len(), 1, "{ledger:?}");
+        assert_eq!(
+            (
+                ledger[0].repository.as_str(),
+                ledger[0].target_path.as_str(),
+                ledger[0].version.as_str(),
+                ledger[0].rollout.as_str()
+            ),
+            ("registry.test/fw", "firmware/gw.bin", "2.0.0", "fleet/a")
+        );
+        // Rollout `a` goes away; the ledger stays with the TrustPolicy.
+        h.w().rollouts.remove(&format!("{NS}/a"));
+
+        // Whoever moves the tag `stable` to the older 1.0.0 build gets nothing delivered.
+        pipeline.claim("registry.test/fw:stable", Some("1.0.0"));
+        let mut b = UpdateRollout::test("b").finalized();
+        b.spec.artifact.reference = "registry.test/fw:stable".into();
+        h.w().add(b);
+        let writes = h.w().edge_node_writes();
+        h.step("b").await.unwrap();
+        {
+            let st = h.w().status("b");
+            let v = cond(&st, types::VERIFIED);
+            assert_eq!(
+                (v.status.as_str(), v.reason.as_str()),
+                ("False", reasons::DOWNGRADE)
+            );
+            assert!(
+                v.message.contains("1.0.0") && v.message.contains("2.0.0"),
+                "{}",
+                v.message
+            );
+            assert_eq!(st.phase, RolloutPhase::Failed);
+            assert_eq!(st.chunk_index, None);
+            assert!(h.w().assigned("b").is_empty());
+            assert_eq!(h.w().edge_node_writes(), writes, "zero EdgeNode patches");
+        }
+        // Another build signed as the same version is refused too.
+        pipeline.claim("registry.test/fw:stable", Some("2.0.0"));
+        h.clock.advance(Duration::from_secs(300));
+        h.step("b").await.unwrap();
+        assert_eq!(
+            cond(&h.w().status("b"), types::VERIFIED).reason,
+            reasons::VERSION_REUSED
+        );
+        assert_eq!(h.w().edge_node_writes(), writes);
+
+        // The rollout says so explicitly: delivered, shown in the status and in an event.
+        pipeline.claim("registry.test/fw:stable", Some("1.0.0"));
+        h.w()
+            .rollouts
+            .get_mut(&format!("{NS}/b"))
+            .unwrap()
+            .spec
+            .artifact
+            .allow_downgrade = true;
+        h.step("b").await.unwrap();
+        {
+            let w = h.w();
+            let st = w.status("b");
+            assert_eq!(cond(&st, types::VERIFIED).status, "True");
+            assert!(
+                cond(&st, types::VERIFIED)
+                    .message
+                    .contains("downgrade from 2.0.0")
+            );
+            assert_eq!(st.version.as_deref(), Some("1.0.0"));
+            assert_eq!(st.downgraded_from.as_deref(), Some("2.0.0"));
+            assert_eq!(st.phase, RolloutPhase::Distributing);
+            assert_eq!(w.assigned("b").len(), 1);
+            let events: Vec<&serde_json::Value> = w
+                .log
+                .iter()
+                .filter(|r| r.path.contains("/events"))
+                .map(|r| &r.body)
+                .filter(|b| b["reason"] == reasons::DOWNGRADE_ALLOWED)
+                .collect();
+            assert_eq!(events.len(), 1, "{events:?}");
+            assert!(events[0]["note"].as_str().unwrap().contains("2.0.0"));
+        }
+        // The mark stays at the highest version delivered.
+        assert_eq!(ledger_of(&h)[0].version, "2.0.0");
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn a_ledger_write_that_races_another_writer_assigns_nothing_and_is_retried() {
+        let h = Harness::new(
+            world_with(2, vec![UpdateRollout::test("r").finalized()]),
+            ScriptedPipeline::signed(),
+        );
+        h.w().policy_races = 1;
+        let err = h.step("r").await.unwrap_err();
+        assert!(
+            err.to_string().contains("409") || err.to_string().contains("modified"),
+            "{err}"
+        );
+        assert_eq!(
+            cond(&h.w().status("r"), types::VERIFIED).reason,
+            reasons::LEDGER_WRITE_FAILED
+        );
+        assert!(
+            h.w().assigned("r").is_empty(),
+            "no assignment before the version is recorded"
+        );
+        assert!(ledger_of(&h).is_empty());
+        h.step("r").await.unwrap();
+        assert_eq!(ledger_of(&h)[0].version, "1.0.0");
+        assert_eq!(h.w().assigned("r").len(), 1);
+        h.finish().await;
+    }
+
+    #[tokio::test]
+    async fn a_signature_for_another_repository_is_verified_false_with_zero_assignments() {
+        let pipeline = ScriptedPipeline::signed();
+        *pipeline.verify_error.lock().unwrap() =
+            Some(|| PipelineError::RepositoryMismatch("signed for registry.test/other".into()));
+        verification_fails(pipeline, reasons::REPOSITORY_MISMATCH).await;
+    }
+
+    #[tokio::test]
+    async fn a_malformed_version_claim_is_verified_false_with_zero_assignments() {
+        let pipeline = ScriptedPipeline::signed();
+        *pipeline.verify_error.lock().unwrap() =
+            Some(|| PipelineError::InvalidVersionClaim("pollen.dev/version=\"v2\"".into()));
+        verification_fails(pipeline, reasons::INVALID_VERSION_CLAIM).await;
+    }
+
+    #[tokio::test]
+    async fn an_unversioned_artifact_needs_the_policy_and_leaves_the_ledger_alone() {
+        let pipeline = ScriptedPipeline::signed();
+        pipeline.claim("registry.test/fw:1.0", None);
+        verification_fails(pipeline.clone(), reasons::UNVERSIONED).await;
+
+        let pipeline = ScriptedPipeline::signed();
+        pipeline.claim("registry.test/fw:1.0", None);
+        let h = Harness::new(
+            world_with(2, vec![UpdateRollout::test("r").finalized()]),
+            pipeline.clone(),
+        );
+        h.step("r").await.unwrap();
+        assert_eq!(
+            cond(&h.w().status("r"), types::VERIFIED).reason,
+            reasons::UNVERSIONED
+        );
+        // The policy allows unversioned artifacts: picked up on the verification retry.
+        h.w()
+            .policies
+            .get_mut("fleet-default")
+            .unwrap()
+            .spec
+            .allow_unversioned = true;
+        h.clock.advance(Duration::from_secs(300));
+        h.step("r").await.unwrap();
+        let st = h.w().status("r");
+        assert_eq!(cond(&st, types::VERIFIED).status, "True");
+        assert_eq!(st.version, None);
+        assert_eq!(h.w().assigned("r").len(), 1);
+        assert!(ledger_of(&h).is_empty(), "nothing to record without a claim");
         h.finish().await;
     }
 

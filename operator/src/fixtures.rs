@@ -31,7 +31,9 @@ use tower_test::mock::{self, Handle};
 
 use crate::controller::{Config, Context, Diagnostics, FINALIZER};
 use crate::metrics::Metrics;
-use crate::pipeline::{ArtifactPipeline, IndexRequest, IndexedArtifact, PinnedArtifact, PipelineError};
+use crate::pipeline::{
+    ArtifactPipeline, IndexRequest, IndexedArtifact, PinnedArtifact, PipelineError, VerifiedPublisher,
+};
 
 /// The publisher key the test TrustPolicy trusts.
 pub const TRUSTED_KEY: &str = "-----BEGIN PUBLIC KEY-----\ntrusted\n-----END PUBLIC KEY-----\n";
@@ -61,6 +63,7 @@ impl RolloutExt for UpdateRollout {
             UpdateRolloutSpec {
                 artifact: ArtifactSource {
                     reference: "registry.test/fw:1.0".into(),
+                    allow_downgrade: false,
                 },
                 trust_policy: "fleet-default".into(),
                 selector: LabelSelector {
@@ -131,7 +134,7 @@ pub fn edge_node(name: &str) -> EdgeNode {
 
 /// The TrustPolicy `fleet-default`, trusting [`TRUSTED_KEY`].
 pub fn trust_policy() -> TrustPolicy {
-    TrustPolicy::new(
+    let mut tp = TrustPolicy::new(
         "fleet-default",
         TrustPolicySpec {
             publishers: vec![Publisher {
@@ -141,8 +144,11 @@ pub fn trust_policy() -> TrustPolicy {
             director: DirectorKey {
                 public_key: TRUSTED_KEY.into(),
             },
+            allow_unversioned: false,
         },
-    )
+    );
+    tp.meta_mut().resource_version = Some("1".into());
+    tp
 }
 
 /// A scripted pipeline: digests are hashes of the reference, the signature is whatever key the
@@ -160,52 +166,61 @@ pub struct ScriptedPipeline {
     pub index_requests: Mutex<Vec<IndexRequest>>,
     /// Signs peer grants with [`test_director`].
     pub grants: crate::grants::GrantSigner,
+    /// Version claims set by the test, by artifact reference.
+    pub claims: Mutex<BTreeMap<String, Option<semver::Version>>>,
+    /// The claim of each pinned reference resolved so far.
+    pub pinned_claims: Mutex<BTreeMap<String, Option<semver::Version>>>,
+    /// When set, verification fails with this error.
+    pub verify_error: Mutex<Option<fn() -> PipelineError>>,
 }
 
 impl ScriptedPipeline {
-    /// Artifacts signed by the trusted key.
-    pub fn signed() -> Arc<Self> {
+    fn with_signer(signed_by: Option<&str>, registry_down: bool) -> Arc<Self> {
         Arc::new(Self {
-            signed_by: Mutex::new(Some(TRUSTED_KEY.into())),
-            registry_down: false,
+            signed_by: Mutex::new(signed_by.map(Into::into)),
+            registry_down,
             calls: Mutex::default(),
             index_down: Default::default(),
             index_requests: Mutex::default(),
             grants: test_grants(),
+            claims: Mutex::default(),
+            pinned_claims: Mutex::default(),
+            verify_error: Mutex::default(),
         })
+    }
+    /// Artifacts signed by the trusted key.
+    pub fn signed() -> Arc<Self> {
+        Self::with_signer(Some(TRUSTED_KEY), false)
     }
     /// Artifacts without a signature.
     pub fn unsigned() -> Arc<Self> {
-        Arc::new(Self {
-            signed_by: Mutex::new(None),
-            registry_down: false,
-            calls: Mutex::default(),
-            index_down: Default::default(),
-            index_requests: Mutex::default(),
-            grants: test_grants(),
-        })
+        Self::with_signer(None, false)
     }
     /// Artifacts signed by a key the policy does not trust.
     pub fn wrong_key() -> Arc<Self> {
-        Arc::new(Self {
-            signed_by: Mutex::new(Some(FOREIGN_KEY.into())),
-            registry_down: false,
-            calls: Mutex::default(),
-            index_down: Default::default(),
-            index_requests: Mutex::default(),
-            grants: test_grants(),
-        })
+        Self::with_signer(Some(FOREIGN_KEY), false)
     }
     /// A registry that refuses every request.
     pub fn down() -> Arc<Self> {
-        Arc::new(Self {
-            signed_by: Mutex::new(None),
-            registry_down: true,
-            calls: Mutex::default(),
-            index_down: Default::default(),
-            index_requests: Mutex::default(),
-            grants: test_grants(),
-        })
+        Self::with_signer(None, true)
+    }
+    /// The artifact at `reference` claims `version` (`None`: no claim) from now on.
+    pub fn claim(&self, reference: &str, version: Option<&str>) {
+        self.claims.lock().unwrap().insert(
+            reference.into(),
+            version.map(|v| semver::Version::parse(v).unwrap()),
+        );
+    }
+    /// The claim of `reference`: as set by [`Self::claim`], else its tag read as a version (`1.0` is
+    /// `1.0.0`), else none.
+    fn claim_of(&self, reference: &str) -> Option<semver::Version> {
+        if let Some(c) = self.claims.lock().unwrap().get(reference) {
+            return c.clone();
+        }
+        let tag = reference.rsplit_once(':')?.1;
+        let parts = tag.split('.').count();
+        let padded = format!("{tag}{}", ".0".repeat(3usize.saturating_sub(parts)));
+        semver::Version::parse(&padded).ok()
     }
     /// The calls made so far.
     pub fn calls(&self) -> Vec<&'static str> {
@@ -246,8 +261,13 @@ impl ArtifactPipeline for ScriptedPipeline {
             let repo = reference.split(['@']).next().unwrap();
             let repo = repo.rsplit_once(':').map_or(repo, |(r, _)| r);
             let digest = format!("sha256:{}", Self::hash(reference));
+            let pinned = format!("{repo}@{digest}");
+            self.pinned_claims
+                .lock()
+                .unwrap()
+                .insert(pinned.clone(), self.claim_of(reference));
             Ok(PinnedArtifact {
-                reference: format!("{repo}@{digest}"),
+                reference: pinned,
                 digest,
                 size: 4096,
             })
@@ -255,18 +275,31 @@ impl ArtifactPipeline for ScriptedPipeline {
     }
     fn verify_publisher<'a>(
         &'a self,
-        _artifact: &'a PinnedArtifact,
+        artifact: &'a PinnedArtifact,
         publishers: &'a [Publisher],
-    ) -> BoxFuture<'a, Result<String, PipelineError>> {
+    ) -> BoxFuture<'a, Result<VerifiedPublisher, PipelineError>> {
         Box::pin(async move {
             self.calls.lock().unwrap().push("verify");
+            if let Some(e) = *self.verify_error.lock().unwrap() {
+                return Err(e());
+            }
             let Some(key) = self.signed_by.lock().unwrap().clone() else {
                 return Err(PipelineError::Unsigned);
             };
+            let version = self
+                .pinned_claims
+                .lock()
+                .unwrap()
+                .get(&artifact.reference)
+                .cloned()
+                .flatten();
             publishers
                 .iter()
                 .find(|p| p.public_key == key)
-                .map(|p| p.name.clone())
+                .map(|p| VerifiedPublisher {
+                    publisher: p.name.clone(),
+                    version,
+                })
                 .ok_or_else(|| PipelineError::Untrusted("no publisher key of the policy verifies".into()))
         })
     }
@@ -335,6 +368,9 @@ pub struct World {
     pub log: Vec<Recorded>,
     /// Requests the mock did not understand.
     pub unexpected: Vec<String>,
+    /// Another writer changes each TrustPolicy this many times just before the operator's next status
+    /// writes reach it (their resource version is then stale).
+    pub policy_races: usize,
 }
 
 impl World {
@@ -446,6 +482,34 @@ impl World {
                     Some(tp) => (StatusCode::OK, serde_json::to_value(tp).unwrap()),
                     None => not_found(name),
                 }
+            }
+            ("PATCH", ["apis", "pollen.dev", "v1alpha1", "trustpolicies", name, "status"]) => {
+                let Some(tp) = self.policies.get_mut(*name) else {
+                    return not_found(name);
+                };
+                if self.policy_races > 0 {
+                    self.policy_races -= 1;
+                    let bumped = tp
+                        .resource_version()
+                        .unwrap_or_default()
+                        .parse::<u64>()
+                        .unwrap_or(0)
+                        + 1;
+                    tp.meta_mut().resource_version = Some(bumped.to_string());
+                }
+                let current = tp.resource_version().unwrap_or_default();
+                if let Some(rv) = body["metadata"]["resourceVersion"].as_str()
+                    && rv != current
+                {
+                    return (
+                        StatusCode::CONFLICT,
+                        json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "the object has been modified", "reason": "Conflict", "code": 409 }),
+                    );
+                }
+                tp.status = Some(serde_json::from_value(body["status"].clone()).expect("a valid status"));
+                let next = current.parse::<u64>().unwrap_or(0) + 1;
+                tp.meta_mut().resource_version = Some(next.to_string());
+                (StatusCode::OK, serde_json::to_value(&*tp).unwrap())
             }
             ("GET", ["apis", "pollen.dev", "v1alpha1", "edgenodes"]) => {
                 let items = self

@@ -3,6 +3,8 @@
 //! Layers:
 //! - [`planner`]: which node belongs to which wave (pure);
 //! - [`allowance`]: the rollout's origin budget shared out as per-node allowances (pure);
+//! - [`ledger`]: the highest version delivered per repository and install path, and whether a
+//!   verified artifact may be delivered (pure);
 //! - [`progress`]: aggregation of EdgeNode statuses, thresholds, conflicts and the phase machine (pure);
 //! - [`pipeline`]: the seam to the registry and the trust chain (resolve, verify, index);
 //! - [`controller`]: the reconciler, its context and the watches;
@@ -26,6 +28,7 @@ pub mod fixtures;
 pub mod grants;
 pub mod http;
 pub mod leader;
+pub mod ledger;
 pub mod metrics;
 pub mod pipeline;
 pub mod planner;

@@ -1,4 +1,5 @@
-//! The artifact pipeline seam: pin a reference to a digest, verify the publisher signature, and
+//! The artifact pipeline seam: pin a reference to a digest, verify the publisher signature (and read
+//! its version claim), and
 //! build, push and sign the chunk index.
 //!
 //! The reconciler only sees [`ArtifactPipeline`]. The binary plugs in the implementation backed by
@@ -19,6 +20,15 @@ pub struct PinnedArtifact {
     pub digest: String,
     /// Payload size in bytes.
     pub size: u64,
+}
+
+/// What a verified publisher signature says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedPublisher {
+    /// The name of the publisher whose key verified.
+    pub publisher: String,
+    /// The version the signature claims (`pollen.dev/version`), if it makes a claim.
+    pub version: Option<semver::Version>,
 }
 
 /// What the chunk index must say besides the payload.
@@ -69,6 +79,12 @@ pub enum PipelineError {
     /// The artifact is signed, but by no key of the trust policy.
     #[error("untrusted signature: {0}")]
     Untrusted(String),
+    /// A trusted key signed the digest for another repository (copied or tagged across repositories).
+    #[error("signed for another repository: {0}")]
+    RepositoryMismatch(String),
+    /// The signed version claim is malformed, or the signatures claim different versions.
+    #[error("invalid version claim: {0}")]
+    InvalidVersionClaim(String),
     /// Building, pushing or signing the index failed.
     #[error("indexing failed: {0}")]
     Index(String),
@@ -82,13 +98,14 @@ pub trait ArtifactPipeline: Send + Sync + 'static {
     /// Pin a tag (or check a digest) and learn the payload size.
     fn resolve<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<PinnedArtifact, PipelineError>>;
 
-    /// Check the publisher signature on the pinned manifest against the trusted publishers. Returns
-    /// the name of the publisher whose key verified.
+    /// Check the publisher signature on the pinned manifest against the trusted publishers: signed by
+    /// one of their keys, for the artifact's repository. Returns the publisher whose key verified and
+    /// the version its signature claims.
     fn verify_publisher<'a>(
         &'a self,
         artifact: &'a PinnedArtifact,
         publishers: &'a [Publisher],
-    ) -> BoxFuture<'a, Result<String, PipelineError>>;
+    ) -> BoxFuture<'a, Result<VerifiedPublisher, PipelineError>>;
 
     /// Build the chunk index from the payload, push it and sign it with the director key.
     fn build_index<'a>(

@@ -2,7 +2,8 @@
 //!
 //! - resolve: fetch the payload manifest by tag or digest, pin it, read the payload layer's size;
 //! - verify: fetch the cosign signatures stored beside the manifest and check them against each
-//!   publisher key of the TrustPolicy, one key at a time, so the condition names the publisher;
+//!   publisher key of the TrustPolicy, one key at a time, so the condition names the publisher; a
+//!   signature must name the artifact's repository, and its version claim is returned;
 //! - index: stream the payload, build the chunk index, push it as a referrer of the payload and sign
 //!   it with the director key (read once, at start, from a mounted file).
 //!
@@ -23,7 +24,9 @@ use pollen_trust::{PublicKey, Registry, RegistryOptions, SigningKey, TargetSpec,
 use tracing::warn;
 
 use crate::grants::GrantSigner;
-use crate::pipeline::{ArtifactPipeline, IndexRequest, IndexedArtifact, PinnedArtifact, PipelineError};
+use crate::pipeline::{
+    ArtifactPipeline, IndexRequest, IndexedArtifact, PinnedArtifact, PipelineError, VerifiedPublisher,
+};
 
 /// Why the pipeline could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +94,7 @@ impl ArtifactPipeline for TrustPipeline {
         &'a self,
         artifact: &'a PinnedArtifact,
         publishers: &'a [Publisher],
-    ) -> BoxFuture<'a, Result<String, PipelineError>> {
+    ) -> BoxFuture<'a, Result<VerifiedPublisher, PipelineError>> {
         Box::pin(async move {
             let registry = &self.registry;
             let r = reg::parse_reference(&artifact.reference).map_err(registry_error)?;
@@ -116,9 +119,22 @@ impl ArtifactPipeline for TrustPipeline {
                         continue;
                     }
                 };
-                match verify::check_publisher(&signed, std::slice::from_ref(&key)) {
-                    Ok(()) => return Ok(p.name.clone()),
+                match verify::check_publisher(&signed, std::slice::from_ref(&key), &reg::repository_name(&r))
+                {
+                    Ok(version) => {
+                        return Ok(VerifiedPublisher {
+                            publisher: p.name.clone(),
+                            version,
+                        });
+                    }
                     Err(VerifyError::PayloadUnsigned { .. }) => return Err(PipelineError::Unsigned),
+                    // This publisher's key verified: its signature is the answer.
+                    Err(e @ VerifyError::RepositoryMismatch { .. }) => {
+                        return Err(PipelineError::RepositoryMismatch(e.to_string()));
+                    }
+                    Err(e @ VerifyError::VersionClaim { .. }) => {
+                        return Err(PipelineError::InvalidVersionClaim(e.to_string()));
+                    }
                     Err(e) => last = Some(e),
                 }
             }

@@ -2,9 +2,12 @@
 //! layer of the signature manifest tagged `sha256-<hex>.sig` beside the signed manifest.
 //!
 //! Signing appends to an existing signature manifest (as cosign does), so cosign and Pollen signatures can
-//! sit side by side. Nothing here decides trust: the verify module does.
+//! sit side by side. The payload names the repository (`docker-reference`) and may carry annotations, such as
+//! the publisher's version claim. Nothing here decides trust: the verify module does.
 //!
 //! Non-goals: transparency-log entries, certificates, bundles, attestations.
+
+use std::collections::BTreeMap;
 
 use oci_client::Reference;
 
@@ -43,7 +46,18 @@ pub async fn sign(
     manifest_digest: &str,
     key: &SigningKey,
 ) -> Result<String, SignError> {
-    let payload = oci::simple_signing_payload(&repository_name(repo), manifest_digest);
+    sign_with(reg, repo, manifest_digest, key, &BTreeMap::new()).await
+}
+
+/// As [`sign`], with `annotations` in the payload's `optional` map (what `cosign sign -a KEY=VALUE` does).
+pub async fn sign_with(
+    reg: &Registry,
+    repo: &Reference,
+    manifest_digest: &str,
+    key: &SigningKey,
+    annotations: &BTreeMap<String, String>,
+) -> Result<String, SignError> {
+    let payload = oci::simple_signing_payload_with(&repository_name(repo), manifest_digest, annotations);
     let signature = key.sign(&payload)?;
     let sig_ref = at_tag(repo, &oci::signature_tag(manifest_digest));
     let mut layers = match reg.pull_manifest_opt(&sig_ref).await? {

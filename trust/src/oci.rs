@@ -6,6 +6,10 @@
 //! of media type [`SIMPLESIGNING_MEDIA_TYPE`] whose blob is the simple-signing payload and whose
 //! [`SIGNATURE_ANNOTATION`] is the base64 signature over that blob.
 //!
+//! A simple-signing payload names the repository it was signed for (`critical.identity.docker-reference`,
+//! compared after [`normalize_repository`]) and may carry annotations in its `optional` map; Pollen's
+//! publisher signs a version claim there ([`VERSION_ANNOTATION`]), exactly as `cosign sign -a` writes it.
+//!
 //! Non-goals: Docker schema 1/2 manifests, image indexes other than the referrers list, cosign bundles.
 
 use std::collections::BTreeMap;
@@ -248,19 +252,77 @@ pub fn index_fallback_tag(payload_manifest_digest: &str) -> String {
     format!("{}.pollen-index", payload_manifest_digest.replace(':', "-"))
 }
 
-/// cosign's simple-signing payload for `manifest_digest`, byte for byte as cosign writes it.
-/// `docker_reference` is the repository, e.g. `127.0.0.1:5000/fleet/app`.
+/// The simple-signing annotation carrying the publisher's version claim, as written by
+/// `cosign sign -a pollen.dev/version=1.4.2`.
+pub const VERSION_ANNOTATION: &str = "pollen.dev/version";
+
+/// cosign's simple-signing payload for `manifest_digest`, byte for byte as cosign writes it without
+/// annotations. `docker_reference` is the repository, e.g. `127.0.0.1:5000/fleet/app`.
 pub fn simple_signing_payload(docker_reference: &str, manifest_digest: &str) -> Vec<u8> {
+    simple_signing_payload_with(docker_reference, manifest_digest, &BTreeMap::new())
+}
+
+/// cosign's simple-signing payload with `annotations` in its `optional` map, byte for byte as
+/// `cosign sign -a KEY=VALUE …` writes it (an empty map is written as `null`, as cosign does).
+pub fn simple_signing_payload_with(
+    docker_reference: &str,
+    manifest_digest: &str,
+    annotations: &BTreeMap<String, String>,
+) -> Vec<u8> {
+    let optional = if annotations.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::to_value(annotations).expect("string maps serialise")
+    };
     let v = serde_json::json!({
         "critical": {
             "identity": {"docker-reference": docker_reference},
             "image": {"docker-manifest-digest": manifest_digest},
             "type": SIMPLESIGNING_TYPE,
         },
-        "optional": null,
+        "optional": optional,
     });
-    // serde_json's map is ordered by key, which is also the order cosign writes.
-    serde_json::to_vec(&v).expect("payload serialises")
+    // serde_json's map is ordered by key, which is also the order Go's encoder writes map keys and
+    // cosign's struct fields in. Go also escapes three HTML characters and two line separators inside
+    // strings; none of them can appear outside a string in JSON, so escaping them everywhere is exact.
+    let json = serde_json::to_string(&v).expect("payload serialises");
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out.into_bytes()
+}
+
+/// A repository name as cosign (go-containerregistry) normalises it, for comparing the signed
+/// `docker-reference` with the repository being verified: a name without a registry host, and the
+/// hosts `docker.io` and `registry-1.docker.io`, mean `index.docker.io`; a one-part Docker Hub name
+/// gets `library/`; the host is lowercased; a tag or digest is dropped.
+pub fn normalize_repository(name: &str) -> String {
+    let name = name.split_once('@').map_or(name, |(n, _)| n);
+    let name = match name.rfind(':') {
+        Some(i) if name.rfind('/').is_none_or(|j| i > j) => &name[..i],
+        _ => name,
+    };
+    let (host, path) = match name.split_once('/') {
+        Some((h, p)) if h.contains('.') || h.contains(':') || h == "localhost" => (h.to_ascii_lowercase(), p),
+        _ => ("index.docker.io".to_string(), name),
+    };
+    let host = match host.as_str() {
+        "docker.io" | "registry-1.docker.io" => "index.docker.io".to_string(),
+        _ => host,
+    };
+    if host == "index.docker.io" && !path.contains('/') {
+        format!("{host}/library/{path}")
+    } else {
+        format!("{host}/{path}")
+    }
 }
 
 /// What a simple-signing payload vouches for.
@@ -270,11 +332,23 @@ pub struct SimpleSigning {
     pub manifest_digest: String,
     /// The repository the signer named.
     pub docker_reference: String,
+    /// The `optional` map as signed (`None` for `null`); see [`SimpleSigning::version`].
+    pub optional: Option<serde_json::Value>,
+}
+
+impl SimpleSigning {
+    /// The signer's version claim ([`VERSION_ANNOTATION`] in the `optional` map), if it makes one; an
+    /// error when the claim is malformed.
+    pub fn version(&self) -> Result<Option<semver::Version>, FormatError> {
+        parse_version_claim(self.optional.as_ref())
+    }
 }
 
 #[derive(Deserialize)]
 struct SsPayload {
     critical: SsCritical,
+    #[serde(default)]
+    optional: Option<serde_json::Value>,
 }
 #[derive(Deserialize)]
 struct SsCritical {
@@ -292,6 +366,28 @@ struct SsIdentity {
 struct SsImage {
     #[serde(rename = "docker-manifest-digest")]
     docker_manifest_digest: String,
+}
+
+/// The version claim of a simple-signing payload's `optional` map: `None` without one; an error when
+/// the claim is there but is not a string holding a semantic version (`1.4.2`, `2.0.0-rc.1`).
+pub fn parse_version_claim(
+    optional: Option<&serde_json::Value>,
+) -> Result<Option<semver::Version>, FormatError> {
+    let shape = |reason: String| FormatError::Shape {
+        what: "version claim",
+        reason,
+    };
+    let Some(claim) = optional.and_then(|o| o.get(VERSION_ANNOTATION)) else {
+        return Ok(None);
+    };
+    let Some(text) = claim.as_str() else {
+        return Err(shape(format!("{VERSION_ANNOTATION} is {claim}, not a string")));
+    };
+    semver::Version::parse(text).map(Some).map_err(|e| {
+        shape(format!(
+            "{VERSION_ANNOTATION}={text:?} is not a semantic version: {e}"
+        ))
+    })
 }
 
 /// Parses a simple-signing payload (after its signature was checked).
@@ -317,6 +413,7 @@ pub fn parse_simple_signing(bytes: &[u8]) -> Result<SimpleSigning, FormatError> 
     Ok(SimpleSigning {
         manifest_digest: p.critical.image.docker_manifest_digest,
         docker_reference: p.critical.identity.docker_reference,
+        optional: p.optional.filter(|o| !o.is_null()),
     })
 }
 
@@ -407,6 +504,76 @@ mod tests {
         let p = parse_simple_signing(cosign).unwrap();
         assert_eq!(p.manifest_digest, D);
         assert_eq!(p.docker_reference, "127.0.0.1:45123/demo/app");
+    }
+
+    #[test]
+    fn annotated_payload_is_byte_identical_to_cosign() {
+        // What `cosign sign -a pollen.dev/version=1.4.2 -a note=<a&b>` writes: Go's encoder sorts map keys
+        // and escapes HTML characters inside strings.
+        let cosign = br#"{"critical":{"identity":{"docker-reference":"127.0.0.1:45123/demo/app"},"image":{"docker-manifest-digest":"sha256:690d489fe9436d170a51c63d2ae679b1adba4af509476ffb25646f3984f5b576"},"type":"cosign container image signature"},"optional":{"note":"\u003ca\u0026b\u003e","pollen.dev/version":"1.4.2"}}"#;
+        let annotations = BTreeMap::from([
+            (VERSION_ANNOTATION.to_string(), "1.4.2".to_string()),
+            ("note".to_string(), "<a&b>".to_string()),
+        ]);
+        let ours = simple_signing_payload_with("127.0.0.1:45123/demo/app", D, &annotations);
+        assert_eq!(
+            String::from_utf8(ours).unwrap(),
+            String::from_utf8(cosign.to_vec()).unwrap()
+        );
+        let p = parse_simple_signing(cosign).unwrap();
+        assert_eq!(p.version().unwrap(), Some(semver::Version::new(1, 4, 2)));
+        assert_eq!(p.optional.unwrap()["note"], "<a&b>");
+        // No annotations: `optional` is null, and there is no claim.
+        let plain = parse_simple_signing(&simple_signing_payload("r/a", D)).unwrap();
+        assert_eq!(plain.optional, None);
+        assert_eq!(plain.version().unwrap(), None);
+    }
+
+    #[test]
+    fn version_claims_parse_strictly() {
+        let claim =
+            |v: serde_json::Value| parse_version_claim(Some(&serde_json::json!({ VERSION_ANNOTATION: v })));
+        assert_eq!(
+            claim("2.0.0-rc.1".into()).unwrap(),
+            Some(semver::Version::parse("2.0.0-rc.1").unwrap())
+        );
+        for bad in ["v1.4.2", "1.4", "", "latest", " 1.4.2"] {
+            assert!(claim(bad.into()).is_err(), "{bad:?} must be refused");
+        }
+        assert!(claim(serde_json::json!(3)).is_err(), "a number is not a claim");
+        // Other annotations, or none, make no claim.
+        assert_eq!(
+            parse_version_claim(Some(&serde_json::json!({"a": "b"}))).unwrap(),
+            None
+        );
+        assert_eq!(parse_version_claim(None).unwrap(), None);
+        assert_eq!(parse_version_claim(Some(&serde_json::Value::Null)).unwrap(), None);
+    }
+
+    #[test]
+    fn repositories_normalise_as_cosign_names_them() {
+        for (a, b) in [
+            ("127.0.0.1:5000/fleet/app", "127.0.0.1:5000/fleet/app"),
+            ("busybox", "index.docker.io/library/busybox"),
+            ("docker.io/busybox", "index.docker.io/library/busybox"),
+            ("docker.io/library/busybox", "index.docker.io/library/busybox"),
+            ("registry-1.docker.io/acme/fw", "index.docker.io/acme/fw"),
+            ("acme/fw", "index.docker.io/acme/fw"),
+            ("Registry.Example/fw/gw", "registry.example/fw/gw"),
+            ("localhost/fw", "localhost/fw"),
+            ("localhost:5000/fw:1.4.2", "localhost:5000/fw"),
+            (&format!("registry.example/fw@{D}"), "registry.example/fw"),
+        ] {
+            assert_eq!(normalize_repository(a), b, "{a}");
+        }
+        assert_ne!(
+            normalize_repository("127.0.0.1:5000/fleet/app"),
+            normalize_repository("127.0.0.1:5000/fleet/other")
+        );
+        assert_ne!(
+            normalize_repository("127.0.0.1:5000/fleet/app"),
+            normalize_repository("127.0.0.1:5001/fleet/app")
+        );
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! Publishing: the publisher pushes a payload as an OCI 1.1 artifact and signs it; the director (operator)
+//! Publishing: the publisher pushes a payload as an OCI 1.1 artifact and signs it, with a version claim
+//! (`pollen.dev/version` in the simple-signing payload, as `cosign sign -a` writes it: the version given,
+//! else the tag when it is a semantic version, else publishing refuses); the director (operator)
 //! streams that payload back, builds its chunk index, pushes the index as a referrer of the payload manifest
 //! and signs it.
 //!
@@ -72,6 +74,14 @@ pub enum PublishError {
         /// Bytes received.
         actual_size: u64,
     },
+    /// No version was given and the tag is not a semantic version.
+    #[error(
+        "no version to claim: give one (`pollen publish --version`); the tag {tag:?} is not a semantic version such as 1.4.2"
+    )]
+    NoVersion {
+        /// The tag published to (empty when publishing by digest).
+        tag: String,
+    },
     /// The payload is not signed by any of the publisher keys given.
     #[error("payload is not signed by a trusted publisher: {0}")]
     Unverified(#[source] Box<verify::VerifyError>),
@@ -95,6 +105,17 @@ pub struct PublishOptions {
     pub media_type: Option<String>,
     /// Name in the `org.opencontainers.image.title` annotation; default the file name.
     pub title: Option<String>,
+    /// The version the signature claims; default the tag, when it is a semantic version.
+    pub version: Option<semver::Version>,
+}
+
+/// The version a publish to `target` claims: `opts.version`, else the tag when it is a semantic version.
+pub fn claimed_version(target: &Reference, opts: &PublishOptions) -> Result<semver::Version, PublishError> {
+    if let Some(v) = &opts.version {
+        return Ok(v.clone());
+    }
+    let tag = target.tag().unwrap_or_default();
+    semver::Version::parse(tag).map_err(|_| PublishError::NoVersion { tag: tag.into() })
 }
 
 async fn hash_file(path: &Path) -> Result<(String, u64), PublishError> {
@@ -139,13 +160,15 @@ async fn push_payload_manifest(
     target: &Reference,
     layer: Descriptor,
     key: &SigningKey,
+    version: &semver::Version,
 ) -> Result<Published, PublishError> {
     reg.push_blob(target, oci::EMPTY_CONFIG.to_vec()).await?;
     let manifest = Manifest::artifact(PAYLOAD_ARTIFACT_TYPE, vec![layer.clone()], None);
     let digest = reg
         .push_manifest(target, manifest.to_bytes(), OCI_MANIFEST_MEDIA_TYPE)
         .await?;
-    cosign::sign(reg, target, &digest, key).await?;
+    let claim = BTreeMap::from([(oci::VERSION_ANNOTATION.to_string(), version.to_string())]);
+    cosign::sign_with(reg, target, &digest, key, &claim).await?;
     Ok(Published {
         reference: format!("{}/{}@{}", target.registry(), target.repository(), digest),
         manifest_digest: digest,
@@ -154,7 +177,7 @@ async fn push_payload_manifest(
 }
 
 /// Pushes `path` to `target` (`registry/repo:tag`) as a one-layer OCI 1.1 artifact and signs its manifest
-/// with `key`, cosign-style. `progress(sent, total)` reports the upload.
+/// with `key`, cosign-style, claiming [`claimed_version`]. `progress(sent, total)` reports the upload.
 pub async fn publish_file(
     reg: &Registry,
     target: &Reference,
@@ -163,6 +186,7 @@ pub async fn publish_file(
     opts: &PublishOptions,
     progress: impl Fn(u64, u64) + Send + Sync + 'static,
 ) -> Result<Published, PublishError> {
+    let version = claimed_version(target, opts)?;
     let (digest, size) = hash_file(path).await?;
     reg.push_blob_file(target, path, &digest, size, move |sent| progress(sent, size))
         .await?;
@@ -170,7 +194,14 @@ pub async fn publish_file(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "payload".into());
-    push_payload_manifest(reg, target, payload_layer(digest, size, opts, &name), key).await
+    push_payload_manifest(
+        reg,
+        target,
+        payload_layer(digest, size, opts, &name),
+        key,
+        &version,
+    )
+    .await
 }
 
 /// Pushes an in-memory payload (tests, small payloads); otherwise as [`publish_file`].
@@ -182,9 +213,17 @@ pub async fn publish_bytes(
     key: &SigningKey,
     opts: &PublishOptions,
 ) -> Result<Published, PublishError> {
+    let version = claimed_version(target, opts)?;
     let size = bytes.len() as u64;
     let desc = reg.push_blob(target, bytes).await?;
-    push_payload_manifest(reg, target, payload_layer(desc.digest, size, opts, name), key).await
+    push_payload_manifest(
+        reg,
+        target,
+        payload_layer(desc.digest, size, opts, name),
+        key,
+        &version,
+    )
+    .await
 }
 
 /// The director's decisions for a new index (see [`IndexMeta`]), and optionally the chunk size.
@@ -237,7 +276,7 @@ pub async fn create_index(
             manifest: pbytes.clone(),
             signatures,
         };
-        verify::check_publisher(&signed, publisher_keys)
+        verify::check_publisher(&signed, publisher_keys, &crate::registry::repository_name(&pref))
             .map_err(|e| PublishError::Unverified(Box::new(e)))?;
     }
     let pm = Manifest::parse(&pbytes, "payload manifest")?;

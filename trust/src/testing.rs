@@ -34,9 +34,25 @@ pub fn test_meta() -> IndexMeta {
     }
 }
 
+/// The version the publisher of a [`Fixture`] claims.
+pub const FIXTURE_VERSION: &str = "1.0.0";
+
 /// A signature over `digest` as cosign makes it.
 pub fn sign_digest(key: &SigningKey, repository: &str, digest: &str) -> Result<StoredSignature, KeyError> {
     let payload = oci::simple_signing_payload(repository, digest);
+    let signature = key.sign(&payload)?;
+    Ok(StoredSignature { payload, signature })
+}
+
+/// A signature over `digest` claiming `version`, as `cosign sign -a pollen.dev/version=<version>` makes it.
+pub fn sign_digest_claiming(
+    key: &SigningKey,
+    repository: &str,
+    digest: &str,
+    version: &str,
+) -> Result<StoredSignature, KeyError> {
+    let claim = BTreeMap::from([(oci::VERSION_ANNOTATION.to_string(), version.to_string())]);
+    let payload = oci::simple_signing_payload_with(repository, digest, &claim);
     let signature = key.sign(&payload)?;
     Ok(StoredSignature { payload, signature })
 }
@@ -70,7 +86,8 @@ pub struct Fixture {
 }
 
 impl Fixture {
-    /// Builds and verifies an index of `payload` in `chunk_size` chunks, located at `registry/repository`.
+    /// Builds and verifies an index of `payload` in `chunk_size` chunks, located at `registry/repository`;
+    /// the publisher claims version [`FIXTURE_VERSION`].
     pub fn new(
         registry: &str,
         repository: &str,
@@ -90,7 +107,7 @@ impl Fixture {
         )]));
         let pm = Manifest::artifact(PAYLOAD_ARTIFACT_TYPE, vec![layer], None).to_bytes();
         let pdigest = oci::sha256_digest(&pm);
-        let psig = sign_digest(&publisher, &repo, &pdigest)?;
+        let psig = sign_digest_claiming(&publisher, &repo, &pdigest, FIXTURE_VERSION)?;
 
         let blob = index.encode();
         let subject = Descriptor::of(oci::OCI_MANIFEST_MEDIA_TYPE, &pm);
@@ -161,7 +178,7 @@ pub enum PublishedError {
     Verify(#[from] VerifyError),
 }
 
-/// Publishes `payload` to `target` (`registry/repo:tag`) with an ephemeral publisher key, indexes it with an
+/// Publishes `payload` to `target` (`registry/repo:tag`) as version 1.0.0 with an ephemeral publisher key, indexes it with an
 /// ephemeral director key, and verifies it through the registry.
 pub async fn publish_and_verify(
     reg: &Registry,
@@ -178,7 +195,10 @@ pub async fn publish_and_verify(
         "payload.bin",
         payload,
         &publisher,
-        &PublishOptions::default(),
+        &PublishOptions {
+            version: Some(semver::Version::new(1, 0, 0)),
+            ..PublishOptions::default()
+        },
     )
     .await?;
     let trust = TrustPolicy {

@@ -19,6 +19,8 @@ pub struct ResolvedPayload {
     pub manifest_digest: String,
     /// Digest of the payload blob (the manifest's single layer), `sha256:<hex>`; equals the index's payload digest.
     pub blob_digest: String,
+    /// The version the publisher's signature claims, if it makes a claim.
+    pub version: Option<semver::Version>,
 }
 
 impl ResolvedPayload {

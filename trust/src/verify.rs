@@ -5,17 +5,23 @@
 //! order, each check with its own error:
 //!
 //! 1. the index manifest matches the digest it was asked for ([`VerifyError::IndexManifestTampered`]);
-//! 2. the director signed it ([`VerifyError::IndexUnsigned`], [`VerifyError::DirectorSignature`],
-//!    [`VerifyError::DirectorSignedOther`]);
+//! 2. the director signed it, for this repository ([`VerifyError::IndexUnsigned`],
+//!    [`VerifyError::DirectorSignature`], [`VerifyError::DirectorSignedOther`],
+//!    [`VerifyError::RepositoryMismatch`]);
 //! 3. it is a Pollen chunk-index artifact with a subject ([`VerifyError::IndexManifestFormat`]);
 //! 4. the index blob matches the signed manifest and decodes ([`VerifyError::IndexTampered`],
 //!    [`VerifyError::IndexDecode`]);
 //! 5. the payload manifest is the subject ([`VerifyError::PayloadManifestTampered`]) and the publisher signed
-//!    it ([`VerifyError::PayloadUnsigned`], [`VerifyError::PublisherSignature`],
-//!    [`VerifyError::PublisherSignedOther`]);
+//!    it for this repository ([`VerifyError::PayloadUnsigned`], [`VerifyError::PublisherSignature`],
+//!    [`VerifyError::PublisherSignedOther`], [`VerifyError::RepositoryMismatch`]), with at most one
+//!    well-formed version claim ([`VerifyError::VersionClaim`]), which the result carries;
 //! 6. the index describes that manifest's only layer ([`VerifyError::PayloadManifestFormat`],
 //!    [`VerifyError::PayloadMismatch`]);
 //! 7. sequence and expiry ([`VerifyError::Rollback`], [`VerifyError::Expired`]).
+//!
+//! A signature binds a digest to the repository it was published in: the signed `docker-reference` must
+//! name the repository being verified (both normalised as cosign does, [`oci::normalize_repository`]), so a
+//! digest signed for one product cannot be copied into, or tagged in, another product's repository.
 //!
 //! The checks themselves are pure ([`verify_evidence`] over fetched [`Evidence`]); the network part only
 //! fetches. Nothing else is contacted: no Fulcio, Rekor or TUF.
@@ -30,7 +36,7 @@ use crate::cosign::{self, SignError, StoredSignature};
 use crate::index::{ChunkIndex, IndexError, MAX_ENCODED_LEN};
 use crate::keys::PublicKey;
 use crate::oci::{self, Descriptor, FormatError, INDEX_ARTIFACT_TYPE, Manifest};
-use crate::registry::{Registry, RegistryError, at_digest, parse_reference};
+use crate::registry::{Registry, RegistryError, at_digest, parse_reference, repository_name};
 use crate::verified::{ResolvedPayload, VerifiedIndex};
 
 /// The keys a node trusts.
@@ -72,6 +78,15 @@ pub enum Role {
     Director,
     /// The publisher's signature on the payload manifest.
     Publisher,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Director => "director",
+            Role::Publisher => "publisher",
+        })
+    }
 }
 
 /// Why an index was not verified. Each variant names exactly one failed check.
@@ -143,6 +158,27 @@ pub enum VerifyError {
         /// The digest the signature vouches for.
         signed: String,
     },
+    /// A trusted key signed this digest, but for another repository (the object was copied or tagged
+    /// across repositories).
+    #[error("the {role} signature on {digest} is for repository {signed}, not {expected}")]
+    RepositoryMismatch {
+        /// Whose signature.
+        role: Role,
+        /// The manifest digest.
+        digest: String,
+        /// The repository the signature names (`docker-reference`).
+        signed: String,
+        /// The repository being verified.
+        expected: String,
+    },
+    /// The publisher's version claim is malformed, or its valid signatures claim different versions.
+    #[error("publisher version claim on {digest}: {reason}")]
+    VersionClaim {
+        /// The manifest digest.
+        digest: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The payload manifest is not a single-layer artifact.
     #[error("payload manifest: {0}")]
     PayloadManifestFormat(#[source] FormatError),
@@ -211,7 +247,8 @@ fn check_signed(
     keys: &[PublicKey],
     role: Role,
     key_name: &str,
-) -> Result<(), VerifyError> {
+    repository: &str,
+) -> Result<Option<semver::Version>, VerifyError> {
     if oci::sha256_digest(&m.manifest) != m.digest {
         return Err(match role {
             Role::Director => VerifyError::IndexManifestTampered,
@@ -228,51 +265,102 @@ fn check_signed(
             },
         });
     }
+    let expected = oci::normalize_repository(repository);
     let mut other = None;
+    let mut foreign = None;
+    let mut accepted = Vec::new();
     for s in &m.signatures {
         if !keys.iter().any(|k| k.verify(&s.signature, &s.payload)) {
             continue;
         }
         match oci::parse_simple_signing(&s.payload) {
-            Ok(p) if p.manifest_digest == m.digest => return Ok(()),
-            Ok(p) => other = Some(p.manifest_digest),
+            Ok(p) if p.manifest_digest != m.digest => other = Some(p.manifest_digest),
+            Ok(p) if oci::normalize_repository(&p.docker_reference) != expected => {
+                foreign = Some(p.docker_reference)
+            }
+            Ok(p) => accepted.push(p),
             Err(_) => other = Some("<malformed payload>".into()),
         }
     }
-    Err(match (role, other) {
-        (Role::Director, Some(signed)) => VerifyError::DirectorSignedOther {
+    if !accepted.is_empty() {
+        if role == Role::Director {
+            return Ok(None);
+        }
+        return version_claim(&m.digest, &accepted);
+    }
+    Err(match (role, foreign, other) {
+        (role, Some(signed), _) => VerifyError::RepositoryMismatch {
+            role,
+            digest: m.digest.clone(),
+            signed,
+            expected: repository.into(),
+        },
+        (Role::Director, None, Some(signed)) => VerifyError::DirectorSignedOther {
             digest: m.digest.clone(),
             signed,
         },
-        (Role::Publisher, Some(signed)) => VerifyError::PublisherSignedOther {
+        (Role::Publisher, None, Some(signed)) => VerifyError::PublisherSignedOther {
             digest: m.digest.clone(),
             signed,
         },
-        (Role::Director, None) => VerifyError::DirectorSignature {
+        (Role::Director, None, None) => VerifyError::DirectorSignature {
             digest: m.digest.clone(),
             key: key_name.into(),
         },
-        (Role::Publisher, None) => VerifyError::PublisherSignature {
+        (Role::Publisher, None, None) => VerifyError::PublisherSignature {
             digest: m.digest.clone(),
         },
     })
 }
 
-/// Checks that a trusted publisher signed the payload manifest `m` (used by the operator before indexing).
-pub fn check_publisher(m: &SignedManifest, keys: &[PublicKey]) -> Result<(), VerifyError> {
-    check_signed(m, keys, Role::Publisher, "")
+/// The one version the valid publisher signatures claim (signatures without a claim add nothing).
+fn version_claim(
+    digest: &str,
+    accepted: &[oci::SimpleSigning],
+) -> Result<Option<semver::Version>, VerifyError> {
+    let mut claimed: Option<semver::Version> = None;
+    for p in accepted {
+        let v = p.version().map_err(|e| VerifyError::VersionClaim {
+            digest: digest.into(),
+            reason: e.to_string(),
+        })?;
+        match (&claimed, v) {
+            (_, None) => {}
+            (None, Some(v)) => claimed = Some(v),
+            (Some(c), Some(v)) if *c == v => {}
+            (Some(c), Some(v)) => {
+                return Err(VerifyError::VersionClaim {
+                    digest: digest.into(),
+                    reason: format!("its signatures claim both {c} and {v}"),
+                });
+            }
+        }
+    }
+    Ok(claimed)
+}
+
+/// Checks that a trusted publisher signed the payload manifest `m` for `repository`
+/// (`registry/repository`), and returns the version it claims (used by the operator before indexing).
+pub fn check_publisher(
+    m: &SignedManifest,
+    keys: &[PublicKey],
+    repository: &str,
+) -> Result<Option<semver::Version>, VerifyError> {
+    check_signed(m, keys, Role::Publisher, "", repository)
 }
 
 /// Checks the director's signature on the index manifest and returns its (index layer, subject).
 fn check_index_manifest(
     ev: &SignedManifest,
     trust: &TrustPolicy,
+    repository: &str,
 ) -> Result<(Descriptor, Descriptor), VerifyError> {
     check_signed(
         ev,
         std::slice::from_ref(&trust.director_key),
         Role::Director,
         trust.director_key.fingerprint(),
+        repository,
     )?;
     let m = Manifest::parse(&ev.manifest, "index manifest").map_err(VerifyError::IndexManifestFormat)?;
     let shape = |reason: &str| {
@@ -304,7 +392,8 @@ pub fn verify_evidence(
     trust: &TrustPolicy,
     ctx: &VerifyContext,
 ) -> Result<VerifiedIndex, VerifyError> {
-    let (layer, subject) = check_index_manifest(&ev.index, trust)?;
+    let repository = format!("{}/{}", ev.registry, ev.repository);
+    let (layer, subject) = check_index_manifest(&ev.index, trust, &repository)?;
     if oci::sha256_digest(&ev.index_blob) != layer.digest || ev.index_blob.len() as u64 != layer.size {
         return Err(VerifyError::IndexTampered);
     }
@@ -312,7 +401,13 @@ pub fn verify_evidence(
     if ev.payload.digest != subject.digest {
         return Err(VerifyError::PayloadManifestTampered);
     }
-    check_signed(&ev.payload, &trust.publisher_keys, Role::Publisher, "")?;
+    let version = check_signed(
+        &ev.payload,
+        &trust.publisher_keys,
+        Role::Publisher,
+        "",
+        &repository,
+    )?;
     let pm = Manifest::parse(&ev.payload.manifest, "payload manifest")
         .map_err(VerifyError::PayloadManifestFormat)?;
     let [player] = <[Descriptor; 1]>::try_from(pm.layers).map_err(|_| {
@@ -352,6 +447,7 @@ pub fn verify_evidence(
         repository: ev.repository.clone(),
         manifest_digest: ev.payload.digest.clone(),
         blob_digest: player.digest,
+        version,
     };
     let index_reference = format!("{}/{}@{}", ev.registry, ev.repository, ev.index.digest);
     Ok(VerifiedIndex::new(index, payload, index_reference))
@@ -400,7 +496,7 @@ pub async fn fetch_evidence(
     let r = parse_reference(index_reference).map_err(fetch_err("index reference"))?;
     let index = fetch_signed(reg, &r, "index manifest", VerifyError::IndexManifestTampered).await?;
     // Check the director's signature before reading anything the index manifest points at.
-    let (layer, subject) = check_index_manifest(&index, trust)?;
+    let (layer, subject) = check_index_manifest(&index, trust, &repository_name(&r))?;
     let index_blob = match reg
         .pull_blob(&at_digest(&r, &layer.digest), &layer, MAX_ENCODED_LEN)
         .await
@@ -446,7 +542,9 @@ mod tests {
     use super::*;
     use crate::index::{IndexMeta, build_index};
     use crate::keys::SigningKey;
-    use crate::testing::{Fixture, sign_digest, test_meta};
+    use crate::testing::{FIXTURE_VERSION, Fixture, sign_digest, sign_digest_claiming, test_meta};
+
+    const REPO: &str = "127.0.0.1:5000/fleet/app";
 
     fn payload() -> Vec<u8> {
         (0..50_000u32).map(|i| (i % 253) as u8).collect()
@@ -537,6 +635,102 @@ mod tests {
     }
 
     #[test]
+    fn a_signature_for_another_repository_is_refused() {
+        let f = fixture();
+        assert_eq!(
+            f.verified.payload_location().version,
+            Some(semver::Version::parse(FIXTURE_VERSION).unwrap())
+        );
+        // The publisher signed this very digest, but for another product's repository: the manifest was
+        // copied (or tagged) across repositories.
+        let mut ev = f.evidence.clone();
+        ev.payload.signatures =
+            vec![sign_digest(&f.publisher, "127.0.0.1:5000/fleet/other", &ev.payload.digest).unwrap()];
+        let err = check(&f, &ev).unwrap_err();
+        match &err {
+            VerifyError::RepositoryMismatch {
+                role: Role::Publisher,
+                signed,
+                expected,
+                ..
+            } => {
+                assert_eq!(signed, "127.0.0.1:5000/fleet/other");
+                assert_eq!(expected, REPO);
+            }
+            other => panic!("expected a repository mismatch, got {other:?}"),
+        }
+        let msg = err.to_string();
+        assert!(msg.contains("fleet/other") && msg.contains("fleet/app"), "{msg}");
+        // The same for the director's signature on the index.
+        let mut ev = f.evidence.clone();
+        ev.index.signatures =
+            vec![sign_digest(&f.director, "127.0.0.1:5001/fleet/app", &ev.index.digest).unwrap()];
+        assert!(matches!(
+            check(&f, &ev),
+            Err(VerifyError::RepositoryMismatch {
+                role: Role::Director,
+                ..
+            })
+        ));
+        // The same bytes, evidence fetched from the other repository.
+        let mut ev = f.evidence.clone();
+        ev.repository = "fleet/other".into();
+        assert!(matches!(
+            check(&f, &ev),
+            Err(VerifyError::RepositoryMismatch { .. })
+        ));
+        // A name cosign normalises the same way is the same repository.
+        let mut ev = f.evidence.clone();
+        ev.registry = "docker.io".into();
+        ev.repository = "busybox".into();
+        ev.index.signatures =
+            vec![sign_digest(&f.director, "index.docker.io/library/busybox", &ev.index.digest).unwrap()];
+        ev.payload.signatures = vec![sign_digest(&f.publisher, "busybox", &ev.payload.digest).unwrap()];
+        check(&f, &ev).expect("normalised names match");
+    }
+
+    #[test]
+    fn version_claims_are_carried_and_checked() {
+        let f = fixture();
+        let pd = f.evidence.payload.digest.clone();
+        // A signature without a claim: verified, unversioned.
+        let mut ev = f.evidence.clone();
+        ev.payload.signatures = vec![sign_digest(&f.publisher, REPO, &pd).unwrap()];
+        assert_eq!(check(&f, &ev).unwrap().payload_location().version, None);
+        // A claim and a signature without one: the claim counts.
+        ev.payload
+            .signatures
+            .push(sign_digest_claiming(&f.publisher, REPO, &pd, "2.1.0-rc.1").unwrap());
+        assert_eq!(
+            check(&f, &ev).unwrap().payload_location().version,
+            Some(semver::Version::parse("2.1.0-rc.1").unwrap())
+        );
+        // Two valid signatures claiming different versions.
+        ev.payload
+            .signatures
+            .push(sign_digest_claiming(&f.publisher, REPO, &pd, "2.2.0").unwrap());
+        let err = check(&f, &ev).unwrap_err();
+        assert!(
+            matches!(&err, VerifyError::VersionClaim { reason, .. } if reason.contains("2.1.0-rc.1") && reason.contains("2.2.0")),
+            "{err}"
+        );
+        // A malformed claim.
+        let mut ev = f.evidence.clone();
+        ev.payload.signatures = vec![sign_digest_claiming(&f.publisher, REPO, &pd, "v2").unwrap()];
+        assert!(matches!(check(&f, &ev), Err(VerifyError::VersionClaim { .. })));
+        // A claim signed by an untrusted key says nothing.
+        let stranger = SigningKey::generate().unwrap();
+        let mut ev = f.evidence.clone();
+        ev.payload
+            .signatures
+            .push(sign_digest_claiming(&stranger, REPO, &pd, "9.0.0").unwrap());
+        assert_eq!(
+            check(&f, &ev).unwrap().payload_location().version,
+            Some(semver::Version::parse(FIXTURE_VERSION).unwrap())
+        );
+    }
+
+    #[test]
     fn tampering() {
         let f = fixture();
         let mut ev = f.evidence.clone();
@@ -570,7 +764,7 @@ mod tests {
         m.layers = vec![Descriptor::of(INDEX_ARTIFACT_TYPE, &ev.index_blob)];
         ev.index.manifest = m.to_bytes();
         ev.index.digest = oci::sha256_digest(&ev.index.manifest);
-        ev.index.signatures = vec![sign_digest(&f.director, "r", &ev.index.digest).unwrap()];
+        ev.index.signatures = vec![sign_digest(&f.director, REPO, &ev.index.digest).unwrap()];
         assert!(matches!(check(&f, &ev), Err(VerifyError::PayloadMismatch { .. })));
     }
 
@@ -637,7 +831,7 @@ mod tests {
         m.layers = vec![Descriptor::of(INDEX_ARTIFACT_TYPE, &ev.index_blob)];
         ev.index.manifest = m.to_bytes();
         ev.index.digest = oci::sha256_digest(&ev.index.manifest);
-        ev.index.signatures = vec![sign_digest(&f.director, "r", &ev.index.digest).unwrap()];
+        ev.index.signatures = vec![sign_digest(&f.director, REPO, &ev.index.digest).unwrap()];
         assert!(matches!(
             check(&f, &ev),
             Err(VerifyError::IndexDecode(IndexError::Truncated { .. }))
@@ -647,7 +841,7 @@ mod tests {
         m.artifact_type = Some("application/x-other".into());
         ev.index.manifest = m.to_bytes();
         ev.index.digest = oci::sha256_digest(&ev.index.manifest);
-        ev.index.signatures = vec![sign_digest(&f.director, "r", &ev.index.digest).unwrap()];
+        ev.index.signatures = vec![sign_digest(&f.director, REPO, &ev.index.digest).unwrap()];
         assert!(matches!(check(&f, &ev), Err(VerifyError::IndexManifestFormat(_))));
     }
 }

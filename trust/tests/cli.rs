@@ -125,8 +125,15 @@ fn publish_index_verify_from_the_command_line() {
         "publish over https to a plain-HTTP registry must fail"
     );
 
+    // The tag `v1` is not a semantic version: publish wants the version to sign.
     let mut args = vec!["publish", "app.bin", "--to", &to, "--key", "publisher.key"];
     args.extend(reg);
+    fails(
+        &pollen(d, &args),
+        "publish without a version",
+        "no version to claim",
+    );
+    args.extend(["--version", "1.4.2"]);
     let payload_ref = ok(&pollen(d, &args), "publish");
     assert!(
         payload_ref.starts_with(&format!("{}/cli/app@sha256:", registry.host())),
@@ -179,6 +186,10 @@ fn publish_index_verify_from_the_command_line() {
         "{summary}"
     );
     assert!(summary.contains("23 x 65536 bytes"), "{summary}");
+    assert!(
+        summary.contains("version    1.4.2 (signed by the publisher)"),
+        "{summary}"
+    );
 
     fails(
         &verify("director.pub", "publisher.pub", &[]),

@@ -200,7 +200,7 @@ pub fn preflight(cfg: &SwarmConfig) -> Result<(), LabError> {
 /// `pollen` subcommands and the flags the launcher uses with them.
 const PUBLISH_FLAGS: &[(&str, &[&str])] = &[
     ("keygen", &["--output-prefix"]),
-    ("publish", &["--to", "--key", "--insecure-registry"]),
+    ("publish", &["--to", "--key", "--version", "--insecure-registry"]),
     (
         "index",
         &[
@@ -327,6 +327,8 @@ fn publish(
         &target,
         "--key",
         &format!("{}.key", prefix("publisher")),
+        "--version",
+        "1.0.0",
         "--insecure-registry",
         &Origin::addr().to_string(),
     ])?);

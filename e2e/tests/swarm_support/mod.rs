@@ -166,9 +166,10 @@ impl Proxy {
         }
     }
 
-    /// The index reference rewritten to go through this proxy.
-    pub fn reference(&self, index_ref: &str, registry_host: &str) -> String {
-        index_ref.replacen(registry_host, &self.addr.to_string(), 1)
+    /// The proxy as a registry host. Publish through it: signatures name their repository, registry
+    /// host included, and nodes check that it is the one they fetch from.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
     }
 }
 

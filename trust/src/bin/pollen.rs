@@ -47,7 +47,7 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Push FILE as a signed OCI artifact and print its pinned reference.
+    /// Push FILE as a signed OCI artifact, claiming a version, and print its pinned reference.
     Publish {
         /// The payload file.
         file: PathBuf,
@@ -60,6 +60,11 @@ enum Command {
         /// Layer media type (default application/octet-stream).
         #[arg(long)]
         media_type: Option<String>,
+        /// The version the signature claims (`pollen.dev/version`, a semantic version such as 1.4.2).
+        /// Default: the tag, when it is a semantic version; otherwise this flag is required. The
+        /// operator refuses to deliver a lower version than it delivered before to the same target.
+        #[arg(long, value_name = "SEMVER")]
+        version: Option<semver::Version>,
         #[command(flatten)]
         registry: RegistryArgs,
     },
@@ -359,10 +364,9 @@ async fn run(cli: Cli) -> Result<()> {
             to,
             key,
             media_type,
+            version,
             registry,
         } => {
-            let key = load_signing_key(&key)?;
-            let reg = registry.registry()?;
             let target = parse_reference(&to)?;
             if target.tag().is_none() && target.digest().is_none() {
                 bail!("--to needs a tag: REGISTRY/REPO:TAG");
@@ -370,9 +374,15 @@ async fn run(cli: Cli) -> Result<()> {
             let opts = PublishOptions {
                 media_type,
                 title: None,
+                version,
             };
+            // Refuse before reading the key when there is no version to claim.
+            let claimed = publish::claimed_version(&target, &opts)?;
+            let key = load_signing_key(&key)?;
+            let reg = registry.registry()?;
             let p =
                 publish::publish_file(&reg, &target, &file, &key, &opts, progress_bar("uploading")).await?;
+            eprintln!("signed as version {claimed}");
             println!("{}", p.reference);
         }
         Command::Grant { index, node, key } => {
@@ -447,6 +457,10 @@ async fn run(cli: Cli) -> Result<()> {
                 if v.downgrade { ", downgrade" } else { "" }
             );
             println!("  payload    {}", v.payload_location().reference());
+            match &v.payload_location().version {
+                Some(version) => println!("  version    {version} (signed by the publisher)"),
+                None => println!("  version    none claimed"),
+            }
             println!(
                 "  blob       {} ({} bytes)",
                 v.payload_location().blob_digest,
