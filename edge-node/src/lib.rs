@@ -5,8 +5,9 @@
 //!   choice, admission of peers' revocation lists), tested without sockets or clocks;
 //! - [`store`] and [`install`]: the chunk store (verify before marking present, crash-safe bitfield) and
 //!   the atomic installer;
-//! - [`tls`], [`net`], [`origin`], [`engine`]: QUIC with mutual TLS against the fleet CA, the origin
-//!   fallback, and the engine that drives a swarm for one verified index;
+//! - [`tls`], [`net`], [`engine`]: QUIC with mutual TLS against the fleet CA, and the engine that drives a
+//!   swarm for one verified index, with its origin fallback (range GETs through `pollen_trust::registry`,
+//!   so with the registry's TLS and auth);
 //! - [`activation`]: the daily window in which a verified payload may be installed;
 //! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` server.
 //!

@@ -5,7 +5,8 @@
 //! - [`index`]: the chunk index, its canonical encoding and per-chunk verification (pure, no I/O);
 //! - [`oci`]: OCI manifests and cosign's signature formats (pure);
 //! - [`keys`]: cosign-format keys;
-//! - [`registry`]: the registry client (oci-client, Docker config auth, plain HTTP only on request);
+//! - [`registry`]: the registry client: TLS, bearer-token and basic auth, Docker config credentials and
+//!   helpers, capped manifest and blob reads, range GETs; plain HTTP only for listed hosts;
 //! - [`cosign`]: storing and fetching cosign signatures;
 //! - [`publish`]: publishing payloads, building and pushing signed indexes;
 //! - [`pki`]: the fleet CA, node certificates from signing requests, the signed revocation list;
