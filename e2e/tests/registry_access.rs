@@ -537,17 +537,17 @@ async fn wrong_credentials_are_a_condition_and_a_node_status_not_a_hang() {
     assert!(last.contains("unauthorized"), "EdgeNode lastError: {last}");
 }
 
-#[tokio::test]
-async fn a_standalone_node_with_a_wrong_password_exits_non_zero_with_the_registry_error() {
-    let Some(r) = start(SecureOptions::new(AuthMode::Htpasswd)).await else {
-        return;
-    };
-    let pusher = client(&r, Some(PUSHER), true, "pusher.json");
-    let p = publish_and_index(&r, &pusher).await;
+/// A `pollen-edge-node standalone` command for node `n0` with a fresh fleet CA and identity written
+/// into `d`, verifying `index` with `trust`'s keys, trusting the registry CA `registry_ca`.
+fn standalone(
+    d: &std::path::Path,
+    index: &str,
+    trust: &TrustPolicy,
+    registry_ca: &std::path::Path,
+) -> tokio::process::Command {
     let bin = fleet::build_binaries(false)
         .expect("build")
         .join("pollen-edge-node");
-    let d = r.dir();
     let ca = pollen_trust::pki::FleetCa::generate("ca", Duration::from_secs(3600)).unwrap();
     let node = ca
         .issue("n0", std::time::SystemTime::now(), Duration::from_secs(3600))
@@ -555,20 +555,11 @@ async fn a_standalone_node_with_a_wrong_password_exits_non_zero_with_the_registr
     std::fs::write(d.join("fleet-ca.pem"), ca.cert_pem()).unwrap();
     std::fs::write(d.join("n0.pem"), &node.cert.cert_pem).unwrap();
     std::fs::write(d.join("n0.key"), &node.key_pem).unwrap();
-    std::fs::write(d.join("pub.pem"), p.trust.publisher_keys[0].pem()).unwrap();
-    std::fs::write(d.join("dir.pem"), p.trust.director_key.pem()).unwrap();
-    let wrong = r.docker_config(Some((PULLER.0, "wrong")), "wrong.json").unwrap();
-    let t0 = Instant::now();
-    let out = tokio::process::Command::new(bin)
-        .arg("standalone")
-        .args([
-            "--name",
-            "n0",
-            "--listen",
-            "127.0.0.1:0",
-            "--index",
-            &p.index_reference,
-        ])
+    std::fs::write(d.join("pub.pem"), trust.publisher_keys[0].pem()).unwrap();
+    std::fs::write(d.join("dir.pem"), trust.director_key.pem()).unwrap();
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.arg("standalone")
+        .args(["--name", "n0", "--listen", "127.0.0.1:0", "--index", index])
         .arg("--cert")
         .arg(d.join("n0.pem"))
         .arg("--key")
@@ -580,13 +571,26 @@ async fn a_standalone_node_with_a_wrong_password_exits_non_zero_with_the_registr
         .arg("--director-key")
         .arg(d.join("dir.pem"))
         .arg("--registry-ca")
-        .arg(&r.ca_file)
-        .arg("--docker-config")
-        .arg(&wrong)
+        .arg(registry_ca)
         .arg("--data-dir")
         .arg(d.join("data"))
         .arg("--install-root")
-        .arg(d.join("install"))
+        .arg(d.join("install"));
+    cmd
+}
+
+#[tokio::test]
+async fn a_standalone_node_with_a_wrong_password_exits_non_zero_with_the_registry_error() {
+    let Some(r) = start(SecureOptions::new(AuthMode::Htpasswd)).await else {
+        return;
+    };
+    let pusher = client(&r, Some(PUSHER), true, "pusher.json");
+    let p = publish_and_index(&r, &pusher).await;
+    let wrong = r.docker_config(Some((PULLER.0, "wrong")), "wrong.json").unwrap();
+    let t0 = Instant::now();
+    let out = standalone(r.dir(), &p.index_reference, &p.trust, &r.ca_file)
+        .arg("--docker-config")
+        .arg(&wrong)
         .output();
     let out = tokio::time::timeout(Duration::from_secs(60), out)
         .await
@@ -652,41 +656,18 @@ async fn oversized_manifests_and_blobs_are_cut_off_at_the_cap_not_buffered() {
     let h = pollen_e2e::secure_registry::HostileRegistry::start(1 << 30, true)
         .await
         .unwrap();
-    let bin = fleet::build_binaries(false)
-        .expect("build")
-        .join("pollen-edge-node");
     let d = tempfile::tempdir().unwrap();
-    let d = d.path();
-    let ca = pollen_trust::pki::FleetCa::generate("ca", Duration::from_secs(3600)).unwrap();
-    let node = ca
-        .issue("n0", std::time::SystemTime::now(), Duration::from_secs(3600))
-        .unwrap();
-    std::fs::write(d.join("fleet-ca.pem"), ca.cert_pem()).unwrap();
-    std::fs::write(d.join("n0.pem"), &node.cert.cert_pem).unwrap();
-    std::fs::write(d.join("n0.key"), &node.key_pem).unwrap();
     let key = SigningKey::generate().unwrap().public_key().unwrap();
-    std::fs::write(d.join("k.pem"), key.pem()).unwrap();
-    let mut child = tokio::process::Command::new(bin)
-        .arg("standalone")
-        .args(["--name", "n0", "--listen", "127.0.0.1:0"])
-        .arg("--index")
-        .arg(format!("{}/fleet/app@sha256:{}", h.host(), "ab".repeat(32)))
-        .arg("--cert")
-        .arg(d.join("n0.pem"))
-        .arg("--key")
-        .arg(d.join("n0.key"))
-        .arg("--ca")
-        .arg(d.join("fleet-ca.pem"))
-        .arg("--publisher-key")
-        .arg(d.join("k.pem"))
-        .arg("--director-key")
-        .arg(d.join("k.pem"))
-        .arg("--registry-ca")
-        .arg(&h.ca_file)
-        .arg("--data-dir")
-        .arg(d.join("data"))
-        .arg("--install-root")
-        .arg(d.join("install"))
+    let trust = TrustPolicy {
+        publisher_keys: vec![key.clone()],
+        director_key: key,
+    };
+    let index = format!("{}/fleet/app@sha256:{}", h.host(), "ab".repeat(32));
+    // Without backtraces: symbolising one for the exit error loads the debug binary's DWARF (tens of MiB),
+    // which would measure the error report, not the read.
+    let mut child = standalone(d.path(), &index, &trust, &h.ca_file)
+        .env("RUST_BACKTRACE", "0")
+        .env("RUST_LIB_BACKTRACE", "0")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
