@@ -432,7 +432,7 @@ impl Engine {
         let mut picker = picker;
         picker.expect_members(&cfg.peer_names, cfg.member_wait);
         picker.set_election_key(&index.id());
-        let endpoint = endpoint(cfg.listen, &cfg.tls, &cfg.transport)?;
+        let endpoint = bind_endpoint(cfg.listen, &cfg.tls, &cfg.transport).await?;
         let registry = match cfg.registry.clone() {
             Some(r) => r,
             None => pollen_trust::Registry::new(&Default::default()).map_err(EngineError::Origin)?,
@@ -609,6 +609,31 @@ impl Engine {
             warn!(error = %e, "could not persist the bitfield at shutdown");
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
+    }
+}
+
+/// How long [`bind_endpoint`] waits for the previous engine's socket on the same address to close.
+const REBIND_WAIT: Duration = Duration::from_secs(3);
+
+/// [`endpoint`], retried while the address is still in use: an engine that just shut down on the same
+/// address (the agent's previous assignment) releases its UDP socket only when quinn's driver task
+/// ends, a moment after [`Engine::shutdown`] returns.
+async fn bind_endpoint(
+    listen: SocketAddr,
+    tls: &FleetTls,
+    limits: &TransportLimits,
+) -> Result<quinn::Endpoint, NetError> {
+    let deadline = Instant::now() + REBIND_WAIT;
+    loop {
+        match endpoint(listen, tls, limits) {
+            Err(NetError::Endpoint(e))
+                if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
+            {
+                debug!(%listen, "address still in use; waiting for the previous engine to release it");
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            other => return other,
+        }
     }
 }
 

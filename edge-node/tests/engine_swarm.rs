@@ -199,3 +199,37 @@ async fn foreign_ca_and_certless_peers_get_nothing() {
     foreign.engine.shutdown().await;
     seed.engine.shutdown().await;
 }
+
+/// An engine started on an address the previous engine's socket still holds (the agent's next
+/// assignment, a moment after the last one shut down) waits for it instead of failing the assignment.
+#[tokio::test]
+async fn an_engine_waits_for_its_address_to_be_released() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let data = payload(200_000);
+    let fx = Fixture::new("127.0.0.1:1", "test/app", &data, 64 * 1024, test_meta()).unwrap();
+    let ca = TestCa::new("rebind fleet");
+    let held = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = EngineConfig::new(ca.issue("n0").identity(&ca), addr, dir.path().into());
+    cfg.origin = false;
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(held);
+    });
+    let t0 = std::time::Instant::now();
+    let engine = Engine::start(
+        cfg,
+        fx.verified.clone(),
+        Arc::new(Metrics::default()),
+        CancellationToken::new(),
+    )
+    .await
+    .expect("the engine binds once the address is free");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(250),
+        "it waited for the release"
+    );
+    release.await.unwrap();
+    engine.shutdown().await;
+}
