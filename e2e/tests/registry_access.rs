@@ -52,8 +52,10 @@ struct Published {
     trust: TrustPolicy,
 }
 
-/// Publishes a payload and a signed index through `pusher`, as `pollen publish` and the operator do.
-async fn publish_and_index(r: &SecureRegistry, pusher: &Registry) -> Published {
+/// Publishes a payload and a signed index with the push credential, as `pollen publish` and the
+/// operator do.
+async fn publish_and_index(r: &SecureRegistry) -> Published {
+    let pusher = &client(r, Some(PUSHER), true, "pusher.json");
     let publisher = SigningKey::generate().unwrap();
     let director = SigningKey::generate().unwrap();
     let payload = pollen_e2e::lab::payload::bytes(2 * 1024 * 1024 + 4321, 7);
@@ -138,8 +140,7 @@ async fn htpasswd_over_tls_with_redirects_serves_every_read_and_credentials_neve
     else {
         return;
     };
-    let pusher = client(&r, Some(PUSHER), true, "pusher.json");
-    let p = publish_and_index(&r, &pusher).await;
+    let p = publish_and_index(&r).await;
     let device = client(&r, Some(PULLER), true, "puller.json");
     node_reads(&device, &p).await;
 
@@ -220,8 +221,7 @@ async fn token_auth_gets_scoped_tokens_caches_them_and_a_pull_credential_cannot_
     let Some(r) = start(SecureOptions::new(AuthMode::Token)).await else {
         return;
     };
-    let pusher = client(&r, Some(PUSHER), true, "pusher.json");
-    let p = publish_and_index(&r, &pusher).await;
+    let p = publish_and_index(&r).await;
     let device = client(&r, Some(PULLER), true, "puller.json");
     node_reads(&device, &p).await;
     let issuer = r.issuer.as_ref().unwrap();
@@ -287,8 +287,7 @@ async fn tokens_are_renewed_when_they_expire_and_when_the_registry_refuses_them(
     else {
         return;
     };
-    let pusher = client(&r, Some(PUSHER), true, "pusher.json");
-    let p = publish_and_index(&r, &pusher).await;
+    let p = publish_and_index(&r).await;
     let device = client(&r, Some(PULLER), true, "puller.json");
     node_reads(&device, &p).await;
     let before = r.issuer.as_ref().unwrap().seen().len();
@@ -305,8 +304,7 @@ async fn tokens_are_renewed_when_they_expire_and_when_the_registry_refuses_them(
     let Some(mut r) = start(SecureOptions::new(AuthMode::Token)).await else {
         return;
     };
-    let pusher = client(&r, Some(PUSHER), true, "pusher.json");
-    let p = publish_and_index(&r, &pusher).await;
+    let p = publish_and_index(&r).await;
     let device = client(&r, Some(PULLER), true, "puller.json");
     node_reads(&device, &p).await;
     let before = r.issuer.as_ref().unwrap().seen().len();
@@ -584,8 +582,7 @@ async fn a_standalone_node_with_a_wrong_password_exits_non_zero_with_the_registr
     let Some(r) = start(SecureOptions::new(AuthMode::Htpasswd)).await else {
         return;
     };
-    let pusher = client(&r, Some(PUSHER), true, "pusher.json");
-    let p = publish_and_index(&r, &pusher).await;
+    let p = publish_and_index(&r).await;
     let wrong = r.docker_config(Some((PULLER.0, "wrong")), "wrong.json").unwrap();
     let t0 = Instant::now();
     let out = standalone(r.dir(), &p.index_reference, &p.trust, &r.ca_file)
