@@ -170,8 +170,8 @@ pub fn parse_token_answer(body: &[u8]) -> Result<TokenAnswer, String> {
 #[derive(Clone)]
 struct Cached {
     header: HeaderValue,
-    /// The bearer token itself, for oci-client's pushes; `None` for Basic.
-    bearer: Option<String>,
+    /// The same answer as oci-client takes it, for pushes.
+    presented: Presented,
     renew_at: Option<Instant>,
 }
 
@@ -255,24 +255,8 @@ impl Authenticator {
 
     /// What the last successful request for `host` and `scope` presented.
     pub fn presented(&self, host: &str, scope: &str) -> Presented {
-        match self.cached(host, scope) {
-            None => Presented::Anonymous,
-            Some(Cached { bearer: Some(t), .. }) => Presented::Bearer(t),
-            Some(c) => {
-                // A cached Basic header: decode it back (it was made from the configured credential).
-                let raw = c
-                    .header
-                    .to_str()
-                    .ok()
-                    .and_then(|v| v.strip_prefix("Basic "))
-                    .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-                    .and_then(|b| String::from_utf8(b).ok());
-                match raw.as_deref().and_then(|s| s.split_once(':')) {
-                    Some((u, p)) => Presented::Basic(u.into(), p.into()),
-                    None => Presented::Anonymous,
-                }
-            }
-        }
+        self.cached(host, scope)
+            .map_or(Presented::Anonymous, |c| c.presented)
     }
 
     /// Sends the request `build` makes for `host` under `scope`, with the cached answer if there is one.
@@ -380,7 +364,7 @@ impl Authenticator {
                 header.set_sensitive(true);
                 Ok(Cached {
                     header,
-                    bearer: None,
+                    presented: Presented::Basic(username, password),
                     renew_at: None,
                 })
             }
@@ -476,7 +460,7 @@ impl Authenticator {
                 header.set_sensitive(true);
                 Ok(Cached {
                     header,
-                    bearer: Some(answer.token),
+                    presented: Presented::Bearer(answer.token),
                     renew_at: Some(Instant::now() + answer.lifetime - RENEW_MARGIN.min(answer.lifetime / 5)),
                 })
             }
