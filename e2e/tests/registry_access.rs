@@ -130,6 +130,16 @@ async fn quick<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     out
 }
 
+/// The error `device` gets verifying `p`'s index, within [`quick`]'s limit; panics if it verifies.
+async fn refused(what: &str, device: &Registry, p: &Published) -> VerifyError {
+    quick(
+        what,
+        verify::verify(device, &p.index_reference, &p.trust, &VerifyContext::now()),
+    )
+    .await
+    .expect_err("verification through a refused registry access")
+}
+
 #[tokio::test]
 async fn htpasswd_over_tls_with_redirects_serves_every_read_and_credentials_never_follow_a_redirect() {
     let Some(r) = start(SecureOptions {
@@ -163,12 +173,7 @@ async fn htpasswd_over_tls_with_redirects_serves_every_read_and_credentials_neve
         ..Default::default()
     })
     .unwrap();
-    let e = quick(
-        "wrong password",
-        verify::verify(&wrong, &p.index_reference, &p.trust, &VerifyContext::now()),
-    )
-    .await
-    .unwrap_err();
+    let e = refused("wrong password", &wrong, &p).await;
     assert!(
         matches!(
             &e,
@@ -185,12 +190,7 @@ async fn htpasswd_over_tls_with_redirects_serves_every_read_and_credentials_neve
     );
 
     let anonymous = client(&r, None, true, "none.json");
-    let e = quick(
-        "no credentials",
-        verify::verify(&anonymous, &p.index_reference, &p.trust, &VerifyContext::now()),
-    )
-    .await
-    .unwrap_err();
+    let e = refused("no credentials", &anonymous, &p).await;
     assert!(
         e.to_string()
             .contains("asks for a user and password and none is configured"),
@@ -198,12 +198,7 @@ async fn htpasswd_over_tls_with_redirects_serves_every_read_and_credentials_neve
     );
 
     let untrusting = client(&r, Some(PULLER), false, "puller2.json");
-    let e = quick(
-        "unknown CA",
-        verify::verify(&untrusting, &p.index_reference, &p.trust, &VerifyContext::now()),
-    )
-    .await
-    .unwrap_err();
+    let e = refused("unknown CA", &untrusting, &p).await;
     match &e {
         VerifyError::Fetch { source, .. } => {
             assert!(
@@ -254,20 +249,10 @@ async fn token_auth_gets_scoped_tokens_caches_them_and_a_pull_credential_cannot_
     );
 
     let wrong = client(&r, Some((PULLER.0, "nope")), true, "wrong.json");
-    let e = quick(
-        "wrong password",
-        verify::verify(&wrong, &p.index_reference, &p.trust, &VerifyContext::now()),
-    )
-    .await
-    .unwrap_err();
+    let e = refused("wrong password", &wrong, &p).await;
     assert!(e.to_string().contains("answered 401"), "{e}");
     let anonymous = client(&r, None, true, "none.json");
-    let e = quick(
-        "no credentials",
-        verify::verify(&anonymous, &p.index_reference, &p.trust, &VerifyContext::now()),
-    )
-    .await
-    .unwrap_err();
+    let e = refused("no credentials", &anonymous, &p).await;
     assert!(
         e.to_string()
             .contains("answered 401 Unauthorized for no credentials"),
