@@ -473,6 +473,22 @@ pub fn window_opening_in(minutes: u64) -> pollen_crds::rollout::ActivationWindow
     }
 }
 
+/// A canary wave of one node, then every other node.
+pub fn canary_then_all() -> Vec<Wave> {
+    vec![
+        Wave {
+            count: Some(1),
+            percent: None,
+            pause: None,
+        },
+        Wave {
+            count: None,
+            percent: Some(100),
+            pause: None,
+        },
+    ]
+}
+
 /// An UpdateRollout of `artifact` to every fleet node, in `waves`, installing at `target_path`.
 pub fn rollout(name: &str, artifact: &str, target_path: &str, waves: Vec<Wave>) -> UpdateRollout {
     UpdateRollout::new(

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use kube::api::{Api, PostParams};
 use pollen_crds::conditions::types;
-use pollen_crds::{AssignmentPhase, EdgeNode, UpdateRollout, Wave};
+use pollen_crds::{AssignmentPhase, EdgeNode, UpdateRollout};
 use pollen_e2e::apiserver::retry_throttled;
 use pollen_e2e::fleet::{self, LocalFleet};
 
@@ -33,18 +33,7 @@ async fn a_rollout_goes_canary_first_then_fleet_to_complete_with_bytes_on_disk()
         .expect("publish");
 
     let rollouts: Api<UpdateRollout> = Api::namespaced(f.client.clone(), "default");
-    let waves = vec![
-        Wave {
-            count: Some(1),
-            percent: None,
-            pause: None,
-        },
-        Wave {
-            count: None,
-            percent: Some(100),
-            pause: None,
-        },
-    ];
+    let waves = fleet::canary_then_all();
     let mut ur = fleet::rollout("gateway-fw", &artifact, "fw/gateway.bin", waves);
     ur.spec.transfer.origin_budget_percent = Some(150);
     let pp = PostParams::default();

@@ -348,18 +348,7 @@ async fn rollout_through(auth: AuthMode) {
         .publish("fw", "1.0.0", "fw.bin", bytes.clone())
         .await
         .expect("publish");
-    let waves = vec![
-        Wave {
-            count: Some(1),
-            percent: None,
-            pause: None,
-        },
-        Wave {
-            count: None,
-            percent: Some(100),
-            pause: None,
-        },
-    ];
+    let waves = fleet::canary_then_all();
     let ur = fleet::rollout("fw", &artifact, "fw/fw.bin", waves);
     let rollouts: Api<UpdateRollout> = Api::namespaced(f.client.clone(), "default");
     let pp = PostParams::default();
