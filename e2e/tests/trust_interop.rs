@@ -126,6 +126,22 @@ impl Env {
             .output()
             .expect("cosign runs")
     }
+
+    /// `cosign sign --key KEY` of `reference` (no transparency log, plain-HTTP registry), with `extra`
+    /// arguments such as `-a key=value` before the reference.
+    fn cosign_sign(&self, key: &str, reference: &str, extra: &[&str]) -> Output {
+        let mut args = vec![
+            "sign",
+            "--key",
+            key,
+            "--tlog-upload=false",
+            "--allow-http-registry",
+            "-y",
+        ];
+        args.extend(extra);
+        args.push(reference);
+        self.cosign(&args)
+    }
 }
 
 fn ok(out: &Output, what: &str) {
@@ -290,18 +306,7 @@ async fn cosign_signs_pollen_payload_and_cosign_keys_work_with_pollen() {
     let p = env
         .publish("cosigned", pollen_e2e::lab::payload::bytes(200_000, 3))
         .await;
-    ok(
-        &env.cosign(&[
-            "sign",
-            "--key",
-            "cosign.key",
-            "--tlog-upload=false",
-            "--allow-http-registry",
-            "-y",
-            &p.reference,
-        ]),
-        "cosign sign",
-    );
+    ok(&env.cosign_sign("cosign.key", &p.reference, &[]), "cosign sign");
     // The cosign-generated key also serves as the director key.
     let idx = publish::create_index(
         &env.client,
@@ -366,15 +371,7 @@ async fn cosign_verifies_pollen_signatures_and_uses_pollen_keys() {
     let extra = SigningKey::generate().unwrap();
     let (xkey, xpub) = write_keys(env.dir.path(), "extra", &extra);
     ok(
-        &env.cosign(&[
-            "sign",
-            "--key",
-            xkey.to_str().unwrap(),
-            "--tlog-upload=false",
-            "--allow-http-registry",
-            "-y",
-            &p.reference,
-        ]),
+        &env.cosign_sign(xkey.to_str().unwrap(), &p.reference, &[]),
         "cosign sign with a Pollen key",
     );
     ok(
@@ -432,21 +429,8 @@ async fn version_claims_interoperate_with_cosign_annotations() {
     let p = env
         .publish("claimed", pollen_e2e::lab::payload::bytes(50_000, 11))
         .await;
-    let cosign_sign = |annotations: &[&str]| {
-        let mut args = vec![
-            "sign",
-            "--key",
-            "cosign.key",
-            "--tlog-upload=false",
-            "--allow-http-registry",
-            "-y",
-        ];
-        args.extend(annotations);
-        args.push(&p.reference);
-        env.cosign(&args)
-    };
     ok(
-        &cosign_sign(&["-a", "pollen.dev/version=1.4.2"]),
+        &env.cosign_sign("cosign.key", &p.reference, &["-a", "pollen.dev/version=1.4.2"]),
         "cosign sign -a",
     );
     let by_cosign = signatures_by(&env, &p.reference, &cpub).await;
@@ -485,18 +469,7 @@ async fn version_claims_interoperate_with_cosign_annotations() {
     let q = env
         .publish("plain", pollen_e2e::lab::payload::bytes(20_000, 12))
         .await;
-    ok(
-        &env.cosign(&[
-            "sign",
-            "--key",
-            "cosign.key",
-            "--tlog-upload=false",
-            "--allow-http-registry",
-            "-y",
-            &q.reference,
-        ]),
-        "cosign sign",
-    );
+    ok(&env.cosign_sign("cosign.key", &q.reference, &[]), "cosign sign");
     let plain = signatures_by(&env, &q.reference, &cpub).await;
     assert_eq!(plain.len(), 1);
     assert_eq!(plain[0].1, None, "no claim without -a");
