@@ -156,6 +156,12 @@ pub struct CertificateInfo {
     pub serial: String,
     /// When the certificate expires.
     pub not_after: Time,
+    /// The certificate itself, PEM. Serial and expiry above are the node's words; the operator
+    /// revokes a certificate it did not sign through the CSR API only when this proves that the
+    /// fleet CA issued it for this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16384))]
+    pub pem: Option<String>,
 }
 
 /// Hardware and software inventory of a device.

@@ -16,7 +16,7 @@
 //! enums, ranges, CEL rules); the operator re-checks what a schema cannot say.
 //!
 //! Non-goals: no client, no runtime, no I/O. This crate holds types, their
-//! constants and the `crdgen` binary that renders the YAML.
+//! constants, the duration parser their fields use, and the `crdgen` binary that renders the YAML.
 //!
 //! # Layout
 //! - [`rollout`]: UpdateRollout, its strategy, transfer and install settings, and status.
@@ -24,10 +24,12 @@
 //! - [`trustpolicy`]: TrustPolicy, the trusted publisher keys and the director key.
 //! - [`revocation`]: RevocationList, the fleet CA's signed list of revoked peer certificates.
 //! - [`conditions`]: condition types and reasons shared by operator and tools.
+//! - [`duration`]: the one duration parser of the workspace (CR fields, flags, lab scenarios).
 //! - [`render`]: the generated CRD YAML, used by `crdgen` and the drift test.
 #![warn(missing_docs)]
 
 pub mod conditions;
+pub mod duration;
 pub mod edgenode;
 pub mod render;
 pub mod revocation;

@@ -219,7 +219,7 @@ pub struct InstallSettings {
     /// Path of the installed file, relative to the node's install root (for example
     /// `firmware/gateway.bin`). The node writes versions beside it and flips a `current` link.
     #[schemars(length(min = 1, max = 512))]
-    #[x_kube(validation = Rule::new("!self.startsWith('/') && !self.contains('..') && !self.contains('//')").message("targetPath must be relative and must not contain '..' or '//'"))]
+    #[x_kube(validation = Rule::new("!self.startsWith('/') && !self.endsWith('/') && !self.contains('..') && !self.contains('//') && !self.matches('(^|/)([.]|current|versions)(/|$)')").message("targetPath must be relative, must not contain '..', '//' or a '.' component, and must not use the reserved names 'current' or 'versions' as a component"))]
     pub target_path: String,
 
     /// How many previous versions each node keeps for rollback.
@@ -428,7 +428,7 @@ pub struct WaveStatus {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeCounts {
-    /// Nodes the selector matched.
+    /// Nodes the selector matched, quarantined nodes excepted.
     pub targeted: i32,
     /// Nodes not yet assigned, or assigned and not yet started.
     pub pending: i32,
@@ -439,8 +439,12 @@ pub struct NodeCounts {
     pub staged: i32,
     /// Nodes that installed the artifact.
     pub installed: i32,
-    /// Nodes that reported a failure (or were quarantined).
+    /// Nodes that reported a failure.
     pub failed: i32,
+    /// Nodes the selector matched that are quarantined: excluded from the rollout (not in
+    /// `targeted`), so that cutting off a compromised device does not fail the rollouts it was in.
+    #[serde(default)]
+    pub quarantined: i32,
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ pub fn conditions(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
-/// A Go-style duration such as `30s`, `10m` or `1h30m`.
+/// A Go-style duration such as `30s`, `10m` or `1h30m` (read with [`crate::duration::parse`]).
 pub fn duration(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "string",
@@ -60,72 +60,4 @@ pub fn keyed_by_name<T: schemars::JsonSchema>(g: &mut SchemaGenerator) -> Schema
     s.insert("x-kubernetes-list-type".into(), "map".into());
     s.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["name"]));
     s
-}
-
-/// Parse a Go-style duration (`1h30m`, `45s`, `250ms`) into seconds.
-///
-/// The schema pattern guarantees the shape on the API server; this is the
-/// operator's reading of it. Returns `None` for anything the pattern rejects.
-pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
-    let mut total = 0f64;
-    let mut rest = s;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-        if num_end == 0 {
-            return None;
-        }
-        let value: f64 = rest[..num_end].parse().ok()?;
-        rest = &rest[num_end..];
-        let (unit, len) = if rest.starts_with("ms") {
-            (0.001, 2)
-        } else if rest.starts_with('s') {
-            (1.0, 1)
-        } else if rest.starts_with('m') {
-            (60.0, 1)
-        } else if rest.starts_with('h') {
-            (3600.0, 1)
-        } else {
-            return None;
-        };
-        total += value * unit;
-        rest = &rest[len..];
-    }
-    // A value past what a Duration holds (`99999999999999999999h` passes the CRD pattern) is refused,
-    // not a panic.
-    std::time::Duration::try_from_secs_f64(total).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_duration;
-    use std::time::Duration;
-
-    #[test]
-    fn durations_too_large_for_a_duration_are_refused_not_a_panic() {
-        assert_eq!(parse_duration("99999999999999999999h"), None);
-        assert_eq!(parse_duration("1e400s"), None);
-        assert_eq!(parse_duration(&format!("{}s", "9".repeat(400))), None);
-        assert_eq!(
-            parse_duration("1000000h"),
-            Some(Duration::from_secs(3_600_000_000))
-        );
-    }
-
-    #[test]
-    fn durations_parse_like_go() {
-        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
-        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1.5m"), Some(Duration::from_secs(90)));
-    }
-
-    #[test]
-    fn bad_durations_are_rejected() {
-        for bad in ["", "10", "s", "10x", "-5s", "1h 30m"] {
-            assert_eq!(parse_duration(bad), None, "{bad:?} must not parse");
-        }
-    }
 }

@@ -62,12 +62,25 @@ fn a_wave_needs_exactly_one_of_count_or_percent() {
 
 #[test]
 fn target_path_must_stay_under_the_install_root() {
-    for bad in ["/etc/passwd", "fw/../../etc/shadow", "fw//x"] {
+    for bad in [
+        "/etc/passwd",
+        "fw/../../etc/shadow",
+        "fw//x",
+        "fw/",
+        "./fw",
+        "fw/current",
+        "current",
+        "fw/versions/x.bin",
+    ] {
         let errs = errors_for(|o| o["spec"]["install"]["targetPath"] = json!(bad));
         assert!(
             errs.iter().any(|e| e.contains("targetPath must be relative")),
             "{bad}: {errs:?}"
         );
+    }
+    for good in ["fw/gateway.bin", "current.bin", "fw/my-versions/x", "a.b/c"] {
+        let errs = errors_for(|o| o["spec"]["install"]["targetPath"] = json!(good));
+        assert!(errs.is_empty(), "{good}: {errs:?}");
     }
 }
 

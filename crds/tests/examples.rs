@@ -23,9 +23,7 @@ fn update_rollout_example() {
     assert_eq!(ur.spec.strategy.waves[0].count, Some(1));
     assert_eq!(ur.spec.strategy.success_threshold_percent, 95);
     assert_eq!(ur.spec.install.keep_versions, 2);
-    assert!(
-        pollen_crds::schema::parse_duration(ur.spec.strategy.waves[0].pause.as_deref().unwrap()).is_some()
-    );
+    assert!(pollen_crds::duration::parse(ur.spec.strategy.waves[0].pause.as_deref().unwrap()).is_ok());
 }
 
 #[test]

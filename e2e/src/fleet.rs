@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use pollen_crds::rollout::{ArtifactSource, InstallSettings};
 use pollen_crds::{
     DirectorKey, EdgeNode, Publisher, RolloutStrategy, TransferSettings, TrustPolicy, TrustPolicySpec,
@@ -206,7 +206,7 @@ impl LocalFleet {
             opts.nodes
         ));
         for i in 0..opts.nodes {
-            fleet.add_node(&format!("gw-{i}"))?;
+            fleet.add_node(&format!("gw-{i}")).await?;
         }
         step("starting the operator");
         let mut op = Command::new(fleet.bin_dir.join("pollen-operator"));
@@ -278,10 +278,12 @@ impl LocalFleet {
         )
     }
 
-    /// Starts the agent of a new edge node `name` (certificate from the fleet CA, the fleet's role
-    /// label, site `lab`). It registers its EdgeNode itself; a node started after a rollout began
-    /// joins its selection late.
-    pub fn add_node(&mut self, name: &str) -> anyhow::Result<()> {
+    /// Starts the agent of a new edge node `name` (certificate from the fleet CA, site `lab`). As an
+    /// administrator would, the harness first creates its EdgeNode with the fleet's role label (a
+    /// device never writes labels); the agent finds it and reports its status. A node started after
+    /// a rollout began joins its selection late.
+    pub async fn add_node(&mut self, name: &str) -> anyhow::Result<()> {
+        self.label_node(name, &[(ROLE.0, ROLE.1)]).await?;
         let ndir = self.dir.join(name);
         std::fs::create_dir_all(&ndir)?;
         let (cert, key) = issue_node(&self.ca, name, &ndir)?;
@@ -304,15 +306,35 @@ impl LocalFleet {
             .arg("--metrics")
             .arg(free_tcp()?.to_string())
             .args(self.agent_registry_args()?)
-            .args([
-                "--label",
-                &format!("{}={}", ROLE.0, ROLE.1),
-                "--status-interval",
-                "1",
-            ]);
+            .args(["--status-interval", "1"]);
         let log = self.log.clone();
         self.spawn(name, cmd, &log)?;
         self.install_roots.insert(name.to_string(), install_root);
+        Ok(())
+    }
+
+    /// A real identity of the fleet for `name` with no agent behind it (certificate from the fleet CA
+    /// in `<dir>/<name>/`, the CA in `<dir>/ca.pem`): what a compromised device holds.
+    pub fn issue_identity(&self, name: &str) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
+        let ndir = self.dir.join(name);
+        std::fs::create_dir_all(&ndir)?;
+        let (cert, key) = issue_node(&self.ca, name, &ndir)?;
+        Ok((cert, key, self.ca_file.clone()))
+    }
+
+    /// Creates the EdgeNode `name` if absent and sets `labels` on it, as an administrator (the API
+    /// server's admin client) does with `kubectl label edgenode`.
+    pub async fn label_node(&self, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<()> {
+        let api: Api<EdgeNode> = Api::all(self.client.clone());
+        let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
+        let obj = serde_json::json!({
+            "apiVersion": "pollen.dev/v1alpha1", "kind": "EdgeNode",
+            "metadata": { "name": name, "labels": labels },
+            "spec": {},
+        });
+        api.patch(name, &PatchParams::apply("fleet-admin"), &Patch::Apply(&obj))
+            .await
+            .with_context(|| format!("label EdgeNode {name}"))?;
         Ok(())
     }
 

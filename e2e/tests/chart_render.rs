@@ -323,6 +323,33 @@ fn operator_deployment_has_leader_election_probes_and_mounted_keys() {
         Value::from("keep")
     );
     assert!(find(&docs, "PodDisruptionBudget", "-operator").is_some());
+    // The operator holds the keys: it is kept off every node the edge agent runs on.
+    let ds = must(&docs, "DaemonSet", "-edge-node");
+    let edge_selector = ds["spec"]["template"]["spec"]["nodeSelector"]
+        .as_mapping()
+        .expect("the agent has a nodeSelector")
+        .clone();
+    assert!(!edge_selector.is_empty());
+    let terms = seq(
+        &pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"],
+    );
+    assert_eq!(terms.len(), 1, "{:?}", pod["affinity"]);
+    for (k, v) in &edge_selector {
+        assert!(
+            seq(&terms[0]["matchExpressions"]).iter().any(|e| e["key"] == *k
+                && e["operator"] == "NotIn"
+                && seq(&e["values"]).contains(v)),
+            "the operator may land on a device labelled {k:?}={v:?}: {:?}",
+            pod["affinity"]
+        );
+    }
+    assert!(
+        pod["tolerations"].is_null(),
+        "the operator tolerates no taint by default, so tainted devices keep it off"
+    );
+    for prefix in ["node-restriction.kubernetes.io/", "node-role.kubernetes.io/"] {
+        assert!(args.contains(&format!("--copy-node-labels={prefix}")), "{args:?}");
+    }
     let test = must(&docs, "Pod", "-test-ready");
     let script = test["spec"]["containers"][0]["command"][2].as_str().unwrap();
     assert!(
@@ -453,6 +480,8 @@ fn rbac_is_exactly_the_least_privilege_set() {
             "pollen.dev|updaterollouts/finalizers||update",
             "pollen.dev|edgenodes||get,list,patch,update,watch",
             "pollen.dev|trustpolicies||get,list,watch",
+            // Node labels copied onto EdgeNodes.
+            "|nodes||get,list,watch",
             // The version ledger in the TrustPolicy status; the agent has no such rule.
             "pollen.dev|trustpolicies/status||get,patch",
             "pollen.dev|revocationlists||create,get,list,patch,watch",
@@ -475,11 +504,11 @@ fn rbac_is_exactly_the_least_privilege_set() {
     assert_eq!(
         agent,
         set(&[
-            "pollen.dev|edgenodes||create,get,list,patch,watch",
+            // No patch or update on the EdgeNode itself: its labels select rollouts.
+            "pollen.dev|edgenodes||create,get,list,watch",
             "pollen.dev|edgenodes/status||get,patch",
             "pollen.dev|trustpolicies||get,list,watch",
             "pollen.dev|revocationlists||get,list,watch",
-            "|nodes||get",
             "certificates.k8s.io|certificatesigningrequests||create,get,list,watch",
         ])
     );

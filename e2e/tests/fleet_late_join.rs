@@ -39,7 +39,7 @@ async fn a_node_that_joins_after_indexing_fetches_from_its_peers() {
     .await;
 
     // A new device: its agent registers, the operator assigns it the same index.
-    f.add_node("gw-late").expect("start the late node");
+    f.add_node("gw-late").await.expect("start the late node");
     let (done, took) = f
         .wait_rollout("late-fw", 120, "the late node installed", |s| {
             s.nodes.installed == NODES as i32 + 1

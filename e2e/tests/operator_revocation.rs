@@ -4,10 +4,11 @@
 //!
 //! - every EdgeNode gets the `pollen.dev/revocation` finalizer;
 //! - labelling an EdgeNode `pollen.dev/quarantine=true` makes RevocationList `fleet` appear with the
-//!   serial from the node's `status.certificate`, in a CRL that verifies against the fleet CA;
+//!   serial from the node's `status.certificate` (its PEM verifies against the fleet CA and names the
+//!   node), in a CRL that verifies against the fleet CA;
 //! - the director-signed chunk index lists the selected EdgeNodes as its peers;
-//! - the running rollout counts the node as failed, names it and the label in its condition message,
-//!   and takes its assignment away;
+//! - the running rollout excludes the node (not targeted, not failed), names it and the label in its
+//!   condition message, and takes its assignment away;
 //! - the durable ledger of signed certificates (`pollen.dev/issued-certificates`) is written to an
 //!   EdgeNode from a stale copy (the write reads again), and deleting that EdgeNode revokes its
 //!   reported serial and the recorded one (with its `notAfter`) under a higher CRL number, then the
@@ -94,14 +95,15 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     out
 }
 
-/// What an agent writes about its certificate (server-side apply on /status).
-async fn report_certificate(client: &Client, node: &str, serial: &str, not_after: SystemTime) {
+/// What an agent writes about its certificate (server-side apply on /status): serial, expiry and the
+/// certificate itself, which the operator checks against the fleet CA before it revokes the serial.
+async fn report_certificate(client: &Client, node: &str, serial: &str, not_after: SystemTime, pem: &str) {
     let ens: Api<EdgeNode> = Api::all(client.clone());
     let not_after = k8s_openapi::jiff::Timestamp::try_from(not_after).unwrap();
     let body = json!({
         "apiVersion": "pollen.dev/v1alpha1",
         "kind": "EdgeNode",
-        "status": { "certificate": { "serial": serial, "notAfter": not_after.to_string() } },
+        "status": { "certificate": { "serial": serial, "notAfter": not_after.to_string(), "pem": pem } },
     });
     let pp = PatchParams::apply(&format!("pollen-agent-{node}")).force();
     let patch = Patch::Apply(body);
@@ -111,7 +113,7 @@ async fn report_certificate(client: &Client, node: &str, serial: &str, not_after
 }
 
 #[tokio::test]
-async fn quarantine_and_deletion_revoke_the_node_and_the_rollout_counts_it_failed() {
+async fn quarantine_and_deletion_revoke_the_node_and_the_rollout_excludes_it() {
     if std::env::var_os(KUBECONFIG_ENV).is_none() && tools::require_all(["crd-apiserver", "etcd"]).is_none() {
         return;
     }
@@ -196,7 +198,14 @@ async fn quarantine_and_deletion_revoke_the_node_and_the_rollout_counts_it_faile
         let kp = ca
             .issue(name, SystemTime::now(), pki::DEFAULT_NODE_LIFETIME)
             .unwrap();
-        report_certificate(&client, name, &kp.cert.facts.serial, kp.cert.facts.not_after).await;
+        report_certificate(
+            &client,
+            name,
+            &kp.cert.facts.serial,
+            kp.cert.facts.not_after,
+            &kp.cert.cert_pem,
+        )
+        .await;
         serials.insert(name.clone(), kp.cert.facts.serial);
         not_afters.insert(name.clone(), kp.cert.facts.not_after);
     }
@@ -374,20 +383,21 @@ async fn quarantine_and_deletion_revoke_the_node_and_the_rollout_counts_it_faile
     let foreign = FleetCa::generate("another fleet", Duration::from_secs(3600)).unwrap();
     assert!(pki::verify_revocation_list(rl.spec.crl.as_bytes(), foreign.cert_pem()).is_err());
 
-    let (failed_ur, to_failed) = {
+    let (excluded_ur, to_excluded) = {
         let ur = wait_for(
-            "the rollout counting the node failed",
+            "the rollout excluding the quarantined node",
             Duration::from_secs(30),
             async || {
                 let ur = urs.get(&rollout_name).await.ok()?;
                 let st = ur.status.as_ref()?;
-                (st.nodes.failed == 1).then_some(ur)
+                (st.nodes.quarantined == 1).then_some(ur)
             },
         )
         .await;
         (ur, quarantined_at.elapsed())
     };
-    let st = failed_ur.status.unwrap();
+    let st = excluded_ur.status.unwrap();
+    assert_eq!((st.nodes.failed, st.nodes.targeted), (0, 2), "{:?}", st.nodes);
     let progressing = st
         .conditions
         .iter()
@@ -395,7 +405,7 @@ async fn quarantine_and_deletion_revoke_the_node_and_the_rollout_counts_it_faile
         .expect("a Progressing condition");
     assert!(
         progressing.message.contains(&format!(
-            "quarantined (pollen.dev/quarantine=true), counted as failed: {victim}"
+            "quarantined (pollen.dev/quarantine=true), excluded: {victim}"
         )),
         "{}",
         progressing.message
@@ -405,7 +415,7 @@ async fn quarantine_and_deletion_revoke_the_node_and_the_rollout_counts_it_faile
     println!(
         "measured: quarantine label -> RevocationList fleet (higher number) with the serial: {to_list:?}"
     );
-    println!("measured: quarantine label -> rollout counts the node failed with the reason: {to_failed:?}");
+    println!("measured: quarantine label -> rollout excludes the node with the reason: {to_excluded:?}");
 
     // Node 1's certificates as the signer records them, durably on its EdgeNode: the one it reports
     // and an older one it no longer reports. Written from a stale copy of the EdgeNode: the write

@@ -201,6 +201,43 @@ pub enum StandaloneError {
     /// Shut down while the verified payload waited for the activation window; nothing is installed.
     #[error("stopped while waiting for the activation window")]
     StoppedStaged,
+    /// The active version has the index's sequence but another payload: one sequence names one payload.
+    #[error(
+        "sequence {sequence} is already installed with payload {active_digest}; the index names another \
+         payload for the same sequence, refused"
+    )]
+    SequenceReused {
+        /// The sequence.
+        sequence: u64,
+        /// The first hex digits of the active payload's digest.
+        active_digest: String,
+    },
+}
+
+/// Refuses an index whose sequence equals the active version's but whose payload differs. The active
+/// version is named `<sequence:020>-<first 12 hex digits of the payload digest>`.
+pub fn check_active(active: Option<&str>, sequence: u64, digest: &[u8; 32]) -> Result<(), StandaloneError> {
+    let Some((seq, prefix)) = active.and_then(|a| a.split_once('-')) else {
+        return Ok(());
+    };
+    if seq.parse::<u64>().ok() == Some(sequence) && !hex::encode(digest).starts_with(prefix) {
+        return Err(StandaloneError::SequenceReused {
+            sequence,
+            active_digest: prefix.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses to activate a payload whose index has expired by `now` (unix seconds): a payload staged
+/// while its window was closed is checked again when the window opens.
+pub fn check_unexpired(expires_at: Option<u64>, now: u64) -> Result<(), StandaloneError> {
+    match expires_at {
+        Some(expires_at) if now >= expires_at => Err(StandaloneError::Verify(
+            pollen_trust::verify::VerifyError::Expired { expires_at, now },
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The sequence of the active version, from its name `<sequence:020>-<digest>`.
@@ -305,6 +342,7 @@ pub async fn run_with_members(
         }
         (r, _) => r.map_err(StandaloneError::Verify)?,
     };
+    check_active(probe.current().as_deref(), index.sequence, &index.payload.digest)?;
     info!(index = %hex::encode(index.id()), rollout = %index.rollout, sequence = index.sequence,
           size = index.payload.size, chunks = index.chunk_count(), "index verified");
 
@@ -376,6 +414,15 @@ pub async fn run_with_members(
             engine.shutdown().await;
             return Err(e);
         }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let fresh = check_unexpired(index.expires_at, now)
+        .and_then(|()| check_active(probe.current().as_deref(), index.sequence, &index.payload.digest));
+    if let Err(e) = fresh {
+        engine.shutdown().await;
+        return Err(e);
     }
     let installer = Installer::new(&opts.install_root, index.target.keep_versions);
     let version = format!(
@@ -522,5 +569,30 @@ mod tests {
             }
             other => panic!("expected a revoked error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn one_sequence_names_one_payload() {
+        let d = [0xabu8; 32];
+        let active = format!("{:020}-{}", 7, &hex::encode(d)[..12]);
+        assert!(check_active(None, 7, &d).is_ok());
+        assert!(check_active(Some(&active), 7, &d).is_ok());
+        assert!(check_active(Some(&active), 8, &[1; 32]).is_ok());
+        assert!(matches!(
+            check_active(Some(&active), 7, &[1; 32]),
+            Err(StandaloneError::SequenceReused { sequence: 7, .. })
+        ));
+    }
+
+    #[test]
+    fn an_expired_index_is_not_activated() {
+        assert!(check_unexpired(None, u64::MAX).is_ok());
+        assert!(check_unexpired(Some(100), 99).is_ok());
+        assert!(matches!(
+            check_unexpired(Some(100), 100),
+            Err(StandaloneError::Verify(
+                pollen_trust::verify::VerifyError::Expired { .. }
+            ))
+        ));
     }
 }

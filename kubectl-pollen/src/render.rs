@@ -510,6 +510,7 @@ mod tests {
                 staged: 0,
                 installed: 3,
                 failed: 1,
+                quarantined: 0,
             },
             bytes_from_peers: 30 * 1024 * 1024,
             bytes_from_origin: 10 * 1024 * 1024,
@@ -771,6 +772,7 @@ mod tests {
             certificate: Some(CertificateInfo {
                 serial: "01".into(),
                 not_after: Time(ts("2026-01-01T20:00:00Z")),
+                pem: None,
             }),
             inventory: Some(Inventory {
                 architecture: "aarch64".into(),

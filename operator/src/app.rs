@@ -153,6 +153,17 @@ pub struct Options {
     #[arg(long, default_value_t = 15, value_name = "SECONDS")]
     pub lease_duration_seconds: u64,
 
+    /// Copy the labels of each EdgeNode's Kubernetes Node whose key starts with PREFIX (repeat for
+    /// more). Rollouts select by these labels, so only prefixes a kubelet cannot set on its own Node
+    /// are safe from a compromised device: the default is `node-restriction.kubernetes.io/` and
+    /// `node-role.kubernetes.io/`.
+    #[arg(
+        long = "copy-node-labels",
+        value_name = "PREFIX",
+        default_values_t = crate::node_labels::DEFAULT_PREFIXES.map(String::from)
+    )]
+    pub copy_node_labels: Vec<String>,
+
     /// This replica's identity in the Lease (the pod name).
     #[arg(long, env = "POD_NAME", value_name = "NAME")]
     pub identity: Option<String>,
@@ -258,9 +269,9 @@ struct Identity {
 }
 
 fn lifetime_flag(flag: &'static str, value: &str) -> Result<Duration, AppError> {
-    let d = pollen_crds::schema::parse_duration(value).ok_or_else(|| AppError::Flag {
+    let d = pollen_crds::duration::parse(value).map_err(|e| AppError::Flag {
         flag,
-        detail: format!("{value:?} is not a duration (e.g. 24h, 90m)"),
+        detail: e.to_string(),
     })?;
     if !(MIN_NODE_LIFETIME..=MAX_NODE_LIFETIME).contains(&d) {
         return Err(AppError::Flag {
@@ -496,6 +507,11 @@ pub async fn run(
         });
     }
 
+    let labels_task = tokio::spawn(crate::node_labels::run(
+        client.clone(),
+        opts.copy_node_labels.clone(),
+        stopped(),
+    ));
     let identity_tasks = match identity {
         Some(identity) => start_identity(identity, &client, &metrics, &stopped).await,
         None => {
@@ -523,6 +539,7 @@ pub async fn run(
     for t in identity_tasks {
         let _ = t.await;
     }
+    let _ = labels_task.await;
     let _ = http.await;
     if let Some(le) = election {
         le.release().await;

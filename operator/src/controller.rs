@@ -636,6 +636,9 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
         },
         same_generation: same_generation && !fresh_index,
     };
+    // What nodes report is bounded by the payload: one node cannot inflate the totals or drain the
+    // origin budget by claiming more than one copy.
+    let payload = st.artifact_size.map_or(0, |s| s.max(0) as u64);
     let (decision, agg) = loop {
         let obs: Vec<NodeObservation> = selected
             .iter()
@@ -655,8 +658,12 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
                         &chunk_index,
                         quarantined(n),
                     ),
-                    bytes_from_peers: status.map_or(0, |s| s.bytes_from_peers),
-                    bytes_from_origin: status.map_or(0, |s| s.bytes_from_origin),
+                    bytes_from_peers: status.map_or(0, |s| {
+                        progress::plausible_bytes(s.bytes_from_peers, payload) as i64
+                    }),
+                    bytes_from_origin: status.map_or(0, |s| {
+                        progress::plausible_bytes(s.bytes_from_origin, payload) as i64
+                    }),
                     last_error: status
                         .filter(|s| s.phase == AssignmentPhase::Failed)
                         .and_then(|s| s.last_error.clone()),
@@ -706,7 +713,7 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
                         .filter(|a| a.chunk_index == chunk_index)
                         .and_then(|a| a.origin_allowance_bytes)
                         .map(|v| v.max(0) as u64),
-                    used: status.map_or(0, |s| s.bytes_from_origin.max(0) as u64),
+                    used: status.map_or(0, |s| progress::plausible_bytes(s.bytes_from_origin, size)),
                 })
             })
             .collect();
@@ -2541,10 +2548,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn quarantined_nodes_get_no_assignment_and_count_as_failed() {
+    async fn quarantined_nodes_get_no_assignment_and_leave_the_rollout() {
+        // No failure tolerated: a quarantined node must not fail the rollout.
         let ur = UpdateRollout::test("r").finalized().waves(vec![]);
-        let mut ur = ur;
-        ur.spec.strategy.failure_threshold = 5;
         let mut world = world_with(3, vec![ur]);
         world
             .nodes
@@ -2558,11 +2564,15 @@ mod tests {
             let w = h.w();
             assert!(!w.assigned("r").contains_key("gw-01"));
             assert_eq!(w.assigned("r").len(), 2);
-            assert_eq!(w.status("r").nodes.failed, 1);
             let st = w.status("r");
+            assert_eq!(
+                (st.nodes.failed, st.nodes.targeted, st.nodes.quarantined),
+                (0, 2, 1)
+            );
+            assert_eq!(st.phase, RolloutPhase::Distributing);
             let msg = &cond(&st, types::PROGRESSING).message;
             assert!(
-                msg.contains("quarantined (pollen.dev/quarantine=true), counted as failed: gw-01"),
+                msg.contains("quarantined (pollen.dev/quarantine=true), excluded: gw-01"),
                 "{msg}"
             );
         }
@@ -2571,8 +2581,7 @@ mod tests {
 
     #[tokio::test]
     async fn quarantine_mid_rollout_takes_one_assignment_away_and_moves_nobody_else() {
-        let mut ur = UpdateRollout::test("r").finalized();
-        ur.spec.strategy.failure_threshold = 1;
+        let ur = UpdateRollout::test("r").finalized();
         let h = Harness::new(world_with(5, vec![ur]), ScriptedPipeline::signed());
         h.step("r").await.unwrap();
         let canary = h.w().assigned("r").keys().next().unwrap().clone();
@@ -2607,11 +2616,17 @@ mod tests {
                 }
             }
             let st = w.status("r");
-            assert_eq!(st.phase, RolloutPhase::Distributing, "one failure is tolerated");
-            assert_eq!(st.nodes.failed, 1);
-            assert_eq!(st.nodes.targeted, 5);
+            assert_eq!(
+                st.phase,
+                RolloutPhase::Distributing,
+                "a quarantine is not a failure"
+            );
+            assert_eq!(
+                (st.nodes.failed, st.nodes.targeted, st.nodes.quarantined),
+                (0, 4, 1)
+            );
             let msg = &cond(&st, types::PROGRESSING).message;
-            assert!(msg.contains(&format!("counted as failed: {victim}")), "{msg}");
+            assert!(msg.contains(&format!("excluded: {victim}")), "{msg}");
         }
         // The quarantine is lifted: the node is assigned again, in its old wave, and no longer failed.
         h.w()
@@ -2627,7 +2642,10 @@ mod tests {
             let wave = w.nodes[&victim].spec.assignments[0].wave;
             assert_eq!(wave, waves_before[&victim]);
             let st = w.status("r");
-            assert_eq!(st.nodes.failed, 0);
+            assert_eq!(
+                (st.nodes.failed, st.nodes.targeted, st.nodes.quarantined),
+                (0, 5, 0)
+            );
             assert!(!cond(&st, types::PROGRESSING).message.contains("quarantine"));
         }
         h.finish().await;

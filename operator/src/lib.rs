@@ -11,6 +11,7 @@
 //! - [`metrics`] and [`http`]: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`;
 //! - [`csr`]: the node certificate signer on the CertificateSigningRequest API;
 //! - [`revocation`]: quarantined and deleted EdgeNodes into the fleet's signed revocation list;
+//! - [`node_labels`]: EdgeNode labels a device cannot forge (the node name, copied Node labels);
 //! - [`signer`]: the approval rules for node certificate signing requests (pure);
 //! - [`leader`]: leader election through a coordination.k8s.io Lease;
 //! - [`trust_pipeline`]: the real pipeline on `pollen-trust`;
@@ -30,6 +31,7 @@ pub mod http;
 pub mod leader;
 pub mod ledger;
 pub mod metrics;
+pub mod node_labels;
 pub mod pipeline;
 pub mod planner;
 pub mod progress;

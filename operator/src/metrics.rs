@@ -224,6 +224,7 @@ impl Metrics {
             ("staged", nodes.staged),
             ("installed", nodes.installed),
             ("failed", nodes.failed),
+            ("quarantined", nodes.quarantined),
         ] {
             self.nodes
                 .get_or_create(&NodeLabels {
@@ -254,6 +255,7 @@ impl Metrics {
             "staged",
             "installed",
             "failed",
+            "quarantined",
         ] {
             self.nodes.remove(&NodeLabels {
                 rollout: rollout.into(),
@@ -316,6 +318,7 @@ mod tests {
             staged: 0,
             installed: 2,
             failed: 0,
+            quarantined: 0,
         };
         m.observe_rollout("ns/a", RolloutPhase::Distributing, &counts, 700, 300);
         m.observe_rollout("ns/b", RolloutPhase::Distributing, &counts, 0, 0);

@@ -7,8 +7,12 @@
 //!
 //! Semantics, in one place:
 //! - A node counts as **failed** when its assignment status for the current chunk index is `Failed`
-//!   or `RolledBack`, or when the node is quarantined (label `pollen.dev/quarantine=true`). Quarantined
-//!   nodes are named in the condition message (reason and all), so `kubectl describe` says why.
+//!   or `RolledBack`.
+//! - A **quarantined** node (label `pollen.dev/quarantine=true`) is out of the rollout: not targeted,
+//!   not failed, so cutting off a compromised device never fails or holds the rollouts it was in.
+//!   Quarantined nodes are named in the condition message, so `kubectl describe` says why.
+//! - What a node reports moves only its own entry: its byte counters count at most the payload's size
+//!   (see [`plausible_bytes`]), its error is quoted, never acted on.
 //! - A status about another (superseded) chunk index counts as **pending** for the current one.
 //! - A wave **meets its success threshold** when `installed × 100 ≥ successThresholdPercent ×
 //!   targeted`; an empty wave meets it at once and has no pause.
@@ -89,12 +93,10 @@ impl Gate {
         for (index, w) in s.waves.iter().enumerate() {
             pauses.push(match &w.pause {
                 None => Duration::ZERO,
-                Some(p) => {
-                    pollen_crds::schema::parse_duration(p).ok_or_else(|| SpecError::UnparsablePause {
-                        index,
-                        value: p.clone(),
-                    })?
-                }
+                Some(p) => pollen_crds::duration::parse(p).map_err(|_| SpecError::UnparsablePause {
+                    index,
+                    value: p.clone(),
+                })?,
             });
         }
         if pauses.is_empty() {
@@ -130,7 +132,7 @@ pub enum NodeState {
     Installed,
     /// Failed or rolled back.
     Failed,
-    /// Quarantined (label `pollen.dev/quarantine=true`): counts as failed, gets no assignment.
+    /// Quarantined (label `pollen.dev/quarantine=true`): excluded from the rollout, gets no assignment.
     Quarantined,
 }
 
@@ -153,6 +155,13 @@ pub fn unclear_quarantine(labels: &std::collections::BTreeMap<String, String>) -
 
 /// How many quarantined nodes a condition message names before it says "and N more".
 pub const QUARANTINE_NAMES_SHOWN: usize = 10;
+
+/// A byte counter a node reports, as the operator counts it: at least 0 and at most `size`, the
+/// payload's size (no node receives more than one payload for one chunk index; a node claiming more
+/// would drain the rollout's origin budget or inflate its totals). `size` 0 (not known yet): 0.
+pub fn plausible_bytes(reported: i64, size: u64) -> u64 {
+    (reported.max(0) as u64).min(size)
+}
 
 /// Read one node's state from its assignment status.
 pub fn node_state(
@@ -210,7 +219,7 @@ pub struct Aggregate {
     pub bytes_from_peers: i64,
     /// Bytes from the origin, summed.
     pub bytes_from_origin: i64,
-    /// The quarantined nodes (counted in `nodes.failed`), in observation order.
+    /// The quarantined nodes (excluded: counted in `nodes.quarantined` only), in observation order.
     pub quarantined: Vec<String>,
     /// Failed nodes that said why, with (the start of) their error, in observation order.
     pub failures: Vec<(String, String)>,
@@ -238,7 +247,7 @@ impl Aggregate {
             String::new()
         };
         format!(
-            "; {} node(s) quarantined ({}=true), counted as failed: {shown}{more}",
+            "; {} node(s) quarantined ({}=true), excluded: {shown}{more}",
             names.len(),
             pollen_crds::labels::QUARANTINE
         )
@@ -290,6 +299,11 @@ pub fn aggregate(obs: &[NodeObservation], wave_count: u32, current_wave: u32) ->
         ..Aggregate::default()
     };
     for o in obs {
+        if o.state == NodeState::Quarantined {
+            a.nodes.quarantined += 1;
+            a.quarantined.push(o.name.clone());
+            continue;
+        }
         a.nodes.targeted += 1;
         let w = &mut a.waves[(o.wave as usize).min(wave_count.max(1) as usize - 1)];
         w.targeted += 1;
@@ -308,11 +322,7 @@ pub fn aggregate(obs: &[NodeObservation], wave_count: u32, current_wave: u32) ->
                     a.failures.push((o.name.clone(), e.to_string()));
                 }
             }
-            NodeState::Quarantined => {
-                a.nodes.failed += 1;
-                w.failed += 1;
-                a.quarantined.push(o.name.clone());
-            }
+            NodeState::Quarantined => {} // counted above, outside any wave
         }
         a.bytes_from_peers = a.bytes_from_peers.saturating_add(o.bytes_from_peers.max(0));
         a.bytes_from_origin = a.bytes_from_origin.saturating_add(o.bytes_from_origin.max(0));
@@ -361,8 +371,8 @@ fn wave_met(w: &WaveStatus, success_percent: u32) -> bool {
 /// next wave's assignments, aggregates again and calls `next` once more (an empty wave advances at
 /// once), so one reconcile can cross several boundaries.
 ///
-/// Quarantined nodes count as failed; every message then names them and the label that put them
-/// there (see [`Aggregate::quarantine_note`]), and the first failed nodes with their own errors
+/// Quarantined nodes are out of the rollout; every message then names them and the label that put
+/// them there (see [`Aggregate::quarantine_note`]), and the first failed nodes with their own errors
 /// ([`Aggregate::failure_note`]): a registry that refuses the nodes' credential shows on the rollout.
 pub fn next(state: &DistState, agg: &Aggregate, gate: &Gate, now: Timestamp) -> Decision {
     let mut d = decide(state, agg, gate, now);
@@ -607,7 +617,8 @@ mod tests {
                 downloading: 1,
                 staged: 0,
                 installed: 2,
-                failed: 1
+                failed: 1,
+                quarantined: 0,
             }
         );
         assert_eq!(a.waves[1].targeted, 4);
@@ -731,20 +742,18 @@ mod tests {
     }
 
     #[test]
-    fn a_quarantined_node_counts_as_failed_and_the_message_says_why() {
+    fn a_quarantined_node_is_excluded_and_the_message_says_why() {
         let gate = Gate::from_strategy(&strategy(vec![count(1, None), count(3, None)])).unwrap();
         let a = agg(&[&[Quarantined], &[Unassigned; 3]], 0);
-        assert_eq!(a.nodes.failed, 1);
-        assert_eq!(a.waves[0].failed, 1);
+        assert_eq!((a.nodes.failed, a.nodes.targeted, a.nodes.quarantined), (0, 3, 1));
+        assert_eq!((a.waves[0].failed, a.waves[0].targeted), (0, 0));
         assert_eq!(a.quarantined, vec!["w0-n0".to_string()]);
+        // Its wave is empty now: the rollout moves on instead of failing.
         let d = next(&state(RolloutPhase::Distributing, 0, None), &a, &gate, t(0));
-        assert_eq!(
-            (d.phase, d.reason),
-            (RolloutPhase::Failed, reasons::FAILURE_THRESHOLD_CROSSED)
-        );
+        assert_eq!((d.phase, d.current_wave), (RolloutPhase::Distributing, 1));
         assert!(
             d.message
-                .contains("1 node(s) quarantined (pollen.dev/quarantine=true), counted as failed: w0-n0"),
+                .contains("1 node(s) quarantined (pollen.dev/quarantine=true), excluded: w0-n0"),
             "{}",
             d.message
         );
@@ -755,35 +764,41 @@ mod tests {
             &gate,
             t(0),
         );
+        assert_eq!(d.phase, RolloutPhase::Failed);
         assert!(!d.message.contains("quarantine"), "{}", d.message);
     }
 
     #[test]
-    fn quarantined_nodes_under_the_threshold_are_named_while_the_rollout_goes_on() {
-        let mut s = strategy(vec![count(2, None), count(3, None)]);
-        s.failure_threshold = 5;
-        s.success_threshold_percent = 50;
+    fn quarantined_nodes_are_named_while_the_rollout_goes_on() {
+        let s = strategy(vec![count(2, None), count(3, None)]);
         let gate = Gate::from_strategy(&s).unwrap();
+        // With the default 100 % threshold and no failure allowed, three quarantined nodes neither
+        // fail the rollout nor hold its waves.
         let d = next(
             &state(RolloutPhase::Distributing, 1, None),
             &agg(
-                &[
-                    &[Installed, Quarantined],
-                    &[Downloading, Quarantined, Quarantined],
-                ],
+                &[&[Installed, Quarantined], &[Installed, Quarantined, Quarantined]],
                 1,
             ),
             &gate,
             t(0),
         );
-        assert_eq!(d.phase, RolloutPhase::Distributing);
+        assert_eq!(d.phase, RolloutPhase::Complete);
         assert!(
             d.message.ends_with(
-                "3 node(s) quarantined (pollen.dev/quarantine=true), counted as failed: w0-n1, w1-n1, w1-n2"
+                "3 node(s) quarantined (pollen.dev/quarantine=true), excluded: w0-n1, w1-n1, w1-n2"
             ),
             "{}",
             d.message
         );
+    }
+
+    #[test]
+    fn reported_byte_counters_are_bounded_by_the_payload() {
+        assert_eq!(plausible_bytes(-5, 100), 0);
+        assert_eq!(plausible_bytes(40, 100), 40);
+        assert_eq!(plausible_bytes(i64::MAX, 100), 100);
+        assert_eq!(plausible_bytes(40, 0), 0);
     }
 
     #[test]

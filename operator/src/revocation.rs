@@ -2,8 +2,11 @@
 //!
 //! When an EdgeNode is labelled `pollen.dev/quarantine=true`, or is deleted (the finalizer
 //! [`FINALIZER`] holds it until its serials are revoked), the operator adds the node's certificate
-//! serials to the one RevocationList `fleet`: the serial in `EdgeNode.status.certificate` plus every
-//! unexpired certificate the operator signed for that node. Those are recorded durably on the
+//! serials to the one RevocationList `fleet`: every unexpired certificate the operator signed for
+//! that node, plus the certificate in `EdgeNode.status.certificate` when its PEM proves that the
+//! fleet CA issued it for that node (files mode). A node's own words (serial, `notAfter`) never
+//! add an entry: the list holds only certificates the fleet CA issued, so a compromised node
+//! cannot flood it. Those are recorded durably on the
 //! EdgeNode ([`ISSUED_ANNOTATION`], written by the signer before it hands the certificate out, so an
 //! operator restart loses none) and in memory ([`Issued`], which also covers a node whose EdgeNode
 //! does not exist yet; the EdgeNode watch copies it into the annotation once it does). The list
@@ -36,7 +39,7 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
-use pollen_crds::{EdgeNode, REVOCATION_LIST_NAME, RevocationEntry, RevocationList};
+use pollen_crds::{CertificateInfo, EdgeNode, REVOCATION_LIST_NAME, RevocationEntry, RevocationList};
 use pollen_trust::pki::{self, FleetCa, MAX_NODE_LIFETIME, Revoked};
 use serde_json::json;
 use tracing::{debug, info, warn};
@@ -277,75 +280,71 @@ pub fn revoke_reason(node: &EdgeNode) -> Option<RevokeReason> {
 }
 
 /// The certificates of quarantined and deleted nodes: the unexpired ones the operator signed for
-/// each (its durable ledger, [`ISSUED_ANNOTATION`], and the in-memory `issued`), plus the serial the
-/// node reports in its status. The reported serial counts whatever `notAfter` the node reports (the
-/// node writes both), but only where it cannot be another node's: when the operator signed
-/// unexpired certificates for the node, only a reported serial among them counts; when it signed
-/// none (files mode), a reported serial the operator signed for another node does not count. Sorted by node,
-/// then serial; invalid serials are skipped.
+/// each (its durable ledger, [`ISSUED_ANNOTATION`], and the in-memory `issued`), plus the certificate
+/// the node reports in its status when that report proves itself: its PEM verifies against the
+/// fleet CA and names this node. Serial and `notAfter` then come from the certificate, never from
+/// the node's words; a report without such proof adds nothing (a quarantined node reporting
+/// thousands of made-up serials must not fill the fleet's list). Sorted by node, then serial;
+/// invalid serials are skipped.
 pub fn targets<'a>(
     nodes: impl IntoIterator<Item = &'a EdgeNode>,
     issued: &BTreeMap<String, BTreeMap<String, Timestamp>>,
+    ca: &FleetCa,
     now: Timestamp,
 ) -> Vec<Target> {
-    let nodes: Vec<(&EdgeNode, String, Ledger)> = nodes
-        .into_iter()
-        .map(|n| {
-            let name = n.name_any();
-            let mut signed = ledger_of(n);
-            signed.extend(
-                issued
-                    .get(&name)
-                    .into_iter()
-                    .flatten()
-                    .map(|(s, t)| (s.clone(), *t)),
-            );
-            signed.retain(|_, t| *t > now);
-            (n, name, signed)
-        })
-        .collect();
-    // Serial -> the node the operator signed it for.
-    let mut owner: BTreeMap<&str, &str> = BTreeMap::new();
-    for (_, name, signed) in &nodes {
-        owner.extend(signed.keys().map(|s| (s.as_str(), name.as_str())));
-    }
-    for (node, mine) in issued {
-        let unexpired = mine.iter().filter(|(_, t)| **t > now);
-        owner.extend(unexpired.map(|(s, _)| (s.as_str(), node.as_str())));
-    }
     let mut out = BTreeMap::new();
-    for (n, name, signed) in &nodes {
+    for n in nodes {
         let Some(reason) = revoke_reason(n) else {
             continue;
         };
-        // Serial -> notAfter; what the operator signed overrides what the node reports.
-        let mut serials: BTreeMap<&str, Timestamp> = BTreeMap::new();
-        if let Some(c) = n.status.as_ref().and_then(|s| s.certificate.as_ref()) {
-            let own = if signed.is_empty() {
-                owner.get(c.serial.as_str()).is_none_or(|o| o == name)
-            } else {
-                signed.contains_key(&c.serial)
-            };
-            if own {
-                serials.insert(&c.serial, c.not_after.0);
-            } else {
-                warn!(node = %name, serial = %c.serial, "the node reports a certificate the operator did not sign for it; not revoking that serial");
+        let name = n.name_any();
+        // Serial -> notAfter; what the operator signed overrides what the certificate says.
+        let mut serials = ledger_of(n);
+        serials.extend(
+            issued
+                .get(&name)
+                .into_iter()
+                .flatten()
+                .map(|(s, t)| (s.clone(), *t)),
+        );
+        if let Some(c) = n.status.as_ref().and_then(|s| s.certificate.as_ref())
+            && !serials.contains_key(&c.serial)
+        {
+            match proven(ca, c, &name) {
+                Ok((serial, not_after)) => {
+                    serials.entry(serial).or_insert(not_after);
+                }
+                Err(why) => {
+                    warn!(node = %name, serial = %c.serial, "not revoking the certificate the node reports: {why}");
+                }
             }
         }
-        serials.extend(signed.iter().map(|(s, t)| (s.as_str(), *t)));
-        for (s, not_after) in serials.into_iter().filter(|(s, _)| valid_serial(s)) {
-            out.insert(
-                (name.clone(), s.to_owned()),
-                Target {
-                    node: name.clone(),
-                    serial: s.to_owned(),
-                    reason,
-                    not_after: Some(not_after),
-                },
-            );
+        for (s, not_after) in serials {
+            if not_after > now && valid_serial(&s) {
+                out.insert(
+                    (name.clone(), s.clone()),
+                    Target {
+                        node: name.clone(),
+                        serial: s,
+                        reason,
+                        not_after: Some(not_after),
+                    },
+                );
+            }
         }
     }
     out.into_values().collect()
+}
+
+/// The serial and `notAfter` of a reported certificate that the fleet CA issued for `node`.
+fn proven(ca: &FleetCa, c: &CertificateInfo, node: &str) -> Result<(String, Timestamp), String> {
+    let pem = c.pem.as_deref().ok_or("it carries no PEM to prove it")?;
+    let facts = ca.signed_facts(pem).map_err(|e| e.to_string())?;
+    if facts.name != node {
+        return Err(format!("it was issued for {:?}", facts.name));
+    }
+    let not_after = Timestamp::try_from(facts.not_after).map_err(|e| e.to_string())?;
+    Ok((facts.serial, not_after))
 }
 
 /// Until when an entry stays listed: the later of [`MAX_NODE_LIFETIME`] after its revocation and
@@ -522,7 +521,7 @@ impl Revoker {
     ) -> Result<Option<u64>, Error> {
         let _one = self.lock.lock().await;
         let now = (self.clock)();
-        let targets = targets(nodes, &self.issued.snapshot(now), now);
+        let targets = targets(nodes, &self.issued.snapshot(now), &self.ca, now);
         let current = self.current().await?;
         let cur_entries = current.as_ref().map_or(&[][..], |c| c.entries.as_slice());
         let desired = next_entries(cur_entries, &targets, now);
@@ -719,6 +718,7 @@ mod tests {
                 certificate: Some(CertificateInfo {
                     serial: serial.into(),
                     not_after: Time(t(not_after)),
+                    pem: None,
                 }),
                 ..EdgeNodeStatus::default()
             });
@@ -744,14 +744,41 @@ mod tests {
         }
     }
 
+    /// The fleet CA of these tests.
+    fn fleet() -> &'static FleetCa {
+        static CA: std::sync::OnceLock<FleetCa> = std::sync::OnceLock::new();
+        CA.get_or_init(|| FleetCa::generate("test fleet", Duration::from_secs(3600)).unwrap())
+    }
+
+    /// A files-mode node: it reports a real certificate `ca` issued for `for_node`, valid from
+    /// `t(from)` for `secs`, with its PEM. Returns the node and the certificate's serial.
+    fn files_node(name: &str, ca: &FleetCa, for_node: &str, from: i64, secs: u64) -> (EdgeNode, String) {
+        let not_before = SystemTime::UNIX_EPOCH + Duration::from_secs(t(from).as_second() as u64);
+        let kp = ca.issue(for_node, not_before, Duration::from_secs(secs)).unwrap();
+        let mut n = node(name, Some((&kp.cert.facts.serial, 999 * DAY)));
+        let c = n.status.as_mut().unwrap().certificate.as_mut().unwrap();
+        c.pem = Some(kp.cert.cert_pem.clone());
+        (n, kp.cert.facts.serial)
+    }
+
+    fn names(targets: &[Target]) -> Vec<String> {
+        targets
+            .iter()
+            .map(|x| format!("{}/{}", x.node, x.serial))
+            .collect()
+    }
+
     #[test]
-    fn quarantined_and_deleting_nodes_are_targets_with_reported_and_issued_serials() {
+    fn quarantined_and_deleting_nodes_are_targets_with_issued_and_proven_serials() {
+        let (gw02, cc) = files_node("gw-02", fleet(), "gw-02", -3600, DAY as u64);
+        let (gw04, _) = files_node("gw-04", fleet(), "gw-04", -DAY, 3600);
         let nodes = [
             node("gw-00", Some(("aa01", DAY))),
             quarantined(node("gw-01", Some(("bb01", DAY)))),
-            deleting(quarantined(node("gw-02", Some(("cc01", DAY))))),
+            deleting(quarantined(gw02)),
             quarantined(node("gw-03", None)),
-            quarantined(node("gw-04", Some(("dd01", -1)))),
+            // Its certificate expired an hour before now: nothing to list.
+            quarantined(gw04),
         ];
         let issued = BTreeMap::from([
             (
@@ -768,7 +795,7 @@ mod tests {
                 BTreeMap::from([("aa00".to_string(), t(DAY))]),
             ),
         ]);
-        let got: Vec<(String, String, RevokeReason)> = targets(&nodes, &issued, t(0))
+        let got: Vec<(String, String, RevokeReason)> = targets(&nodes, &issued, fleet(), t(0))
             .into_iter()
             .map(|x| (x.node, x.serial, x.reason))
             .collect();
@@ -778,10 +805,8 @@ mod tests {
             vec![
                 ("gw-01".into(), "bb00".into(), q),
                 ("gw-01".into(), "bb01".into(), q),
-                ("gw-02".into(), "cc01".into(), RevokeReason::Deleted),
+                ("gw-02".into(), cc, RevokeReason::Deleted),
                 ("gw-03".into(), "ee01".into(), q),
-                // The reported serial counts whatever notAfter the node reports.
-                ("gw-04".into(), "dd01".into(), q),
             ]
         );
     }
@@ -796,25 +821,22 @@ mod tests {
     #[test]
     fn after_a_restart_the_durable_ledger_names_the_certificates() {
         // Nothing in memory (a restarted operator, the signed requests cleaned up); the node reports
-        // a made-up serial with a notAfter in the past: the ledger counts, the made-up serial not.
+        // a made-up serial: the ledger counts, the made-up serial not.
         let nodes = [
             quarantined(with_ledger(
-                node("gw-01", Some(("ff01", -DAY))),
+                node("gw-01", Some(("ff01", DAY))),
                 &[("aa01", DAY), ("aa02", 2 * DAY), ("aa00", -1)],
             )),
             with_ledger(node("gw-02", None), &[("bb01", DAY)]),
         ];
-        let got: Vec<String> = targets(&nodes, &BTreeMap::new(), t(0))
-            .into_iter()
-            .map(|x| format!("{}/{}", x.node, x.serial))
-            .collect();
+        let got = names(&targets(&nodes, &BTreeMap::new(), fleet(), t(0)));
         assert_eq!(got, vec!["gw-01/aa01", "gw-01/aa02"]);
         // Reporting a serial from its own ledger counts, with the signed notAfter.
         let honest = [quarantined(with_ledger(
             node("gw-01", Some(("aa02", 9 * DAY))),
             &[("aa02", 2 * DAY)],
         ))];
-        let t2 = targets(&honest, &BTreeMap::new(), t(0));
+        let t2 = targets(&honest, &BTreeMap::new(), fleet(), t(0));
         assert_eq!(
             (t2[0].serial.as_str(), t2[0].not_after),
             ("aa02", Some(t(2 * DAY)))
@@ -822,25 +844,57 @@ mod tests {
     }
 
     #[test]
-    fn a_node_reporting_another_nodes_serial_does_not_get_it_revoked() {
+    fn a_reported_certificate_counts_only_when_the_fleet_ca_issued_it_for_that_node() {
+        let other_ca = FleetCa::generate("test fleet", Duration::from_secs(3600)).unwrap();
+        // A real certificate of another node, one from another CA naming this node, and a serial
+        // with no PEM at all.
+        let (gw01, _) = files_node("gw-01", fleet(), "gw-02", -60, DAY as u64);
+        let (gw03, _) = files_node("gw-03", &other_ca, "gw-03", -60, DAY as u64);
+        let (gw05, own) = files_node("gw-05", fleet(), "gw-05", -60, DAY as u64);
         let nodes = [
-            // Files mode (no ledger) reporting a serial the operator signed for gw-02.
-            quarantined(node("gw-01", Some(("bb01", DAY)))),
-            with_ledger(node("gw-02", Some(("bb01", DAY))), &[("bb01", DAY)]),
-            // Files mode reporting a serial nobody signed: its own, as far as anyone knows.
-            quarantined(node("gw-03", Some(("cc01", DAY)))),
-            // Files mode reporting a serial signed (in memory) for gw-05.
+            quarantined(gw01),
+            quarantined(gw03),
             deleting(node("gw-04", Some(("ee01", DAY)))),
+            quarantined(gw05),
         ];
-        let issued = BTreeMap::from([(
-            "gw-05".to_string(),
-            BTreeMap::from([("ee01".to_string(), t(DAY))]),
-        )]);
-        let got: Vec<String> = targets(&nodes, &issued, t(0))
-            .into_iter()
-            .map(|x| format!("{}/{}", x.node, x.serial))
+        let got = names(&targets(&nodes, &BTreeMap::new(), fleet(), t(0)));
+        assert_eq!(got, vec![format!("gw-05/{own}")]);
+    }
+
+    /// A quarantined node rewriting its status 10,000 times, each with a new serial and a far-future
+    /// `notAfter` (half with a PEM from a CA of its own making): the list never grows past the one
+    /// certificate the operator signed for it.
+    #[test]
+    fn a_node_reporting_ten_thousand_serials_changes_nothing() {
+        let rogue_ca = FleetCa::generate("test fleet", Duration::from_secs(3600)).unwrap();
+        let forged: Vec<String> = (0..20)
+            .map(|_| {
+                let not_before = SystemTime::UNIX_EPOCH + Duration::from_secs(t(0).as_second() as u64);
+                rogue_ca
+                    .issue("gw-01", not_before, Duration::from_secs(3650 * DAY as u64))
+                    .unwrap()
+                    .cert
+                    .cert_pem
+            })
             .collect();
-        assert_eq!(got, vec!["gw-03/cc01"]);
+        let base = quarantined(with_ledger(node("gw-01", None), &[("aa01", DAY)]));
+        let mut listed = next_entries(&[], &targets([&base], &BTreeMap::new(), fleet(), t(0)), t(0));
+        let expected = listed.clone();
+        assert_eq!(expected.len(), 1);
+        for i in 0..10_000u32 {
+            let mut n = base.clone();
+            n.status = Some(EdgeNodeStatus {
+                certificate: Some(CertificateInfo {
+                    serial: format!("{:08x}{:08x}", i, i.wrapping_mul(2_654_435_761)),
+                    not_after: Time(t(3650 * DAY)),
+                    pem: (i % 2 == 0).then(|| forged[i as usize % forged.len()].clone()),
+                }),
+                ..EdgeNodeStatus::default()
+            });
+            let now = t(i64::from(i));
+            listed = next_entries(&listed, &targets([&n], &BTreeMap::new(), fleet(), now), now);
+        }
+        assert_eq!(listed, expected);
     }
 
     #[test]
@@ -872,7 +926,7 @@ mod tests {
             quarantined(node("gw-02", Some(("", DAY)))),
             quarantined(node("gw-03", Some((&"a".repeat(65), DAY)))),
         ];
-        assert!(targets(&nodes, &BTreeMap::new(), t(0)).is_empty());
+        assert!(targets(&nodes, &BTreeMap::new(), fleet(), t(0)).is_empty());
         assert!(valid_serial("0123456789abcdef"));
         assert!(!valid_serial("ABCDEF"));
         assert!(!valid_serial("abc"));
@@ -922,7 +976,7 @@ mod tests {
         assert!(next_entries(&current, &[], t(week + 10)).is_empty());
         // A still-quarantined node's signed certificate that expired long ago is not listed again.
         let nodes = [quarantined(with_ledger(node("gw-01", None), &[("bb01", DAY)]))];
-        let targets = targets(&nodes, &BTreeMap::new(), t(week + 10));
+        let targets = targets(&nodes, &BTreeMap::new(), fleet(), t(week + 10));
         assert!(next_entries(&current, &targets, t(week + 10)).is_empty());
     }
 
@@ -931,31 +985,48 @@ mod tests {
         let week = 7 * DAY;
         // A files-mode node (no ledger) reporting a certificate valid for 30 days, and a signed
         // one: the signed notAfter wins over what the node reports for the same serial.
+        let (gw01, aa) = files_node("gw-01", fleet(), "gw-01", 0, 30 * DAY as u64);
         let nodes = [
-            quarantined(node("gw-01", Some(("aa01", 30 * DAY)))),
+            quarantined(gw01.clone()),
             deleting(with_ledger(
                 node("gw-02", Some(("bb01", 90 * DAY))),
                 &[("bb01", DAY)],
             )),
         ];
-        let targets = targets(&nodes, &BTreeMap::new(), t(0));
+        let targets = targets(&nodes, &BTreeMap::new(), fleet(), t(0));
         let not_after: Vec<(String, Option<Timestamp>)> =
-            targets.iter().map(|x| (x.serial.clone(), x.not_after)).collect();
+            targets.iter().map(|x| (x.node.clone(), x.not_after)).collect();
         assert_eq!(
             not_after,
-            vec![("aa01".into(), Some(t(30 * DAY))), ("bb01".into(), Some(t(DAY)))]
+            vec![
+                ("gw-01".into(), Some(t(30 * DAY))),
+                ("gw-02".into(), Some(t(DAY)))
+            ]
         );
         let listed = next_entries(&[], &targets, t(0));
-        assert_eq!(listed[0].not_after, Some(Time(t(30 * DAY))));
+        let of = |l: &[RevocationEntry], node: &str| l.iter().find(|e| e.node == node).cloned();
+        assert_eq!(of(&listed, "gw-01").unwrap().not_after, Some(Time(t(30 * DAY))));
         // A week on, the nodes gone: the 30-day certificate stays, the one-day one is pruned.
         let later = next_entries(&listed, &[], t(week + 1));
         assert_eq!(later.len(), 1);
-        assert_eq!(later[0].serial, "aa01");
+        assert_eq!(later[0].serial, aa);
         assert_eq!(next_entries(&later, &[], t(30 * DAY - 1)).len(), 1);
         assert!(next_entries(&later, &[], t(30 * DAY)).is_empty());
-        // A listed entry is not rewritten when the node reports another notAfter.
-        let bumped = [quarantined(node("gw-01", Some(("aa01", 60 * DAY))))];
-        let again = next_entries(&listed, &super::targets(&bumped, &BTreeMap::new(), t(5)), t(5));
+        // The node reporting another notAfter changes nothing: the certificate says when it ends.
+        let mut bumped = quarantined(gw01);
+        bumped
+            .status
+            .as_mut()
+            .unwrap()
+            .certificate
+            .as_mut()
+            .unwrap()
+            .not_after = Time(t(60 * DAY));
+        let again = next_entries(
+            &listed,
+            &super::targets([&bumped], &BTreeMap::new(), fleet(), t(5)),
+            t(5),
+        );
         assert_eq!(again, listed);
     }
 
@@ -1098,7 +1169,10 @@ mod tests {
             // A quarantined node: the clock's number, by server-side apply with our field manager.
             let nodes = [
                 node("gw-00", Some(("aa01", in_a_day))),
-                quarantined(node("gw-01", Some(("bb01", in_a_day)))),
+                quarantined(with_ledger(
+                    node("gw-01", Some(("bb01", in_a_day))),
+                    &[("bb01", in_a_day)],
+                )),
             ];
             assert_eq!(revoker.sync(&nodes).await.unwrap(), Some(at(0)));
             {

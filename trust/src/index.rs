@@ -593,7 +593,11 @@ fn check_media_type(s: &str) -> Result<(), IndexError> {
     Ok(())
 }
 
-fn check_target_path(s: &str) -> Result<(), IndexError> {
+/// Path components a target path must not use: the names of a node's install layout.
+pub const RESERVED_PATH_NAMES: [&str; 2] = ["current", "versions"];
+
+/// Checks a target path: relative, plain components, no reserved name ([`RESERVED_PATH_NAMES`]).
+pub fn check_target_path(s: &str) -> Result<(), IndexError> {
     const F: &str = "target path";
     if s.len() > MAX_STRING_LEN {
         return Err(IndexError::StringTooLong {
@@ -618,6 +622,14 @@ fn check_target_path(s: &str) -> Result<(), IndexError> {
         return Err(IndexError::InvalidField {
             field: F,
             reason: "not a relative path of plain components (no leading '/', '//', '.', '..')",
+        });
+    }
+    // A node installs `a/b` into `a/b/current` and `a/b/versions/`: a component with one of those
+    // names would land inside another target's install directory.
+    if s.split('/').any(|c| RESERVED_PATH_NAMES.contains(&c)) {
+        return Err(IndexError::InvalidField {
+            field: F,
+            reason: "uses a reserved name ('current' or 'versions') as a component",
         });
     }
     Ok(())
@@ -1089,6 +1101,22 @@ mod tests {
             })
         ));
         let a = G_AFTER_CHUNKS;
+        // Reserved names, as the whole path or as a component.
+        for bad in ["current", "fw/versions/x", "versions", "a/current"] {
+            assert!(
+                matches!(
+                    check_target_path(bad),
+                    Err(InvalidField {
+                        field: "target path",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
+        for good in ["fw/gw.bin", "current.bin", "my-versions/x"] {
+            assert!(check_target_path(good).is_ok(), "{good}");
+        }
         // Target path: absolute, dot-dot, empty, control character.
         assert!(matches!(
             golden_with(|g| g[a + 2] = b'/'),

@@ -67,6 +67,9 @@ pub enum PkiError {
     /// The revocation list's signature does not verify against the fleet CA.
     #[error("revocation list is not signed by the fleet CA")]
     BadCrlSignature,
+    /// A certificate was not issued by the fleet CA.
+    #[error("the certificate was not issued by the fleet CA")]
+    NotIssuedByCa,
     /// rcgen could not build or sign.
     #[error("certificate generation: {0}")]
     Generate(#[from] rcgen::Error),
@@ -96,27 +99,6 @@ pub fn check_node_name(name: &str) -> Result<(), PkiError> {
         Ok(())
     } else {
         Err(PkiError::BadName(name.to_owned()))
-    }
-}
-
-/// Parses a lifetime or interval written as a number and a unit: `90s`, `30m`, `24h`, `7d` (the form
-/// the `pollen` CLI and the agent's flags take). At most 100 years: certificates and lists must end
-/// before the year 9999 (X.509 GeneralizedTime).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a number and a unit (s, m, h, d)"))?;
-    let mult = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return Err(format!("{s:?}: unit must be s, m, h or d")),
-    };
-    match n.checked_mul(mult) {
-        Some(secs) if secs <= 100 * 365 * 86400 => Ok(Duration::from_secs(secs)),
-        _ => Err(format!("{s:?}: longer than 100 years")),
     }
 }
 
@@ -461,6 +443,34 @@ impl FleetCa {
     pub fn cert_der(&self) -> &[u8] {
         &self.cert_der
     }
+
+    /// The facts of the first certificate in `pem` when this CA signed it (its issuer is this CA's
+    /// subject and the signature verifies), an error otherwise. What a node merely claims about a
+    /// certificate (`EdgeNode.status.certificate`) is believed only through this.
+    pub fn signed_facts(&self, pem: &str) -> Result<CertFacts, PkiError> {
+        let der =
+            first_pem(pem, "CERTIFICATE").ok_or_else(|| parse_err("certificate", "no PEM certificate"))?;
+        let (_, ca) = x509_parser::parse_x509_certificate(&self.cert_der)
+            .map_err(|e| parse_err("CA certificate", e))?;
+        let (_, c) = x509_parser::parse_x509_certificate(&der).map_err(|e| parse_err("certificate", e))?;
+        if c.issuer() != ca.subject() || c.verify_signature(Some(ca.public_key())).is_err() {
+            return Err(PkiError::NotIssuedByCa);
+        }
+        cert_facts_der(&der)
+    }
+}
+
+/// A DER certificate as PEM.
+pub fn cert_pem_of(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
 }
 
 /// The issuer for an existing CA certificate: its subject name (byte-for-byte attribute types and
@@ -720,6 +730,32 @@ mod tests {
     }
 
     #[test]
+    fn only_certificates_this_ca_signed_have_signed_facts() {
+        let ca = ca();
+        let kp = ca
+            .issue("node-a", SystemTime::now(), DEFAULT_NODE_LIFETIME)
+            .unwrap();
+        assert_eq!(ca.signed_facts(&kp.cert.cert_pem).unwrap(), kp.cert.facts);
+        // The DER round-trips through the encoder the agent reports with.
+        let der = first_pem(&kp.cert.cert_pem, "CERTIFICATE").unwrap();
+        assert_eq!(ca.signed_facts(&cert_pem_of(&der)).unwrap(), kp.cert.facts);
+        // Another CA, even one with the same name, and a self-made certificate are refused.
+        let other = FleetCa::generate("test fleet", Duration::from_secs(3600)).unwrap();
+        let forged = other
+            .issue("node-a", SystemTime::now(), DEFAULT_NODE_LIFETIME)
+            .unwrap();
+        assert!(matches!(
+            ca.signed_facts(&forged.cert.cert_pem),
+            Err(PkiError::NotIssuedByCa)
+        ));
+        assert!(matches!(
+            ca.signed_facts(other.cert_pem()),
+            Err(PkiError::NotIssuedByCa)
+        ));
+        assert!(matches!(ca.signed_facts("junk"), Err(PkiError::Parse { .. })));
+    }
+
+    #[test]
     fn request_is_signed_with_the_signers_names_only() {
         let ca = ca();
         let kr = new_request("node-a").unwrap();
@@ -876,17 +912,6 @@ mod tests {
         // A key that does not match the certificate is refused.
         let other = KeyPair::generate().unwrap();
         assert!(FleetCa::from_pem(&cert.pem(), &other.serialize_pem()).is_err());
-    }
-
-    #[test]
-    fn durations_take_a_number_and_one_unit() {
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
-        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
-        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
-        for bad in ["", "h", "24", "24x", "1.5h", "-1h", "24 h", "999999999999d"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
-        }
     }
 
     #[test]

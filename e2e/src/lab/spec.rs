@@ -97,18 +97,10 @@ pub fn parse_size(s: &str) -> Result<u64, LabError> {
     Ok(v as u64)
 }
 
-/// Parses a duration: `20ms`, `1.5s`, `250us`, `0`.
+/// Parses a duration: `20ms`, `1.5s`, `250us`, `0` (the workspace's one parser,
+/// [`pollen_crds::duration`]).
 pub fn parse_duration(s: &str) -> Result<Duration, LabError> {
-    let (num, unit) = split_number(s.trim());
-    let n: f64 = num.parse().map_err(|_| parse_err("duration", s))?;
-    let secs = match unit {
-        "s" => n,
-        "ms" => n / 1e3,
-        "us" => n / 1e6,
-        "" if n == 0.0 => 0.0,
-        _ => return Err(parse_err("duration (use s, ms, us)", s)),
-    };
-    Ok(Duration::from_secs_f64(secs))
+    pollen_crds::duration::parse(s.trim()).map_err(|e| parse_err("duration", &e.to_string()))
 }
 
 /// One site: a number of nodes behind a shared WAN hop.

@@ -1,8 +1,7 @@
 //! `pollen-edge-node agent`: the flags of the Kubernetes node agent, and its start-up.
 
-use pollen_trust::pki::parse_duration;
+use pollen_crds::duration::parse as parse_duration;
 use pollen_trust::registry::{Registry, RegistryArgs};
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -81,9 +80,6 @@ pub struct AgentArgs {
     /// Metrics and health address (`/metrics`, `/healthz`, `/readyz`).
     #[arg(long, default_value = "0.0.0.0:9400")]
     pub metrics: SocketAddr,
-    /// A label KEY=VALUE for the EdgeNode when the Node API cannot be read; repeat for more.
-    #[arg(long = "label", value_parser = parse_label)]
-    pub labels: Vec<(String, String)>,
     /// Minimum seconds between progress reports to the API server.
     #[arg(long, default_value_t = 10)]
     pub status_interval: u64,
@@ -101,7 +97,7 @@ pub struct AgentArgs {
 /// A certificate lifetime: a duration within what the fleet signer grants.
 fn parse_lifetime(s: &str) -> Result<Duration, String> {
     use pollen_trust::pki::{MAX_NODE_LIFETIME, MIN_NODE_LIFETIME};
-    let d = parse_duration(s)?;
+    let d = parse_duration(s).map_err(|e| e.to_string())?;
     if !(MIN_NODE_LIFETIME..=MAX_NODE_LIFETIME).contains(&d) {
         return Err(format!(
             "{s:?}: must be between {}m and {}h",
@@ -142,16 +138,6 @@ fn identity_setup(args: &AgentArgs) -> Result<(IdentityFiles, CertificateSource)
             }),
         )),
     }
-}
-
-fn parse_label(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
-    if k.is_empty() {
-        return Err(format!("{s:?} has an empty key"));
-    }
-    Ok((k.to_string(), v.to_string()))
 }
 
 /// Start the agent with a client from the kubeconfig (or in-cluster config) and run until `shutdown`.
@@ -207,7 +193,6 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
         node_name: args.node_name.clone(),
         site: Some(args.site.clone()),
         endpoint: advertise.to_string(),
-        fallback_labels: args.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
         install_root: args.install_root.clone(),
         progress_interval: Duration::from_secs(args.status_interval),
         heartbeat_interval: Duration::from_secs(args.heartbeat_interval),
@@ -337,16 +322,5 @@ mod tests {
         assert!(args(&["--certificate-lifetime=24"]).is_err());
         assert_eq!(parse_lifetime("7d").unwrap(), Duration::from_secs(7 * 86400));
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-    }
-
-    #[test]
-    fn labels_parse_as_key_value() {
-        assert_eq!(
-            parse_label("role=gateway").unwrap(),
-            ("role".into(), "gateway".into())
-        );
-        assert_eq!(parse_label("empty=").unwrap(), ("empty".into(), String::new()));
-        assert!(parse_label("novalue").is_err());
-        assert!(parse_label("=x").is_err());
     }
 }

@@ -123,6 +123,7 @@ pub fn certificate_info(id: &TlsIdentity) -> CertificateInfo {
     CertificateInfo {
         serial: id.serial().to_string(),
         not_after: Time(jiff::Timestamp::try_from(id.not_after()).unwrap_or(jiff::Timestamp::MAX)),
+        pem: id.certs().first().map(|c| pollen_trust::pki::cert_pem_of(c)),
     }
 }
 

@@ -1,8 +1,8 @@
 //! The Kubernetes node agent: the device's side of the Pollen API.
 //!
-//! On start it creates or updates its own EdgeNode (labels copied from its Node where
-//! that API is readable, from flags otherwise) and publishes its QUIC endpoint, site and
-//! inventory. Then it watches only its own EdgeNode for `spec.assignments`, runs each
+//! On start it creates its own EdgeNode if it does not exist yet (with no labels: labels select
+//! rollouts, so the operator and administrators own them, never the device) and publishes its QUIC
+//! endpoint, site and inventory in `status`. Then it watches only its own EdgeNode for `spec.assignments`, runs each
 //! assignment through an [`AssignmentRunner`] (the swarm engine in the binary), and
 //! reports per-assignment status, throttled by [`throttle::ReportThrottle`].
 //!
@@ -28,12 +28,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, future::BoxFuture};
-use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use pollen_crds::{
-    Assignment, AssignmentPhase, AssignmentStatus, CertificateInfo, EdgeNode, EdgeNodeStatus,
+    Assignment, AssignmentPhase, AssignmentStatus, CertificateInfo, EdgeNode, EdgeNodeSpec, EdgeNodeStatus,
     InstalledVersion, Inventory,
 };
 use tokio::sync::watch;
@@ -72,8 +71,6 @@ pub struct AgentConfig {
     pub site: Option<String>,
     /// The QUIC endpoint peers connect to, `host:port`.
     pub endpoint: String,
-    /// Labels to set when the Node API cannot be read.
-    pub fallback_labels: BTreeMap<String, String>,
     /// The install root (its filesystem's free space is reported).
     pub install_root: std::path::PathBuf,
     /// Minimum time between progress writes.
@@ -99,57 +96,36 @@ pub trait AssignmentRunner: Send + Sync + 'static {
     ) -> BoxFuture<'static, Option<InstalledVersion>>;
 }
 
-/// Labels the agent puts on its EdgeNode: the Node's labels where readable, else the fallback.
-pub async fn node_labels(client: &kube::Client, cfg: &AgentConfig) -> BTreeMap<String, String> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let mut labels = match nodes.get_opt(&cfg.node_name).await {
-        Ok(Some(node)) => node.metadata.labels.unwrap_or_default(),
-        Ok(None) => {
-            info!(node = %cfg.node_name, "no Node object of this name; using labels from flags");
-            cfg.fallback_labels.clone()
-        }
-        Err(e) => {
-            info!(node = %cfg.node_name, error = %e, "Node API not readable here; using labels from flags");
-            cfg.fallback_labels.clone()
-        }
-    };
-    labels.insert(pollen_crds::labels::NODE_NAME.into(), cfg.node_name.clone());
-    if let Some(site) = &cfg.site {
-        labels.insert(pollen_crds::labels::SITE.into(), site.clone());
-    }
-    labels
-}
-
-/// Create or update the EdgeNode with the given labels, and publish endpoint, site, inventory and the
-/// current certificate's facts.
+/// Create the EdgeNode if it does not exist (name and an empty spec, nothing else: no labels, which
+/// select rollouts and so are never the device's to write), and publish endpoint, site, inventory
+/// and the current certificate's facts in `status`.
 pub async fn register(
     client: &kube::Client,
     cfg: &AgentConfig,
-    labels: BTreeMap<String, String>,
     certificate: Option<&CertificateInfo>,
 ) -> Result<(), AgentError> {
     let api: Api<EdgeNode> = Api::all(client.clone());
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
-    let obj = serde_json::json!({
-        "apiVersion": "pollen.dev/v1alpha1", "kind": "EdgeNode",
-        "metadata": { "name": cfg.node_name, "labels": labels },
-        // `spec` is required by the schema. An empty object claims no assignment entry, so
-        // server-side apply leaves the operator's assignments alone.
-        "spec": {},
-    });
-    api.patch(&cfg.node_name, &pp, &Patch::Apply(&obj))
-        .await
-        .map_err(|source| AgentError::Register {
-            name: cfg.node_name.clone(),
-            source,
-        })?;
+    let failed = |source| AgentError::Register {
+        name: cfg.node_name.clone(),
+        source,
+    };
+    if api.get_opt(&cfg.node_name).await.map_err(failed)?.is_none() {
+        let en = EdgeNode::new(&cfg.node_name, EdgeNodeSpec::default());
+        let pp = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
+        match api.create(&pp, &en).await {
+            Ok(_) => {}
+            // Created meanwhile (an administrator, or this agent's previous run).
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(failed(e)),
+        }
+    }
     write_status(&api, cfg, certificate, &[], &[])
         .await
         .map_err(|e| match e {
-            AgentError::Status(source) => AgentError::Register {
-                name: cfg.node_name.clone(),
-                source,
-            },
+            AgentError::Status(source) => failed(source),
             other => other,
         })
 }
@@ -242,9 +218,8 @@ pub async fn run(
     mut certificate: watch::Receiver<Option<CertificateInfo>>,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
-    let labels = node_labels(&client, &cfg).await;
     let cert_now = certificate.borrow_and_update().clone();
-    register(&client, &cfg, labels, cert_now.as_ref()).await?;
+    register(&client, &cfg, cert_now.as_ref()).await?;
     info!(node = %cfg.node_name, endpoint = %cfg.endpoint, "EdgeNode registered");
 
     let api: Api<EdgeNode> = Api::all(client.clone());
@@ -381,7 +356,6 @@ mod tests {
             node_name: "gw-7".into(),
             site: Some("berlin".into()),
             endpoint: "10.0.0.7:7400".into(),
-            fallback_labels: BTreeMap::from([("role".to_string(), "gateway".to_string())]),
             install_root: std::env::temp_dir(),
             progress_interval: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(60),
@@ -393,39 +367,45 @@ mod tests {
         serde_json::from_slice(&bytes).unwrap()
     }
 
+    fn not_found() -> Response<Body> {
+        Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .body(Body::from(
+                br#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404,"message":"not found"}"#.to_vec(),
+            ))
+            .unwrap()
+    }
+
+    /// A new device creates its EdgeNode with its name and nothing else: no labels (they select
+    /// rollouts), no assignments; then it reports its status.
     #[tokio::test]
-    async fn registers_with_flag_labels_when_the_node_api_is_absent() {
+    async fn registers_without_labels_then_reports_status() {
         let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = kube::Client::new(svc, "default");
         let server = tokio::spawn(async move {
-            // 1. GET the Node: the API is not served here.
-            let (req, send) = handle.next_request().await.expect("node lookup");
-            assert_eq!(req.uri().path(), "/api/v1/nodes/gw-7");
-            send.send_response(
-                Response::builder()
-                    .status(StatusCode::NOT_FOUND)
-                    .body(Body::from(
-                        br#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404,"message":"the server could not find the requested resource"}"#.to_vec(),
-                    ))
-                    .unwrap(),
-            );
-            // 2. Server-side apply of the EdgeNode with the labels.
-            let (req, send) = handle.next_request().await.expect("edgenode apply");
-            assert_eq!(req.method(), http::Method::PATCH);
+            // 1. GET the EdgeNode: not there yet.
+            let (req, send) = handle.next_request().await.expect("edgenode lookup");
+            assert_eq!(req.method(), http::Method::GET);
             assert_eq!(req.uri().path(), "/apis/pollen.dev/v1alpha1/edgenodes/gw-7");
-            assert!(req.uri().query().unwrap().contains("fieldManager=pollen-agent"));
+            send.send_response(not_found());
+            // 2. POST it: name and an empty spec only.
+            let (req, send) = handle.next_request().await.expect("edgenode create");
+            assert_eq!(req.method(), http::Method::POST);
+            assert_eq!(req.uri().path(), "/apis/pollen.dev/v1alpha1/edgenodes");
             let body = body_json(req).await;
-            assert_eq!(body["metadata"]["labels"]["role"], "gateway");
-            assert_eq!(body["metadata"]["labels"]["pollen.dev/site"], "berlin");
-            assert_eq!(body["metadata"]["labels"]["pollen.dev/node-name"], "gw-7");
-            assert_eq!(
-                body["spec"],
-                serde_json::json!({}),
+            assert_eq!(body["metadata"]["name"], "gw-7");
+            assert!(
+                body["metadata"]["labels"].is_null(),
+                "the agent must never write labels: {body}"
+            );
+            assert!(
+                body["spec"]["assignments"].as_array().is_none_or(Vec::is_empty),
                 "the agent must never write assignments"
             );
             let en = EdgeNode::new("gw-7", Default::default());
             send.send_response(
                 Response::builder()
+                    .status(StatusCode::CREATED)
                     .body(Body::from(serde_json::to_vec(&en).unwrap()))
                     .unwrap(),
             );
@@ -436,6 +416,7 @@ mod tests {
                 "/apis/pollen.dev/v1alpha1/edgenodes/gw-7/status"
             );
             let body = body_json(req).await;
+            assert!(body["metadata"]["labels"].is_null(), "{body}");
             assert_eq!(body["status"]["endpoint"], "10.0.0.7:7400");
             assert_eq!(body["status"]["site"], "berlin");
             assert_eq!(
@@ -452,15 +433,49 @@ mod tests {
             );
         });
         let c = cfg();
-        let labels = node_labels(&client, &c).await;
         let cert = CertificateInfo {
             serial: "4a01".into(),
             not_after: Time(jiff::Timestamp::from_second(1_900_000_000).unwrap()),
+            pem: None,
         };
-        register(&client, &c, labels, Some(&cert)).await.unwrap();
+        register(&client, &c, Some(&cert)).await.unwrap();
         tokio::time::timeout(Duration::from_secs(1), server)
             .await
             .expect("all requests made")
+            .unwrap();
+    }
+
+    /// An EdgeNode that exists (an administrator made it, with the labels that target it) is left
+    /// alone: only its status is written.
+    #[tokio::test]
+    async fn an_existing_edgenode_keeps_its_metadata() {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(svc, "default");
+        let server = tokio::spawn(async move {
+            let (_req, send) = handle.next_request().await.expect("edgenode lookup");
+            let mut en = EdgeNode::new("gw-7", Default::default());
+            en.metadata.labels = Some(BTreeMap::from([("role".to_string(), "camera".to_string())]));
+            send.send_response(
+                Response::builder()
+                    .body(Body::from(serde_json::to_vec(&en).unwrap()))
+                    .unwrap(),
+            );
+            let (req, send) = handle.next_request().await.expect("status apply");
+            assert!(
+                req.uri().path().ends_with("/edgenodes/gw-7/status"),
+                "{}",
+                req.uri()
+            );
+            send.send_response(
+                Response::builder()
+                    .body(Body::from(serde_json::to_vec(&en).unwrap()))
+                    .unwrap(),
+            );
+        });
+        register(&client, &cfg(), None).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(1), server)
+            .await
+            .expect("only two requests")
             .unwrap();
     }
 
@@ -517,6 +532,7 @@ mod tests {
         CertificateInfo {
             serial: serial.into(),
             not_after: Time(jiff::Timestamp::from_second(1_900_000_000).unwrap()),
+            pem: None,
         }
     }
 
@@ -532,18 +548,13 @@ mod tests {
                 let query = req.uri().query().unwrap_or_default().to_string();
                 let en = serde_json::to_vec(&EdgeNode::new("gw-7", Default::default())).unwrap();
                 match (req.method().as_str(), path.as_str()) {
-                    ("GET", "/api/v1/nodes/gw-7") => send.send_response(
-                        Response::builder()
-                            .status(StatusCode::NOT_FOUND)
-                            .body(Body::from(br#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404,"message":"not found"}"#.to_vec()))
-                            .unwrap(),
-                    ),
+                    // The EdgeNode exists: registration writes only its status.
+                    ("GET", "/apis/pollen.dev/v1alpha1/edgenodes/gw-7") => {
+                        send.send_response(Response::builder().body(Body::from(en)).unwrap())
+                    }
                     ("PATCH", "/apis/pollen.dev/v1alpha1/edgenodes/gw-7/status") => {
                         let _ = status_tx.send(body_json(req).await);
                         send.send_response(Response::builder().body(Body::from(en)).unwrap());
-                    }
-                    ("PATCH", "/apis/pollen.dev/v1alpha1/edgenodes/gw-7") => {
-                        send.send_response(Response::builder().body(Body::from(en)).unwrap())
                     }
                     ("GET", "/apis/pollen.dev/v1alpha1/edgenodes") if !query.contains("watch=true") => {
                         send.send_response(
@@ -582,31 +593,5 @@ mod tests {
         shutdown.cancel();
         agent.await.unwrap().unwrap();
         server.abort();
-    }
-
-    #[tokio::test]
-    async fn copies_labels_from_the_node_when_readable() {
-        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let client = kube::Client::new(svc, "default");
-        let server = tokio::spawn(async move {
-            let (_req, send) = handle.next_request().await.unwrap();
-            let node = serde_json::json!({"apiVersion":"v1","kind":"Node","metadata":{"name":"gw-7","labels":{"kubernetes.io/arch":"arm64","role":"camera"}}});
-            send.send_response(
-                Response::builder()
-                    .body(Body::from(serde_json::to_vec(&node).unwrap()))
-                    .unwrap(),
-            );
-        });
-        let labels = node_labels(&client, &cfg()).await;
-        server.await.unwrap();
-        assert_eq!(
-            labels.get("role").map(String::as_str),
-            Some("camera"),
-            "Node labels win over flags"
-        );
-        assert_eq!(
-            labels.get("kubernetes.io/arch").map(String::as_str),
-            Some("arm64")
-        );
     }
 }

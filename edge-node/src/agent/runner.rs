@@ -87,20 +87,14 @@ impl SwarmRunner {
     }
 }
 
-/// The install directory of one target path: the target's parent under the install root.
-fn target_root(install_root: &std::path::Path, target_path: &str) -> PathBuf {
-    let dir = std::path::Path::new(target_path)
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty());
-    let name = std::path::Path::new(target_path)
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned());
-    let mut root = install_root.to_path_buf();
-    if let Some(d) = dir {
-        root.push(d);
-    }
-    root.push(name.unwrap_or_else(|| "payload".into()));
-    root
+/// The install directory of one target path: the path itself under the install root (it then holds
+/// `current` and `versions/`). The path comes from the director-signed index, never from the
+/// unsigned assignment, and is checked again here: relative, plain components, no reserved name, so
+/// it stays under the install root and out of any other target's directory.
+fn target_root(install_root: &std::path::Path, target_path: &str) -> Result<PathBuf, String> {
+    pollen_trust::index::check_target_path(target_path)
+        .map_err(|e| format!("the index's target path {target_path:?}: {e}"))?;
+    Ok(install_root.join(target_path))
 }
 
 /// The lower of the agent's own rate limit and the assignment's (bytes per second; `None`: unlimited).
@@ -303,7 +297,14 @@ impl super::AssignmentRunner for SwarmRunner {
                 g = engine.clone().lock_owned() => g,
                 _ = cancel.cancelled() => return None,
             };
-            let install_root = target_root(&cfg.install_root, &a.target_path);
+            let install_root = match target_root(&cfg.install_root, &index.target.path) {
+                Ok(r) => r,
+                Err(e) => return fail(e),
+            };
+            if index.target.path != a.target_path {
+                warn!(rollout = %a.rollout, signed = %index.target.path, assigned = %a.target_path,
+                      "the assignment names another target path than the signed index; installing where the index says");
+            }
             let followed = follow(updates, cfg.upload_limit, cfg.download_limit, cancel.clone());
             let limits_now = *followed.limits.borrow();
             let opts = StandaloneOptions {
@@ -330,11 +331,9 @@ impl super::AssignmentRunner for SwarmRunner {
                 origin_allowance: Some(followed.allowance),
                 rate_limits: Some(followed.limits),
                 peer_wait: a.peer_wait.as_deref().and_then(|w| {
-                    let d = pollen_crds::schema::parse_duration(w);
-                    if d.is_none() {
-                        warn!(rollout = %a.rollout, peer_wait = w, "unreadable peerWait; using the default");
-                    }
-                    d
+                    pollen_crds::duration::parse(w)
+                        .inspect_err(|e| warn!(rollout = %a.rollout, error = %e, "unreadable peerWait; using the default"))
+                        .ok()
                 }),
                 activation: Some(followed.window.clone()),
                 peer_grant: None,
@@ -419,7 +418,7 @@ impl super::AssignmentRunner for SwarmRunner {
                         s.verified_bytes = size as i64;
                     });
                     Some(InstalledVersion {
-                        target_path: a.target_path.clone(),
+                        target_path: index.target.path.clone(),
                         digest: index.payload.oci_digest(),
                         rollout: Some(a.rollout.clone()),
                         current: true,
@@ -530,11 +529,22 @@ mod tests {
     fn each_target_path_gets_its_own_install_directory() {
         let root = Path::new("/var/lib/pollen/install");
         assert_eq!(
-            target_root(root, "firmware/gateway.bin"),
+            target_root(root, "firmware/gateway.bin").unwrap(),
             root.join("firmware/gateway.bin")
         );
-        assert_eq!(target_root(root, "model.onnx"), root.join("model.onnx"));
+        assert_eq!(target_root(root, "model.onnx").unwrap(), root.join("model.onnx"));
         assert_ne!(target_root(root, "a/x.bin"), target_root(root, "b/x.bin"));
+        // Nothing escapes the install root or lands in another target's layout.
+        for bad in [
+            "/etc/shadow",
+            "../../etc/shadow",
+            "a/../../x",
+            "a/current",
+            "versions/x",
+            "",
+        ] {
+            assert!(target_root(root, bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! for development and the lab (`pollen pki`). All logic lives in the `pollen_trust` library; this file
 //! parses flags and prints.
 
-use pollen_trust::pki::parse_duration;
+use pollen_crds::duration::parse as parse_duration;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
