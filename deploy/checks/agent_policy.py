@@ -33,12 +33,16 @@ def run(request, obj, old):
     act['variables']=variables
     fails=[]
     for i,val in enumerate(vap['validations']):
-        r=ev(val['expression'],act)
+        # an evaluation error (e.g. a missing key) denies too (failurePolicy Fail), but not with the
+        # validation's message: report it apart
+        try: r=ev(val['expression'],act)
+        except celpy.evaluation.CELEvalError as e: fails.append(f'{i}: error {e.args[0]}'); continue
         if not bool(r): fails.append(i)
     return fails or 'allowed'
 agent='system:serviceaccount:pollen-system:pollen-edge-node'
+# As the API server builds `request`: no subResource key at all for a request on the main resource.
 def req(op, res='edgenodes', sub='', node='gw-1', user=agent):
-    return {'operation':op,'resource':{'group':'pollen.dev','version':'v1alpha1','resource':res},'subResource':sub,
+    return {'operation':op,'resource':{'group':'pollen.dev','version':'v1alpha1','resource':res},**({'subResource':sub} if sub else {}),
             'userInfo':{'username':user,'extra':{'authentication.kubernetes.io/node-name':[node]}}}
 en=lambda name,labels=None,spec=None,fin=None,ann=None: {'metadata':{'name':name,**({'labels':labels} if labels else {}),**({'finalizers':fin} if fin is not None else {}),**({'annotations':ann} if ann is not None else {})},**({'spec':spec} if spec is not None else {})}
 led={'pollen.dev/issued-certificates':'[{"serial":"ab"}]'}

@@ -7,6 +7,12 @@
 //! instead, when set. [`ApiServer::apply_crd`] applies a CRD and returns once its resource is served
 //! (the server may answer 429 right after a CRD is Established while its caches warm up).
 //!
+//! [`ApiServer::start_with`] takes [`ApiServerOptions`]: ValidatingAdmissionPolicies (and bindings) the
+//! server enforces on custom resources with the upstream admission plugin (real cel-go), and extra
+//! bearer-token users ([`TokenUser`]) with user extras such as `authentication.kubernetes.io/node-name`,
+//! as a device holding a bound ServiceAccount token would present. [`ApiServer::client_with_token`] is a
+//! client authenticating as such a user.
+//!
 //! Non-goals: core/v1 (namespaces, pods, nodes, events, secrets), leases, RBAC, admission webhooks and
 //! garbage collection do not exist in this server; code under test must degrade clearly without them.
 
@@ -18,7 +24,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
 use tokio::process::{Child, Command};
 
 use crate::registry::{free_port_on, http_get_status};
@@ -127,6 +133,111 @@ pub enum ApiServerError {
         #[source]
         source: serde_yaml::Error,
     },
+}
+
+/// A bearer-token user of a local server: one line of its `--token-auth-file`, plus user extras
+/// (`--token-extra-file`) such as the `authentication.kubernetes.io/node-name` of a bound ServiceAccount
+/// token.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenUser {
+    /// The bearer token.
+    pub token: String,
+    /// The user name, e.g. `system:serviceaccount:pollen-system:pollen-edge-node`.
+    pub name: String,
+    /// The user's UID (may be empty).
+    pub uid: String,
+    /// The user's groups.
+    pub groups: Vec<String>,
+    /// User extras as (key, value); a key given several times has several values.
+    pub extra: Vec<(String, String)>,
+}
+
+impl TokenUser {
+    /// A user `name` authenticated by `token`, with no UID, groups or extras.
+    pub fn new(token: impl Into<String>, name: impl Into<String>) -> TokenUser {
+        TokenUser {
+            token: token.into(),
+            name: name.into(),
+            ..TokenUser::default()
+        }
+    }
+
+    /// Adds group `group`.
+    pub fn group(mut self, group: impl Into<String>) -> TokenUser {
+        self.groups.push(group.into());
+        self
+    }
+
+    /// Adds the user extra `key` = `value`.
+    pub fn extra(mut self, key: impl Into<String>, value: impl Into<String>) -> TokenUser {
+        self.extra.push((key.into(), value.into()));
+        self
+    }
+}
+
+/// How [`ApiServer::start_with`] sets up a local server; the default is what [`ApiServer::start`] does.
+#[derive(Debug, Clone, Default)]
+pub struct ApiServerOptions {
+    admission_policy: Option<String>,
+    token_users: Vec<TokenUser>,
+}
+
+impl ApiServerOptions {
+    /// ValidatingAdmissionPolicy and ValidatingAdmissionPolicyBinding objects (`admissionregistration.k8s.io/v1`,
+    /// a YAML stream such as `helm template` prints) for the server to enforce on custom resources
+    /// (`--admission-policy-file`). They are fixed for the server's life: it has no API to change them.
+    pub fn admission_policy(mut self, yaml: impl Into<String>) -> ApiServerOptions {
+        self.admission_policy = Some(yaml.into());
+        self
+    }
+
+    /// Adds a bearer-token user. With any token user the server authorizes every request
+    /// (`--authorization-always-allow`: there is no RBAC here), so admission is what refuses them.
+    pub fn token_user(mut self, user: TokenUser) -> ApiServerOptions {
+        self.token_users.push(user);
+        self
+    }
+}
+
+/// One CSV field as Go's encoding/csv (and so kube-apiserver's token file) reads it.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) || s.starts_with(' ') {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// The `--token-auth-file` line of `user`: token,user,uid,"group1,group2" (no fourth field without
+/// groups: an empty one would be one group named "").
+fn token_line(user: &TokenUser) -> String {
+    let mut fields = vec![
+        csv_field(&user.token),
+        csv_field(&user.name),
+        csv_field(&user.uid),
+    ];
+    if !user.groups.is_empty() {
+        fields.push(csv_field(&user.groups.join(",")));
+    }
+    fields.join(",") + "\n"
+}
+
+/// The `--token-extra-file` of `users`: a header comment, then user,key,value lines.
+fn token_extras(users: &[TokenUser]) -> String {
+    let mut out = String::from(
+        "# user,key,value: user extras for token-file users (crd-apiserver --token-extra-file)\n",
+    );
+    for user in users {
+        for (key, value) in &user.extra {
+            out.push_str(&format!(
+                "{},{},{}\n",
+                csv_field(&user.name),
+                csv_field(key),
+                csv_field(value)
+            ));
+        }
+    }
+    out
 }
 
 /// A running test API server (etcd + crd-apiserver), or a real cluster from [`KUBECONFIG_ENV`].
@@ -277,6 +388,11 @@ where
 impl ApiServer {
     /// Starts etcd and crd-apiserver on free ports of 127.0.0.1 and waits until `/readyz` is ok.
     pub async fn start() -> Result<ApiServer, ApiServerError> {
+        Self::start_with(ApiServerOptions::default()).await
+    }
+
+    /// [`start`](Self::start) with `options`: admission policies to enforce, extra token users.
+    pub async fn start_with(options: ApiServerOptions) -> Result<ApiServer, ApiServerError> {
         let apiserver_bin = crate::tools::find("crd-apiserver").ok_or(ApiServerError::NotInstalled {
             tool: "crd-apiserver",
         })?;
@@ -301,10 +417,11 @@ impl ApiServer {
         write(&d.join("ca.crt"), &pki.ca_cert)?;
         write(&d.join("server.crt"), &pki.server_cert)?;
         write(&d.join("server.key"), &pki.server_key)?;
-        write(
-            &d.join("tokens.csv"),
-            &format!("{token},token-admin,uid-1,\"system:masters\"\n"),
-        )?;
+        let mut tokens = format!("{token},token-admin,uid-1,\"system:masters\"\n");
+        for user in &options.token_users {
+            tokens.push_str(&token_line(user));
+        }
+        write(&d.join("tokens.csv"), &tokens)?;
 
         let (etcd_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
@@ -340,7 +457,7 @@ impl ApiServer {
         .await?;
 
         let api_log = d.join("apiserver.log");
-        let api_args: Vec<String> = vec![
+        let mut api_args: Vec<String> = vec![
             format!("--etcd-servers={etcd_url}"),
             "--bind-address=127.0.0.1".into(),
             format!("--secure-port={api_port}"),
@@ -350,6 +467,21 @@ impl ApiServer {
             format!("--client-ca-file={}", d.join("ca.crt").display()),
             format!("--token-auth-file={}", d.join("tokens.csv").display()),
         ];
+        if !options.token_users.is_empty() {
+            write(&d.join("token-extras.csv"), &token_extras(&options.token_users))?;
+            api_args.push(format!(
+                "--token-extra-file={}",
+                d.join("token-extras.csv").display()
+            ));
+            api_args.push("--authorization-always-allow".into());
+        }
+        if let Some(policy) = &options.admission_policy {
+            write(&d.join("admission-policy.yaml"), policy)?;
+            api_args.push(format!(
+                "--admission-policy-file={}",
+                d.join("admission-policy.yaml").display()
+            ));
+        }
         server.apiserver = Some(spawn_logged(&apiserver_bin, &api_args, &api_log)?);
         write(
             &server.kubeconfig,
@@ -416,15 +548,29 @@ impl ApiServer {
 
     /// A client for the admin user, from the kubeconfig.
     pub async fn client(&self) -> Result<kube::Client, ApiServerError> {
+        kube::Client::try_from(self.config().await?).map_err(ApiServerError::Client)
+    }
+
+    /// A client of the kubeconfig's cluster that authenticates with bearer token `token` only (no
+    /// client certificate), e.g. a [`TokenUser`]'s: the identity of a device holding that token.
+    pub async fn client_with_token(&self, token: &str) -> Result<kube::Client, ApiServerError> {
+        let mut config = self.config().await?;
+        config.auth_info = AuthInfo {
+            token: Some(token.to_string().into()),
+            ..AuthInfo::default()
+        };
+        kube::Client::try_from(config).map_err(ApiServerError::Client)
+    }
+
+    async fn config(&self) -> Result<kube::Config, ApiServerError> {
         let kc_err = |source| ApiServerError::Kubeconfig {
             path: self.kubeconfig.clone(),
             source,
         };
         let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).map_err(kc_err)?;
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
-            .map_err(kc_err)?;
-        kube::Client::try_from(config).map_err(ApiServerError::Client)
+            .map_err(kc_err)
     }
 
     /// Applies `crd` (server-side apply, forced), waits until it is Established and its resource
@@ -606,6 +752,30 @@ mod tests {
         assert_eq!(parsed.current_context.as_deref(), Some("admin"));
         assert_eq!(parsed.contexts.len(), 2);
         assert_eq!(parsed.auth_infos.len(), 2);
+    }
+
+    #[test]
+    fn token_users_become_token_file_and_extra_file_lines() {
+        let user = TokenUser::new("tok-1", "system:serviceaccount:ns:sa")
+            .group("system:serviceaccounts")
+            .group("system:serviceaccounts:ns")
+            .extra("authentication.kubernetes.io/node-name", "gw-1")
+            .extra("example.com/odd", "a,\"b\"");
+        assert_eq!(
+            token_line(&user),
+            "tok-1,system:serviceaccount:ns:sa,,\"system:serviceaccounts,system:serviceaccounts:ns\"\n"
+        );
+        assert_eq!(token_line(&TokenUser::new("t", "u")), "t,u,\n");
+        let extras = token_extras(std::slice::from_ref(&user));
+        let lines: Vec<&str> = extras.lines().collect();
+        assert!(lines[0].starts_with('#'));
+        assert_eq!(
+            lines[1..],
+            [
+                "system:serviceaccount:ns:sa,authentication.kubernetes.io/node-name,gw-1",
+                "system:serviceaccount:ns:sa,example.com/odd,\"a,\"\"b\"\"\"",
+            ]
+        );
     }
 
     #[test]
