@@ -31,7 +31,7 @@ use pollen_trust::pki::{self, FleetCa};
 use pollen_trust::publish::{self, PublishOptions};
 use pollen_trust::registry::{Registry as TrustRegistry, RegistryOptions, parse_reference};
 
-use crate::apiserver::{ApiServer, retry_throttled};
+use crate::apiserver::{ApiServer, ApiServerOptions, retry_throttled};
 use crate::registry::Registry;
 use crate::secure_registry::{PULLER, PUSHER, SecureOptions, SecureParts, SecureRegistry};
 
@@ -126,6 +126,9 @@ pub struct FleetOptions {
     pub log: String,
     /// Run the registry with TLS and auth instead of plain HTTP.
     pub secure: Option<SecureOptions>,
+    /// Start a local API server with these options (admission policies, token users) instead of
+    /// [`ApiServer::from_env`].
+    pub api: Option<ApiServerOptions>,
 }
 
 impl LocalFleet {
@@ -145,7 +148,11 @@ impl LocalFleet {
             }
         };
         step("starting the Kubernetes API server (etcd + crd-apiserver)");
-        let api = ApiServer::from_env().await.context("API server")?;
+        let api = match &opts.api {
+            Some(o) => ApiServer::start_with(o.clone()).await,
+            None => ApiServer::from_env().await,
+        }
+        .context("API server")?;
         api.apply_crds_yaml(CRDS).await.context("apply Pollen's CRDs")?;
         let client = api.client().await.context("API client")?;
         step("starting the OCI registry (docker-registry on 127.0.0.1)");
@@ -263,6 +270,16 @@ impl LocalFleet {
 
     /// [`Self::start_for_test`] with a registry run with TLS and auth (`secure`), or plain.
     pub async fn start_for_test_with(nodes: usize, secure: Option<SecureOptions>) -> Option<Self> {
+        Self::start_for_test_api(nodes, secure, None).await
+    }
+
+    /// [`Self::start_for_test_with`] on a local API server started with `api` (admission policies,
+    /// token users) when given.
+    pub async fn start_for_test_api(
+        nodes: usize,
+        secure: Option<SecureOptions>,
+        api: Option<ApiServerOptions>,
+    ) -> Option<Self> {
         crate::tools::require_all(["docker-registry", "crd-apiserver", "etcd"])?;
         let opts = FleetOptions {
             nodes,
@@ -270,6 +287,7 @@ impl LocalFleet {
             dir: None,
             log: "info".into(),
             secure,
+            api,
         };
         Some(
             Self::start(opts, |s| eprintln!("fleet: {s}"))

@@ -336,9 +336,9 @@ fn operator_deployment_has_leader_election_probes_and_mounted_keys() {
     assert_eq!(terms.len(), 1, "{:?}", pod["affinity"]);
     for (k, v) in &edge_selector {
         assert!(
-            seq(&terms[0]["matchExpressions"]).iter().any(|e| e["key"] == *k
-                && e["operator"] == "NotIn"
-                && seq(&e["values"]).contains(v)),
+            seq(&terms[0]["matchExpressions"])
+                .iter()
+                .any(|e| e["key"] == *k && e["operator"] == "NotIn" && seq(&e["values"]).contains(v)),
             "the operator may land on a device labelled {k:?}={v:?}: {:?}",
             pod["affinity"]
         );

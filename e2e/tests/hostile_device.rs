@@ -2,36 +2,65 @@
 //! the registry and `pollen-edge-node agent` processes (see [`pollen_e2e::fleet`]).
 //!
 //! The attacker is `gw-evil`: a fleet member (an administrator created its EdgeNode with the fleet's
-//! role label) whose agent was replaced. It holds a real node certificate from the fleet CA, and it
-//! writes what its agent may write, its own EdgeNode's status, using the project's own CRD types; on
-//! the wire it speaks the project's own protocol over QUIC with mutual TLS. Each test runs one attack
-//! and checks the same four things: nothing is installed where it should not be, the other rollouts
-//! are unaffected, the operator keeps running, and the rollout's status says what happened.
+//! role label) whose agent was replaced. It holds what a compromised device holds: a real node
+//! certificate from the fleet CA, and the agent's ServiceAccount token bound to its node (the API
+//! server is started with the chart's agent admission policy, rendered by helm and enforced by the
+//! server's own ValidatingAdmissionPolicy plugin, and a token user with the device's node-name
+//! extra). It writes through the API with the project's own CRD types, and on the wire it speaks the
+//! project's own protocol over QUIC with mutual TLS. Each test runs one attack and checks the same
+//! four things: nothing is installed where it should not be, the other rollouts are unaffected, the
+//! operator keeps running, and the rollout's status says what happened.
 //!
-//! Label forging itself (the device writing its EdgeNode's labels to join rollouts) is refused by
-//! the API server (RBAC: the agent has no patch on EdgeNodes; the chart's admission policy, tested in
-//! `chart_render` and `admission_policy`); here the data plane is attacked: a device the signed index
-//! does not list gets nothing from its peers.
-//!
-//! Needs `docker-registry`, `crd-apiserver` and `etcd` (`e2e/tools/install-deps.sh`); fails under `CI`
+//! Needs helm, `docker-registry`, `crd-apiserver` and `etcd` (`e2e/tools/install-deps.sh`); fails under `CI`
 //! without them.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use pollen_crds::conditions::{reasons, types};
 use pollen_crds::{
     AssignmentPhase, AssignmentStatus, CertificateInfo, EdgeNode, EdgeNodeStatus, REVOCATION_LIST_NAME,
     RevocationList, RolloutPhase, UpdateRollout, UpdateRolloutStatus, Wave, labels,
 };
-use pollen_e2e::apiserver::retry_throttled;
+use pollen_e2e::apiserver::{ApiServerOptions, TokenUser, retry_throttled};
 use pollen_e2e::fleet::{self, LocalFleet, ROLE};
+use pollen_e2e::tools;
 use pollen_edge_node::protocol::{self, ErrorCode, Message};
 use pollen_edge_node::tls::{TlsIdentity, TransportLimits};
 
 const EVIL: &str = "gw-evil";
+/// The agent's ServiceAccount in the chart's default render, and the device's stolen token.
+const AGENT: &str = "system:serviceaccount:pollen-system:pollen-edge-node";
+const TOKEN: &str = "stolen-agent-token-gw-evil";
+
+/// A fleet of `nodes` honest agents on an API server that enforces the chart's agent admission
+/// policy and knows the attacker's token; `None` when the tools are missing outside CI.
+async fn hostile_fleet(nodes: usize) -> Option<LocalFleet> {
+    let helm = tools::require("helm")?;
+    let out = std::process::Command::new(&helm)
+        .args(["template", "pollen"])
+        .arg(tools::workspace_root().join("charts/pollen"))
+        .args([
+            "--namespace",
+            "pollen-system",
+            "-s",
+            "templates/agent-admission-policy.yaml",
+        ])
+        .output()
+        .expect("helm runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let api = ApiServerOptions::default()
+        .admission_policy(String::from_utf8(out.stdout).unwrap())
+        .token_user(TokenUser::new(TOKEN, AGENT).extra("authentication.kubernetes.io/node-name", EVIL));
+    LocalFleet::start_for_test_api(nodes, None, Some(api)).await
+}
+
+fn f_nodes(f: &LocalFleet) -> Api<EdgeNode> {
+    Api::all(f.client.clone())
+}
 
 fn all() -> Vec<Wave> {
     vec![Wave {
@@ -62,8 +91,9 @@ impl Attacker {
             .expect("EdgeNode gw-evil");
         let (cert, key, ca) = f.issue_identity(EVIL).expect("identity");
         let identity = TlsIdentity::load(&cert, &key, &ca).expect("load identity");
+        let client = f.api.client_with_token(TOKEN).await.expect("the device's client");
         let attacker = Self {
-            nodes: Api::all(f.client.clone()),
+            nodes: Api::all(client),
             identity,
             cert_pem: std::fs::read_to_string(&cert).unwrap(),
         };
@@ -213,13 +243,53 @@ fn files_named(dir: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_outside_a_rollout_gets_nothing_from_its_peers() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let Some(mut f) = LocalFleet::start_for_test(2).await else {
+    let Some(mut f) = hostile_fleet(2).await else {
         return;
     };
     let evil = Attacker::join(&f).await;
     f.label_node("gw-0", &[(ROLE.0, ROLE.1), ("tier", "camera")])
         .await
         .unwrap();
+    // Label forging: the API server refuses every way the device could claim the camera label.
+    let forged = serde_json::json!({"metadata": {"labels": {"tier": "camera"}}});
+    let merge = Patch::Merge(&forged);
+    let apply = Patch::Apply(serde_json::json!({
+        "apiVersion": "pollen.dev/v1alpha1", "kind": "EdgeNode",
+        "metadata": {"name": EVIL, "labels": {"tier": "camera"}}, "spec": {},
+    }));
+    let twin: EdgeNode = serde_json::from_value(serde_json::json!({
+        "apiVersion": "pollen.dev/v1alpha1", "kind": "EdgeNode",
+        "metadata": {"name": "gw-evil-twin", "labels": {"tier": "camera"}}, "spec": {},
+    }))
+    .unwrap();
+    let pp = PatchParams::default();
+    let refusals = [
+        (
+            "merge patch of its labels",
+            evil.nodes.patch(EVIL, &pp, &merge).await.err(),
+        ),
+        (
+            "apply of its labels",
+            evil.nodes
+                .patch(EVIL, &PatchParams::apply("pollen-agent").force(), &apply)
+                .await
+                .err(),
+        ),
+        (
+            "a second EdgeNode with the label",
+            evil.nodes.create(&PostParams::default(), &twin).await.err(),
+        ),
+        ("gw-0's labels", evil.nodes.patch("gw-0", &pp, &merge).await.err()),
+    ];
+    for (what, err) in refusals {
+        match err {
+            Some(kube::Error::Api(e)) if e.code == 403 => eprintln!("refused: {what}: {}", e.message),
+            other => panic!("{what}: expected 403 from the admission policy, got {other:?}"),
+        }
+    }
+    let own = f_nodes(&f).get(EVIL).await.unwrap();
+    assert_eq!(own.labels().get("tier"), None, "the forged label landed");
+
     let payload = pollen_e2e::lab::payload::bytes(512 * 1024 + 3, 11);
     let artifact = f
         .publish("camera-model", "1.0.0", "model.bin", payload.clone())
@@ -264,7 +334,7 @@ async fn a_device_outside_a_rollout_gets_nothing_from_its_peers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inflated_counters_and_forged_statuses_reach_no_other_rollout() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let Some(mut f) = LocalFleet::start_for_test(2).await else {
+    let Some(mut f) = hostile_fleet(2).await else {
         return;
     };
     let evil = Attacker::join(&f).await;
@@ -388,7 +458,7 @@ async fn inflated_counters_and_forged_statuses_reach_no_other_rollout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quarantined_device_flooding_serials_changes_nothing() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let Some(mut f) = LocalFleet::start_for_test(2).await else {
+    let Some(mut f) = hostile_fleet(2).await else {
         return;
     };
     let evil = Attacker::join(&f).await;
@@ -505,7 +575,7 @@ async fn a_quarantined_device_flooding_serials_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_rollout_values_are_refused_or_contained() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let Some(mut f) = LocalFleet::start_for_test(2).await else {
+    let Some(mut f) = hostile_fleet(2).await else {
         return;
     };
     let payload = pollen_e2e::lab::payload::bytes(256 * 1024 + 1, 8);

@@ -68,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
         dir: Some(dir.clone()),
         log: "info".into(),
         secure: None,
+        api: None,
     };
     let f = LocalFleet::start(opts, say).await?;
     let kubeconfig = dir.join("kubeconfig");
