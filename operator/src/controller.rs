@@ -344,21 +344,50 @@ async fn publish_event(ctx: &Context, ur: &UpdateRollout, warning: bool, reason:
     }
 }
 
-/// Write one rollout's assignment entry on one EdgeNode (or remove it with `None`).
+/// Write rollout `key`'s assignment entry on EdgeNode `node` (server-side apply with the rollout's own
+/// field manager), or remove it with `None`.
+///
+/// A removal rewrites the node's list without the entry, pinned to the resource version read (a
+/// concurrent change fails it, and the next reconcile tries again). Applying the list without the
+/// entry would release it too, but when no other manager owns anything under `spec` (an EdgeNode made
+/// by server-side apply with an empty spec) the API server then prunes `spec` itself, which the schema
+/// refuses, and the rollout could never take the node's assignment away.
 async fn patch_assignment(
     nodes: &Api<EdgeNode>,
-    node: &str,
+    node: &EdgeNode,
+    key: &str,
     manager: &str,
     desired: Option<&Assignment>,
 ) -> Result<(), Error> {
+    let name = node.name_any();
+    let Some(desired) = desired else {
+        if !node.spec.assignments.iter().any(|a| a.rollout == key) {
+            return Ok(());
+        }
+        let rest: Vec<&Assignment> = node
+            .spec
+            .assignments
+            .iter()
+            .filter(|a| a.rollout != key)
+            .collect();
+        let body = json!({
+            "metadata": { "resourceVersion": node.resource_version() },
+            "spec": { "assignments": rest },
+        });
+        nodes
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+            .map_err(Error::Kube)?;
+        return Ok(());
+    };
     let body = json!({
         "apiVersion": "pollen.dev/v1alpha1",
         "kind": "EdgeNode",
-        "metadata": { "name": node },
-        "spec": { "assignments": desired.into_iter().collect::<Vec<_>>() },
+        "metadata": { "name": name },
+        "spec": { "assignments": [desired] },
     });
     nodes
-        .patch(node, &PatchParams::apply(manager).force(), &Patch::Apply(body))
+        .patch(&name, &PatchParams::apply(manager).force(), &Patch::Apply(body))
         .await
         .map_err(Error::Kube)?;
     Ok(())
@@ -754,22 +783,35 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
                 peer_grant: peer_grant(ctx, &chunk_index, &name, entry_of(n)),
             });
         if desired != entry_of(n) {
-            writes.push((name, desired));
+            writes.push(((*n).clone(), desired));
         }
     }
+    // One node's failed write (a concurrent change, an object the API server refuses) does not hold
+    // the others or the status: it is logged, and the rollout is looked at again soon.
+    let mut write_failures = 0usize;
     if !writes.is_empty() {
         let count = writes.len();
-        futures::stream::iter(writes)
-            .map(|(name, desired)| {
-                let (api, manager) = (&nodes_api, &manager);
-                async move { patch_assignment(api, &name, manager, desired.as_ref()).await }
+        let futures: Vec<_> = writes
+            .into_iter()
+            .map(|(n, desired)| {
+                let (api, manager, key) = (nodes_api.clone(), manager.clone(), key.clone());
+                async move {
+                    let r = patch_assignment(&api, &n, &key, &manager, desired.as_ref()).await;
+                    (n.name_any(), r)
+                }
             })
+            .collect();
+        let results = futures::stream::iter(futures)
             .buffer_unordered(WRITE_CONCURRENCY)
             .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Result<Vec<()>, Error>>()?;
-        debug!(rollout = %key, count, "assignments written");
+            .await;
+        for (node, r) in results {
+            if let Err(e) = r {
+                write_failures += 1;
+                warn!(rollout = %key, %node, "assignment write failed: {e}");
+            }
+        }
+        debug!(rollout = %key, count, write_failures, "assignments written");
     }
 
     // Status.
@@ -829,6 +871,7 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
         _ => drop_condition(&mut st, types::ORIGIN_BUDGET_SPENT),
     }
     let action = match decision.phase {
+        _ if write_failures > 0 => Action::requeue(ctx.config.blocked_retry),
         RolloutPhase::Complete | RolloutPhase::Failed => Action::requeue(ctx.config.resync * 5),
         _ => Action::requeue(
             decision
@@ -1253,7 +1296,7 @@ async fn cleanup(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
         .iter()
         .filter(|n| n.spec.assignments.iter().any(|a| a.rollout == key))
     {
-        patch_assignment(&nodes_api, &n.name_any(), &manager, None).await?;
+        patch_assignment(&nodes_api, n, &key, &manager, None).await?;
         removed += 1;
     }
     ctx.metrics.forget_rollout(&key);

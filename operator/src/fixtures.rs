@@ -527,6 +527,37 @@ impl World {
                     .collect();
                 (StatusCode::OK, Self::list("UpdateRolloutList", items))
             }
+            ("PATCH", ["apis", "pollen.dev", "v1alpha1", "edgenodes", name]) if manager.is_none() => {
+                // A merge patch that rewrites the list (a removal), pinned to a resource version.
+                let Some(node) = self.nodes.get_mut(*name) else {
+                    return not_found(name);
+                };
+                let current = node.resource_version().unwrap_or_default();
+                if let Some(rv) = body["metadata"]["resourceVersion"].as_str()
+                    && rv != current
+                {
+                    return (
+                        StatusCode::CONFLICT,
+                        json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "the object has been modified", "reason": "Conflict", "code": 409 }),
+                    );
+                }
+                let kept: Vec<pollen_crds::Assignment> =
+                    serde_json::from_value(body["spec"]["assignments"].clone()).expect("assignments");
+                let gone: Vec<String> = node
+                    .spec
+                    .assignments
+                    .iter()
+                    .filter(|a| !kept.iter().any(|k| k.rollout == a.rollout))
+                    .map(|a| a.rollout.clone())
+                    .collect();
+                for r in gone {
+                    self.owners.remove(&(name.to_string(), r));
+                }
+                node.spec.assignments = kept;
+                let next = current.parse::<u64>().unwrap_or(0) + 1;
+                node.meta_mut().resource_version = Some(next.to_string());
+                (StatusCode::OK, serde_json::to_value(&*node).unwrap())
+            }
             ("PATCH", ["apis", "pollen.dev", "v1alpha1", "edgenodes", name]) => {
                 let manager = manager
                     .expect("server-side apply names a field manager")

@@ -315,6 +315,23 @@ pub async fn run(
             }
             _ = tick.tick() => {}
         }
+        // Seeding gives way to work: a finished assignment that still seeds holds the node's one
+        // engine, so it stops once another assignment is waiting for it (one that arrived while the
+        // seeding one was still downloading included).
+        if running
+            .values()
+            .any(|w| w.progress.borrow().phase != AssignmentPhase::Installed)
+        {
+            for w in running
+                .values()
+                .filter(|w| w.progress.borrow().phase == AssignmentPhase::Installed)
+            {
+                if !w.cancel.is_cancelled() {
+                    info!(index = %w.chunk_index, "another assignment waits for the engine: seeding stops");
+                    w.cancel.cancel();
+                }
+            }
+        }
         // Report, throttled.
         let mut statuses: Vec<AssignmentStatus> = finished.values().cloned().collect();
         statuses.extend(running.values().map(|w| w.progress.borrow().clone()));
