@@ -8,8 +8,8 @@
 //! the CA through `--registry-ca`, and each agent a pull-only credential and the CA through
 //! `SSL_CERT_FILE`.
 //!
-//! Used by the fleet tests (`tests/fleet_apiserver.rs`, `tests/registry_access.rs`) and by the demo
-//! (`pollen-demo`).
+//! Used by the fleet tests (`tests/fleet_apiserver.rs`, `tests/registry_access.rs`,
+//! `tests/fleet_store_budget.rs`, …) and by the demo (`pollen-demo`).
 //! Non-goals: network shaping (the lab in [`crate::lab`] does that), multi-host fleets.
 
 use std::collections::BTreeMap;
@@ -301,6 +301,11 @@ impl LocalFleet {
     /// device never writes labels); the agent finds it and reports its status. A node started after
     /// a rollout began joins its selection late.
     pub async fn add_node(&mut self, name: &str) -> anyhow::Result<()> {
+        self.add_node_with(name, &[]).await
+    }
+
+    /// [`Self::add_node`] with more agent flags (`--store-budget BYTES`, …).
+    pub async fn add_node_with(&mut self, name: &str, agent_args: &[&str]) -> anyhow::Result<()> {
         self.label_node(name, &[(ROLE.0, ROLE.1)]).await?;
         let ndir = self.dir.join(name);
         std::fs::create_dir_all(&ndir)?;
@@ -318,13 +323,14 @@ impl LocalFleet {
             .arg("--ca")
             .arg(&self.ca_file)
             .arg("--data-dir")
-            .arg(ndir.join("data"))
+            .arg(self.data_dir(name))
             .arg("--install-root")
             .arg(&install_root)
             .arg("--metrics")
             .arg(free_tcp()?.to_string())
             .args(self.agent_registry_args()?)
-            .args(["--status-interval", "1"]);
+            .args(["--status-interval", "1"])
+            .args(agent_args);
         let log = self.log.clone();
         self.spawn(name, cmd, &log)?;
         self.install_roots.insert(name.to_string(), install_root);
@@ -484,6 +490,11 @@ impl LocalFleet {
             );
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
+    }
+
+    /// A node's data dir (`--data-dir`: chunk stores and trust material).
+    pub fn data_dir(&self, node: &str) -> PathBuf {
+        self.dir.join(node).join("data")
     }
 
     /// The file a node installed for `target_path` (its `current` version).

@@ -1,7 +1,7 @@
 //! The Helm chart (`charts/pollen`): `helm lint`, `helm template` for the default values and every
 //! documented variant (`charts/pollen/ci/*-values.yaml`), and checks on the rendered objects: exact
-//! RBAC, probes, pinned images, the security context, the agent's memory limit and node identity,
-//! schema rejection of bad values, drift of the plain manifests in `deploy/manifests/`, the chart's
+//! RBAC, probes, pinned images, the security context, the agent's memory limit, node identity and store
+//! budget, schema rejection of bad values, drift of the plain manifests in `deploy/manifests/`, the chart's
 //! flags against the binaries' `--help`, and the chart's CRDs applied to a real API server.
 //!
 //! Needs helm (`e2e/tools/install-deps.sh` puts it in `.tools/bin`); without it the tests fail in CI
@@ -465,6 +465,42 @@ fn edge_node_daemonset_fits_small_devices_and_knows_its_node() {
     );
 }
 
+/// The agent's arguments with `args` given to `helm template`.
+fn edge_node_args(helm: &Path, args: &[&str]) -> Vec<String> {
+    let docs = documents(&helm_template(helm, args).expect("renders"));
+    let ds = must(&docs, "DaemonSet", "-edge-node");
+    let c = seq(&ds["spec"]["template"]["spec"]["containers"])
+        .iter()
+        .find(|c| c["name"] == "edge-node")
+        .expect("edge-node container");
+    args_of(c)
+}
+
+#[test]
+fn the_store_budget_reaches_the_agent_as_plain_bytes() {
+    let Some(helm) = tools::require("helm") else {
+        return;
+    };
+    let budget = |args: &[&str]| -> Vec<String> {
+        edge_node_args(&helm, args)
+            .into_iter()
+            .filter(|a| a.starts_with("--store-budget"))
+            .collect()
+    };
+    // The default bounds the data dir (1 GiB).
+    assert_eq!(budget(&[]), ["--store-budget=1073741824"]);
+    // Large values stay integers; zero is a budget (keep only the stores in use), null is none.
+    assert_eq!(
+        budget(&["--set", "edgeNode.storeBudgetBytes=5368709120"]),
+        ["--store-budget=5368709120"]
+    );
+    assert_eq!(
+        budget(&["--set", "edgeNode.storeBudgetBytes=0"]),
+        ["--store-budget=0"]
+    );
+    assert!(budget(&["--set", "edgeNode.storeBudgetBytes=null"]).is_empty());
+}
+
 #[test]
 fn rbac_is_exactly_the_least_privilege_set() {
     let Some(helm) = tools::require("helm") else {
@@ -683,6 +719,14 @@ fn schema_and_guards_reject_bad_values_with_a_clear_message() {
         (&["--set", "image.tag=latest"], "image.tag"),
         (&["--set", "edgeNode.quicPort=70000"], "edgeNode.quicPort"),
         (&["--set", "edgeNode.dataDir=relative/path"], "edgeNode.dataDir"),
+        (
+            &["--set", "edgeNode.storeBudgetBytes=-1"],
+            "edgeNode.storeBudgetBytes",
+        ),
+        (
+            &["--set-string", "edgeNode.storeBudgetBytes=2GiB"],
+            "edgeNode.storeBudgetBytes",
+        ),
         (
             &["--set", "operator.certificateLifetime=1day"],
             "operator.certificateLifetime",

@@ -11,7 +11,8 @@
 //! - [`activation`]: the daily window in which a verified payload may be installed;
 //! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` server.
 //!
-//! - [`agent`]: the Kubernetes node agent, which registers the EdgeNode and feeds assignments to the engine.
+//! - [`agent`]: the Kubernetes node agent, which registers the EdgeNode, feeds assignments to the engine,
+//!   and removes the chunk stores they no longer need (within `--store-budget`).
 //!
 //! Non-goals: Kubernetes beyond the agent (the operator decides who gets what), and publishing or signing (see `pollen-trust`).
 

@@ -49,6 +49,14 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// Label: why a chunk store was removed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EvictionLabel {
+    /// `unassigned` (no assignment names its index) or `budget` (the data dir held more than
+    /// `--store-budget`).
+    pub reason: &'static str,
+}
+
 /// The edge node's metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -87,6 +95,10 @@ pub struct Metrics {
     pub revocation_list_number: Gauge,
     /// When this node's current certificate expires, Unix seconds.
     pub certificate_expiry: Gauge,
+    /// Chunk stores the agent removed, by reason.
+    pub store_evictions: Family<EvictionLabel, Counter>,
+    /// Bytes on disk in the agent's data dir after its last sweep of the chunk stores.
+    pub data_dir_bytes: Gauge,
     ready: AtomicBool,
 }
 
@@ -170,6 +182,16 @@ impl Metrics {
             "certificate_expiry_timestamp_seconds",
             "When this node's current certificate expires, Unix seconds",
             self.certificate_expiry.clone(),
+        );
+        r.register(
+            "store_evictions",
+            "Chunk stores the agent removed, by reason (unassigned, budget)",
+            self.store_evictions.clone(),
+        );
+        r.register(
+            "data_dir_bytes",
+            "Bytes on disk in the agent's data dir after its last sweep of the chunk stores",
+            self.data_dir_bytes.clone(),
         );
         r
     }
@@ -260,19 +282,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fleet_identity_metrics_have_their_documented_names() {
+    fn fleet_identity_and_disk_metrics_have_their_documented_names() {
         let m = Arc::new(Metrics::default());
         m.peer_refusals
             .get_or_create(&ReasonLabel { reason: "revoked" })
             .inc();
         m.revocation_list_number.set(7);
         m.certificate_expiry.set(1_800_000_000);
+        m.store_evictions
+            .get_or_create(&EvictionLabel { reason: "budget" })
+            .inc();
+        m.data_dir_bytes.set(4096);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &m.register()).unwrap();
         for line in [
             "pollen_edge_peer_refusals_total{reason=\"revoked\"} 1",
             "pollen_edge_revocation_list_number 7",
             "pollen_edge_certificate_expiry_timestamp_seconds 1800000000",
+            "pollen_edge_store_evictions_total{reason=\"budget\"} 1",
+            "pollen_edge_data_dir_bytes 4096",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} missing in:\n{text}");
         }

@@ -18,6 +18,9 @@
 //! truncates or rewrites verified data. On a filesystem without `fallocate` (`EOPNOTSUPP`) the file is
 //! sized with `set_len` and may be sparse; a note is logged and a full disk then surfaces on a chunk write.
 //!
+//! Removal: [`Store::remove`], or [`remove_dir`] for stores that are not open (opening one reads it all
+//! to re-verify). When a store goes is the agent's decision (`agent::stores`).
+//!
 //! Non-goals: deduplication across indexes.
 
 use std::fs::{self, File, OpenOptions};
@@ -332,10 +335,17 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes this index's store (after a successful install).
+    /// Deletes this index's store.
     pub fn remove(self) -> Result<(), StoreError> {
-        fs::remove_dir_all(&self.dir).map_err(io("remove", &self.dir))
+        remove_dir(&self.dir)
     }
+}
+
+/// Deletes a folder of stores without opening them (opening re-verifies every chunk present, that is
+/// reads the payload): a store's own folder, or an engine's data dir with the stores in it. The agent
+/// removes the stores it no longer needs this way (`agent::stores`).
+pub fn remove_dir(dir: &Path) -> Result<(), StoreError> {
+    fs::remove_dir_all(dir).map_err(io("remove", dir))
 }
 
 /// Streams one chunk into the store, hashing as it goes.

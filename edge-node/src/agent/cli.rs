@@ -14,6 +14,7 @@ use tracing::info;
 use super::identity::{self, CertificateSource, CsrIssuer, CsrSettings, IdentityFiles, Issuer};
 use super::revocations;
 use super::runner::{RunnerConfig, SwarmRunner};
+use super::stores::StoreKeeper;
 use super::{AgentConfig, AgentError};
 use crate::metrics::Metrics;
 use crate::tls::FleetTls;
@@ -92,6 +93,12 @@ pub struct AgentArgs {
     /// Download limit in bytes per second.
     #[arg(long)]
     pub download_limit: Option<u64>,
+    /// Most bytes the data dir should hold, in plain bytes. Above it, the chunk stores of finished
+    /// assignments are removed, least recently written first; stores in use are never removed, so
+    /// a download may take the data dir over it until its run ends. Unset: no budget (stores still go
+    /// when no assignment names their index).
+    #[arg(long)]
+    pub store_budget: Option<u64>,
 }
 
 /// A certificate lifetime: a duration within what the fleet signer grants.
@@ -196,6 +203,7 @@ pub async fn run(args: AgentArgs, shutdown: CancellationToken) -> anyhow::Result
         install_root: args.install_root.clone(),
         progress_interval: Duration::from_secs(args.status_interval),
         heartbeat_interval: Duration::from_secs(args.heartbeat_interval),
+        stores: StoreKeeper::new(args.data_dir.clone(), args.store_budget, metrics.clone()),
     };
     std::fs::create_dir_all(&args.install_root)?;
     tokio::spawn(track_gauges(tls.clone(), metrics.clone(), shutdown.clone()));
@@ -322,5 +330,15 @@ mod tests {
         assert!(args(&["--certificate-lifetime=24"]).is_err());
         assert_eq!(parse_lifetime("7d").unwrap(), Duration::from_secs(7 * 86400));
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_store_budget_is_plain_bytes_and_unset_by_default() {
+        assert_eq!(args(&[]).unwrap().store_budget, None);
+        assert_eq!(
+            args(&["--store-budget", "2147483648"]).unwrap().store_budget,
+            Some(2 << 30)
+        );
+        assert!(args(&["--store-budget", "2GiB"]).is_err());
     }
 }

@@ -10,6 +10,9 @@
 //! Kubernetes CSR API with renewal), watches the fleet's revocation list ([`revocations`]), and
 //! reports the current certificate's serial and expiry in `status.certificate`.
 //!
+//! It keeps the chunk stores under its data dir to what its assignments need, and to
+//! `--store-budget` ([`stores`]).
+//!
 //! Non-goals: moving bytes (the engine does), deciding who gets what (the operator does).
 //! The agent never writes `spec`: the operator owns it.
 
@@ -21,6 +24,7 @@ pub mod keyfile;
 pub mod renewal;
 pub mod revocations;
 pub mod runner;
+pub mod stores;
 pub mod throttle;
 
 use std::collections::{BTreeMap, HashMap};
@@ -77,6 +81,8 @@ pub struct AgentConfig {
     pub progress_interval: Duration,
     /// Time between heartbeats when nothing changes.
     pub heartbeat_interval: Duration,
+    /// The chunk stores under the data dir and their budget (see [`stores`]).
+    pub stores: stores::StoreKeeper,
 }
 
 /// Runs one assignment to its end, reporting through `progress`.
@@ -239,6 +245,7 @@ pub async fn run(
     let mut last_bytes: i64 = 0;
     // A renewed certificate must reach the status before the next heartbeat.
     let mut cert_dirty = false;
+    let mut store_use = stores::Tracker::default();
 
     loop {
         tokio::select! {
@@ -255,6 +262,7 @@ pub async fn run(
                     Some(Err(e)) => { warn!(error = %AgentError::Watch(e), "retrying"); continue; }
                     None => break,
                 };
+                store_use.assigned(&desired);
                 // A changed assignment for work under way (origin cap, rate limits) reaches its runner
                 // without a restart.
                 for a in &desired {
@@ -293,6 +301,7 @@ pub async fn run(
                                 assignment: assignment_tx, reported_origin: 0,
                             });
                             let index = a.chunk_index.clone();
+                            store_use.started(&index);
                             let fut = runner.run(a, tx, assignment_rx, cancel);
                             let done = done_tx.clone();
                             tokio::spawn(async move { let r = fut.await; let _ = done.send((rollout, index, r)); });
@@ -301,6 +310,7 @@ pub async fn run(
                 }
             }
             Some((rollout, index, result)) = done_rx.recv() => {
+                store_use.ended(&index);
                 // A superseded run (cancelled for a new index) leaves its replacement alone.
                 let current = running.get(&rollout).is_some_and(|w| w.chunk_index == index);
                 if let Some(w) = current.then(|| running.remove(&rollout)).flatten() {
@@ -340,6 +350,9 @@ pub async fn run(
             statuses.iter().map(|s| (s.rollout.clone(), s.phase)).collect();
         let bytes: i64 = statuses.iter().map(|s| s.verified_bytes).sum();
         let now = Instant::now();
+        if let Some(usage) = store_use.due(now, &phases) {
+            cfg.stores.sweep_off_runtime(usage).await;
+        }
         let allowance_low = running.values().any(allowance_running_low);
         if throttle.due(now, &phases, bytes != last_bytes) || cert_dirty || allowance_low {
             let cert_now = certificate.borrow_and_update().clone();
@@ -376,6 +389,11 @@ mod tests {
             install_root: std::env::temp_dir(),
             progress_interval: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(60),
+            stores: stores::StoreKeeper::new(
+                std::env::temp_dir().join("pollen-agent-test-no-data-dir"),
+                None,
+                Arc::new(crate::metrics::Metrics::default()),
+            ),
         }
     }
 

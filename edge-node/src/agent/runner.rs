@@ -180,7 +180,7 @@ fn follow(
     }
 }
 
-fn short(s: &str) -> String {
+pub(super) fn short(s: &str) -> String {
     hex::encode(&blake3::hash(s.as_bytes()).as_bytes()[..8])
 }
 
@@ -322,7 +322,7 @@ impl super::AssignmentRunner for SwarmRunner {
                 publisher_keys,
                 director_key,
                 registry: cfg.registry.clone(),
-                data_dir: cfg.data_dir.join("chunks").join(short(&a.chunk_index)),
+                data_dir: super::stores::dir_of(&cfg.data_dir, &a.chunk_index),
                 install_root: install_root.clone(),
                 metrics: None,
                 upload_limit: limits_now.upload,
