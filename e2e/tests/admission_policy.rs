@@ -19,7 +19,6 @@
 //! Without them: fails under `CI`, skips with a reason otherwise.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::ObjectMeta;
@@ -29,7 +28,7 @@ use pollen_e2e::tools;
 use serde_json::json;
 
 /// The agent's ServiceAccount in the default render (release `pollen`, namespace `pollen-system`).
-const AGENT: &str = "system:serviceaccount:pollen-system:pollen-edge-node";
+const AGENT: &str = tools::CHART_AGENT_USER;
 const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 const AGENT_TOKEN: &str = "stolen-agent-token-gw-1";
 /// The policy's name in the default render, as the API server quotes it in a refusal.
@@ -42,28 +41,6 @@ const PP: PostParams = PostParams {
 
 fn install_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
-
-/// `helm template` of the chart's agent admission policy with the default values.
-fn render_policy(helm: &Path) -> String {
-    let out = std::process::Command::new(helm)
-        .args(["template", "pollen"])
-        .arg(tools::workspace_root().join("charts/pollen"))
-        .args(["--namespace", "pollen-system"])
-        .args(["-s", "templates/agent-admission-policy.yaml"])
-        .output()
-        .expect("helm runs");
-    assert!(
-        out.status.success(),
-        "helm template failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let yaml = String::from_utf8(out.stdout).expect("helm prints UTF-8");
-    assert!(
-        yaml.contains("kind: ValidatingAdmissionPolicyBinding") && yaml.contains(AGENT),
-        "the default render has the policy and its binding for {AGENT}:\n{yaml}"
-    );
-    yaml
 }
 
 fn edge_node(name: &str, labels: &[(&str, &str)]) -> EdgeNode {
@@ -134,7 +111,7 @@ async fn a_stolen_agent_token_writes_only_its_own_edgenode_status() {
         return;
     };
     install_provider();
-    let policy = render_policy(&helm);
+    let policy = tools::agent_admission_policy(&helm);
     let server = ApiServer::start_with(
         ApiServerOptions::default().admission_policy(policy).token_user(
             TokenUser::new(AGENT_TOKEN, AGENT)

@@ -33,27 +33,16 @@ use pollen_edge_node::tls::{TlsIdentity, TransportLimits};
 
 const EVIL: &str = "gw-evil";
 /// The agent's ServiceAccount in the chart's default render, and the device's stolen token.
-const AGENT: &str = "system:serviceaccount:pollen-system:pollen-edge-node";
+const AGENT: &str = tools::CHART_AGENT_USER;
 const TOKEN: &str = "stolen-agent-token-gw-evil";
 
 /// A fleet of `nodes` honest agents on an API server that enforces the chart's agent admission
 /// policy and knows the attacker's token; `None` when the tools are missing outside CI.
 async fn hostile_fleet(nodes: usize) -> Option<LocalFleet> {
     let helm = tools::require("helm")?;
-    let out = std::process::Command::new(&helm)
-        .args(["template", "pollen"])
-        .arg(tools::workspace_root().join("charts/pollen"))
-        .args([
-            "--namespace",
-            "pollen-system",
-            "-s",
-            "templates/agent-admission-policy.yaml",
-        ])
-        .output()
-        .expect("helm runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let policy = tools::agent_admission_policy(&helm);
     let api = ApiServerOptions::default()
-        .admission_policy(String::from_utf8(out.stdout).unwrap())
+        .admission_policy(policy)
         .token_user(TokenUser::new(TOKEN, AGENT).extra("authentication.kubernetes.io/node-name", EVIL));
     LocalFleet::start_for_test_api(nodes, None, Some(api)).await
 }

@@ -613,7 +613,10 @@ impl Engine {
 }
 
 /// How long [`bind_endpoint`] waits for the previous engine's socket on the same address to close.
-const REBIND_WAIT: Duration = Duration::from_secs(3);
+/// Its connections drain first (three probe timeouts after the close), and when the peers restart
+/// their own engines at the same moment the close frames go unanswered: over 3 s was seen in the
+/// fleet tests when a rollout moved to a new index.
+const REBIND_WAIT: Duration = Duration::from_secs(10);
 
 /// [`endpoint`], retried while the address is still in use: an engine that just shut down on the same
 /// address (the agent's previous assignment) releases its UDP socket only when quinn's driver task

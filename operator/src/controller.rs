@@ -462,10 +462,10 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
     let key = key_of(ur);
     let uid = ur.uid().ok_or(Error::MissingMetadata("uid"))?;
     let now = (ctx.clock)();
-    let prev = ur.status.clone().unwrap_or_default();
+    let mut prev = ur.status.clone().unwrap_or_default();
     let mut st = prev.clone();
     st.observed_generation = ur.metadata.generation;
-    let same_generation =
+    let mut same_generation =
         ur.metadata.generation.is_some() && prev.observed_generation == ur.metadata.generation;
 
     // Bad specs: what the schema cannot say.
@@ -523,6 +523,27 @@ async fn apply(ur: &UpdateRollout, ctx: &Context) -> Result<Action, Error> {
 
     // Resolve, Verify, Index: only when what the index depends on changed.
     let fp = fingerprint(ur, &tp);
+    if st.indexed_for.as_deref() != Some(fp.as_str()) {
+        // The watch cache may not show this controller's own last status write yet (a reconcile
+        // triggered by a related object right after it): read the rollout itself before building a
+        // second index that would supersede the nodes' assignments.
+        let api: Api<UpdateRollout> =
+            Api::namespaced(ctx.client.clone(), &ur.namespace().unwrap_or_default());
+        if let Some(fresh) = api
+            .get_opt(&ur.name_any())
+            .await
+            .map_err(Error::Kube)?
+            .and_then(|u| u.status)
+            .filter(|s| s.indexed_for.as_deref() == Some(fp.as_str()))
+        {
+            debug!(rollout = %key, "the cache lagged behind the last status write; using the stored status");
+            same_generation =
+                ur.metadata.generation.is_some() && fresh.observed_generation == ur.metadata.generation;
+            prev = fresh;
+            st = prev.clone();
+            st.observed_generation = ur.metadata.generation;
+        }
+    }
     let mut fresh_index = false;
     let verification_failed = st.indexed_for.as_deref() == Some(fp.as_str())
         && st.chunk_index.is_none()
@@ -1540,6 +1561,30 @@ mod tests {
         reconcile(Arc::new(ur), ctx.clone()).await.unwrap();
         drop(ctx);
         timeout_after_1s(server).await;
+    }
+
+    /// A reconcile that starts from a stale copy of the rollout (the watch cache has not seen the
+    /// status just written) reads the stored status instead of building a second index.
+    #[tokio::test]
+    async fn a_stale_cache_does_not_build_a_second_index() {
+        let pipeline = ScriptedPipeline::signed();
+        let h = Harness::new(
+            world_with(3, vec![UpdateRollout::test("r").finalized()]),
+            pipeline.clone(),
+        );
+        let stale = h.w().rollout("r");
+        h.step("r").await.unwrap();
+        let first = h.w().status("r").chunk_index.clone().expect("indexed");
+        reconcile(Arc::new(stale), h.ctx.clone()).await.unwrap();
+        assert_eq!(
+            pipeline.index_requests.lock().unwrap().len(),
+            1,
+            "a second index was built"
+        );
+        assert_eq!(h.w().status("r").chunk_index, Some(first.clone()));
+        let assigned = h.w().assigned("r");
+        assert!(assigned.values().all(|ix| *ix == first), "{assigned:?}");
+        h.finish().await;
     }
 
     #[tokio::test]

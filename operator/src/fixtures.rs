@@ -519,6 +519,21 @@ impl World {
                     .collect();
                 (StatusCode::OK, Self::list("EdgeNodeList", items))
             }
+            (
+                "GET",
+                [
+                    "apis",
+                    "pollen.dev",
+                    "v1alpha1",
+                    "namespaces",
+                    ns,
+                    "updaterollouts",
+                    name,
+                ],
+            ) => match self.rollouts.get(&format!("{ns}/{name}")) {
+                Some(ur) => (StatusCode::OK, serde_json::to_value(ur).unwrap()),
+                None => not_found(name),
+            },
             ("GET", ["apis", "pollen.dev", "v1alpha1", "updaterollouts"]) => {
                 let items = self
                     .rollouts
