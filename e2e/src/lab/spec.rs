@@ -108,7 +108,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, LabError> {
         "" if n == 0.0 => 0.0,
         _ => return Err(parse_err("duration (use s, ms, us)", s)),
     };
-    Ok(Duration::from_secs_f64(secs))
+    // A number too large for a Duration (`1e400` digits) is refused, not a panic.
+    Duration::try_from_secs_f64(secs).map_err(|_| parse_err("duration (too long)", s))
 }
 
 /// One site: a number of nodes behind a shared WAN hop.
@@ -210,6 +211,14 @@ mod tests {
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
         assert!(parse_duration("20").is_err());
+    }
+
+    #[test]
+    fn durations_too_long_for_a_duration_are_refused_not_a_panic() {
+        // Found by the `duration` fuzz target.
+        let long = format!("{}1us", "7".repeat(70));
+        assert!(parse_duration(&long).is_err());
+        assert!(parse_duration(&format!("{}s", "9".repeat(400))).is_err());
     }
 
     #[test]
