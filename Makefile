@@ -27,7 +27,7 @@ fuzz:
 	bash fuzz/campaign.sh $(FUZZ_TARGETS)
 
 ## A short libFuzzer run of each target (its corpus, then 5 s of mutation). Not part of `make test`:
-## a cold nightly build of the fuzz crate takes about half an hour on two cores.
+## it needs nightly, and a cold start (cargo-fuzz, the fuzz build) takes about 11 min on two cores.
 ## New inputs go to a scratch folder, so the committed corpora stay as they are.
 fuzz-smoke:
 	scratch=$$(mktemp -d) && cd fuzz && for t in $$(cargo +nightly fuzz list); do \
