@@ -838,15 +838,19 @@ async fn a_tag_moved_to_an_older_signed_build_is_refused_until_the_rollout_allow
     let index = assigned.values().next().unwrap().clone();
     // The assignments are written before the status of the same reconcile.
     let st = fleet
-        .wait_for("the status of the 2.0.0 rollout", Duration::from_secs(30), async || {
-            fleet
-                .rollouts()
-                .get(&first)
-                .await
-                .ok()?
-                .status
-                .filter(|s| s.chunk_index.as_deref() == Some(index.as_str()))
-        })
+        .wait_for(
+            "the status of the 2.0.0 rollout",
+            Duration::from_secs(30),
+            async || {
+                fleet
+                    .rollouts()
+                    .get(&first)
+                    .await
+                    .ok()?
+                    .status
+                    .filter(|s| s.chunk_index.as_deref() == Some(index.as_str()))
+            },
+        )
         .await;
     assert_eq!(st.version.as_deref(), Some("2.0.0"));
     let ledger = fleet.ledger().await;

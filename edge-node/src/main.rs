@@ -101,7 +101,7 @@ struct StandaloneArgs {
     download_limit: Option<u64>,
     /// Most bytes this node reads from the origin for this rollout: a byte count, `one-copy` (the payload
     /// size) or `unlimited` (the default). The origin-once rule applies either way.
-    #[arg(long, value_parser = parse_budget)]
+    #[arg(long, value_parser = Budget::parse)]
     origin_budget: Option<Budget>,
     /// Seconds without any chunk arriving before the node stops waiting on its peers and fetches what
     /// it lacks from the origin regardless of who was to (default: 10).
@@ -232,17 +232,6 @@ fn parse_peer(s: &str) -> Result<(Option<String>, SocketAddr), String> {
         .parse()
         .map_err(|e| format!("{s:?}: expected ADDR:PORT or NAME@ADDR:PORT ({e})"))?;
     Ok((name, addr))
-}
-
-fn parse_budget(s: &str) -> Result<Budget, String> {
-    match s {
-        "one-copy" => Ok(Budget::OneCopy),
-        "unlimited" => Ok(Budget::Unlimited),
-        n => n
-            .parse()
-            .map(Budget::Bytes)
-            .map_err(|_| format!("{s:?}: expected bytes, one-copy or unlimited")),
-    }
 }
 
 fn spawn_signal_handler(shutdown: CancellationToken) {

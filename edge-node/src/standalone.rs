@@ -120,6 +120,18 @@ pub enum Budget {
 }
 
 impl Budget {
+    /// Reads the `--origin-budget` flag: a byte count, `one-copy` or `unlimited`.
+    pub fn parse(s: &str) -> Result<Budget, String> {
+        match s {
+            "one-copy" => Ok(Budget::OneCopy),
+            "unlimited" => Ok(Budget::Unlimited),
+            n => n
+                .parse()
+                .map(Budget::Bytes)
+                .map_err(|_| format!("{s:?}: expected bytes, one-copy or unlimited")),
+        }
+    }
+
     /// The cap in bytes for a payload of `size` bytes.
     pub fn bytes(self, size: u64) -> Option<u64> {
         match self {

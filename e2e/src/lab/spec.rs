@@ -205,6 +205,14 @@ mod tests {
     }
 
     #[test]
+    fn durations_too_long_for_a_duration_are_refused_not_a_panic() {
+        // Found by the `duration` fuzz target.
+        let long = format!("{}1us", "7".repeat(70));
+        assert!(parse_duration(&long).is_err());
+        assert!(parse_duration(&format!("{}s", "9".repeat(400))).is_err());
+    }
+
+    #[test]
     fn validation_rejects_bad_specs() {
         let mut s = LabSpec::standard(8);
         assert!(s.validate().is_ok());
