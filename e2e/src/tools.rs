@@ -135,6 +135,33 @@ pub fn require_root() -> bool {
     false
 }
 
+/// The edge agent's ServiceAccount in the chart's default render (release `pollen`, namespace
+/// `pollen-system`): the user the agent admission policy matches.
+pub const CHART_AGENT_USER: &str = "system:serviceaccount:pollen-system:pollen-edge-node";
+
+/// `helm template` of the chart's agent admission policy (the ValidatingAdmissionPolicy and its
+/// binding) with the default values, for an API server to enforce.
+pub fn agent_admission_policy(helm: &Path) -> String {
+    let out = std::process::Command::new(helm)
+        .args(["template", "pollen"])
+        .arg(workspace_root().join("charts/pollen"))
+        .args(["--namespace", "pollen-system"])
+        .args(["-s", "templates/agent-admission-policy.yaml"])
+        .output()
+        .expect("helm runs");
+    assert!(
+        out.status.success(),
+        "helm template failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = String::from_utf8(out.stdout).expect("helm prints UTF-8");
+    assert!(
+        yaml.contains("kind: ValidatingAdmissionPolicyBinding") && yaml.contains(CHART_AGENT_USER),
+        "the default render has the policy and its binding for {CHART_AGENT_USER}:\n{yaml}"
+    );
+    yaml
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,31 +199,4 @@ mod tests {
     fn effective_uid_is_read() {
         assert!(effective_uid().is_some());
     }
-}
-
-/// The edge agent's ServiceAccount in the chart's default render (release `pollen`, namespace
-/// `pollen-system`): the user the agent admission policy matches.
-pub const CHART_AGENT_USER: &str = "system:serviceaccount:pollen-system:pollen-edge-node";
-
-/// `helm template` of the chart's agent admission policy (the ValidatingAdmissionPolicy and its
-/// binding) with the default values, for an API server to enforce.
-pub fn agent_admission_policy(helm: &Path) -> String {
-    let out = std::process::Command::new(helm)
-        .args(["template", "pollen"])
-        .arg(workspace_root().join("charts/pollen"))
-        .args(["--namespace", "pollen-system"])
-        .args(["-s", "templates/agent-admission-policy.yaml"])
-        .output()
-        .expect("helm runs");
-    assert!(
-        out.status.success(),
-        "helm template failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let yaml = String::from_utf8(out.stdout).expect("helm prints UTF-8");
-    assert!(
-        yaml.contains("kind: ValidatingAdmissionPolicyBinding") && yaml.contains(CHART_AGENT_USER),
-        "the default render has the policy and its binding for {CHART_AGENT_USER}:\n{yaml}"
-    );
-    yaml
 }
