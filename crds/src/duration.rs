@@ -24,7 +24,7 @@ pub const MAX_LEN: usize = 64;
 
 /// Why a duration was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{input:?} is not a duration: {reason} (write it like 90s, 1h30m, 250ms or 7d)")]
+#[error("{input:?} is not a duration: {reason} (write it like 90s, 1h30m, 250ms or 7d; at most 100 years)")]
 pub struct DurationError {
     /// The input, cut to [`MAX_LEN`] characters.
     pub input: String,
