@@ -501,10 +501,7 @@ impl World {
                 if let Some(rv) = body["metadata"]["resourceVersion"].as_str()
                     && rv != current
                 {
-                    return (
-                        StatusCode::CONFLICT,
-                        json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "the object has been modified", "reason": "Conflict", "code": 409 }),
-                    );
+                    return conflict();
                 }
                 tp.status = Some(serde_json::from_value(body["status"].clone()).expect("a valid status"));
                 let next = current.parse::<u64>().unwrap_or(0) + 1;
@@ -551,10 +548,7 @@ impl World {
                 if let Some(rv) = body["metadata"]["resourceVersion"].as_str()
                     && rv != current
                 {
-                    return (
-                        StatusCode::CONFLICT,
-                        json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "the object has been modified", "reason": "Conflict", "code": 409 }),
-                    );
+                    return conflict();
                 }
                 let kept: Vec<pollen_crds::Assignment> =
                     serde_json::from_value(body["spec"]["assignments"].clone()).expect("assignments");
@@ -659,6 +653,14 @@ impl World {
             }
         }
     }
+}
+
+/// A write pinned to a resource version that is no longer the stored one.
+fn conflict() -> (StatusCode, Value) {
+    (
+        StatusCode::CONFLICT,
+        json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "the object has been modified", "reason": "Conflict", "code": 409 }),
+    )
 }
 
 fn not_found(name: &str) -> (StatusCode, Value) {
