@@ -243,6 +243,66 @@ mod tests {
         );
     }
 
+    /// The reconciler against kube's mocked client: a Node's restricted label reaches its EdgeNode by
+    /// server-side apply with this controller's field manager, and an EdgeNode in sync is not written.
+    #[tokio::test]
+    async fn a_node_label_is_applied_to_its_edgenode_and_nothing_else() {
+        use http::{Request, Response};
+        use kube::client::Body;
+        use kube::runtime::watcher::Event;
+
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = tokio::spawn(async move {
+            let (req, send) = handle.next_request().await.expect("one write");
+            assert_eq!(req.method(), http::Method::PATCH);
+            assert_eq!(req.uri().path(), "/apis/pollen.dev/v1alpha1/edgenodes/gw-1");
+            let query = req.uri().query().unwrap_or_default().to_string();
+            assert!(query.contains("fieldManager=pollen-operator-labels"), "{query}");
+            let body: serde_json::Value =
+                serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap()).unwrap();
+            assert_eq!(
+                body["metadata"]["labels"],
+                serde_json::json!({"node-restriction.kubernetes.io/fleet": "cameras", "pollen.dev/node-name": "gw-1"})
+            );
+            let en = EdgeNode::new("gw-1", Default::default());
+            send.send_response(Response::new(Body::from(serde_json::to_vec(&en).unwrap())));
+            // Nothing else: the second, in-sync EdgeNode is not written (the client goes away with
+            // no further request).
+            let next = tokio::time::timeout(Duration::from_secs(1), handle.next_request()).await;
+            assert!(!matches!(next, Ok(Some(_))), "an EdgeNode in sync was written");
+        });
+        let (reader, mut writer) = kube::runtime::reflector::store::<Node>();
+        let mut node: Node = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "gw-1", "labels": {
+                "node-restriction.kubernetes.io/fleet": "cameras",
+                "role": "camera",
+            }},
+        }))
+        .unwrap();
+        writer.apply_watcher_event(&Event::Init);
+        writer.apply_watcher_event(&Event::InitApply(node.clone()));
+        node.metadata.name = Some("gw-2".into());
+        writer.apply_watcher_event(&Event::InitApply(node));
+        writer.apply_watcher_event(&Event::InitDone);
+        let ctx = Arc::new(Ctx {
+            api: Api::all(Client::new(svc, "default")),
+            nodes: Some(reader),
+            prefixes: defaults(),
+        });
+        reconcile(Arc::new(EdgeNode::new("gw-1", Default::default())), ctx.clone())
+            .await
+            .unwrap();
+        let mut synced = EdgeNode::new("gw-2", Default::default());
+        synced.metadata.labels = Some(labels(&[
+            ("node-restriction.kubernetes.io/fleet", "cameras"),
+            ("pollen.dev/node-name", "gw-2"),
+            ("role", "set-by-an-admin"),
+        ]));
+        reconcile(Arc::new(synced), ctx).await.unwrap();
+        server.await.unwrap();
+    }
+
     #[test]
     fn sync_keeps_administrator_labels_and_drops_stale_copies() {
         let p = defaults();
