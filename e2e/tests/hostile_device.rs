@@ -382,20 +382,12 @@ async fn inflated_counters_and_forged_statuses_reach_no_other_rollout() {
     .await;
     create(&f, &cam_ur).await;
     // And a failure for the camera rollout it is not part of, with that rollout's real index.
-    let rollouts: Api<UpdateRollout> = Api::namespaced(f.client.clone(), "default");
-    let start = Instant::now();
-    let cam_index = loop {
-        let st = rollouts.get("cam-fw").await.unwrap().status.unwrap_or_default();
-        if let Some(ix) = st.chunk_index {
-            break ix;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "camera index not built\n{}",
-            f.logs_tail(20)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (cam_st, _) = f
+        .wait_rollout("cam-fw", 120, "the camera index is built", |s| {
+            s.chunk_index.is_some()
+        })
+        .await;
+    let cam_index = cam_st.chunk_index.expect("the camera index");
     evil.write_status(|s| {
         s.assignments
             .push(forged("default/cam-fw", &cam_index, AssignmentPhase::Failed));
